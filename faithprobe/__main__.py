@@ -1,0 +1,5 @@
+import sys
+
+from faithprobe.cli import main
+
+sys.exit(main())

