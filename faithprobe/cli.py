@@ -7,38 +7,151 @@ Every user error (a bad file, an unknown config key, a missing checkpoint) is a 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from faithprobe.errors import FaithprobeError
 
 EXIT_USAGE = 2
 
+# The embedded default: the organism study, base vs sft, small enough for two CPU cores.
+DEMO_CONFIG = {
+    "name": "organism demo: faithful base vs shortcut-fine-tuned sft",
+    "seed": 0,
+    "checkpoints": {"base": "organism:base", "sft": "organism:sft"},
+    "data": {"source": "organism", "split": "id", "count": 120, "seed": 1},
+    "probe": {"corrupt": {"corrupter": "organism"}},
+    "patching": {"max_traces": 24},
+    "metrics": {"n_boot": 1000},
+}
 
-def _not_built(name: str):
-    def run(args: argparse.Namespace) -> int:
-        raise FaithprobeError(f"'faithprobe {name}' is not built yet")
 
-    return run
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2 (as for every bad input)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from faithprobe.config import load_config
+    from faithprobe.runs import parse_shard, run_study
+
+    cfg = load_config(args.config)
+    shard = parse_shard(args.shard)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if shard and not args.out:
+        out = out.with_name(f"{out.name}-shard{shard[0]}of{shard[1]}")
+    run = run_study(cfg, out, argv=sys.argv, resume=args.resume, shard=shard, quiet=args.quiet)
+    print(run / "report.html")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from faithprobe.config import validate_config
+    from faithprobe.runs import run_study
+
+    cfg = validate_config(DEMO_CONFIG, source="demo")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / f"demo-{stamp}"
+    run = run_study(cfg, out, argv=sys.argv, quiet=args.quiet)
+    if not args.quiet:
+        import json
+
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        from faithprobe.report import verdict_lines
+
+        for line in verdict_lines(summary):
+            print(line)
+    print(f"report: {run / 'report.html'}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from faithprobe.runs import score_runs
+
+    run = score_runs([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    print(run / "summary.json")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from faithprobe.report import write_report
+    from faithprobe.runs import SUMMARY, TRACES, load_run, read_json
+    from faithprobe.traces import read_traces
+
+    run = Path(args.run_dir)
+    header, records = load_run(run)
+    summary = read_json(run / SUMMARY, "summary (run 'faithprobe score' first)")
+    traces = read_traces(run / TRACES) if (run / TRACES).is_file() else None
+    print(write_report(run, records, summary, header, traces))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from faithprobe.report import write_comparison
+    from faithprobe.runs import SUMMARY, load_run, read_json
+
+    runs = []
+    for d in args.run_dirs:
+        header, records = load_run(Path(d))
+        summary = read_json(Path(d) / SUMMARY, "summary (run 'faithprobe score' first)")
+        runs.append((Path(d).name, records, summary, header))
+    out = Path(args.out) if args.out else Path("runs") / "comparison"
+    if out.exists() and any(out.iterdir()) and not (out / "report.html").is_file():
+        raise FaithprobeError("output folder exists and is not a comparison", source=str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    print(write_comparison(out, runs))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="faithprobe",
         description="Does a model's chain of thought still carry its answer? Causal step "
         "interventions, base vs fine-tuned.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name, help_text in (
-        ("run", "run a scripted ablation study from a TOML config"),
-        ("demo", "run the embedded organism study (base vs sft) end to end"),
-        ("score", "recompute metrics and summary from a run folder's records"),
-        ("compare", "one comparison report across run folders"),
-        ("report", "regenerate a run folder's report"),
-    ):
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=_not_built(name))
+
+    p = sub.add_parser("run", help="run a scripted ablation study from a TOML config",
+                       description="Run a study described by a TOML config (see "
+                       "experiments/*.toml) into a run folder.")
+    p.add_argument("config", help="the TOML config")
+    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="complete a killed run in --out")
+    p.add_argument("--shard", metavar="K/N", help="run the K-th of N disjoint trace slices")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="run the embedded organism study (base vs sft)",
+                       description="The embedded default: the organism study (faithful base "
+                       "vs shortcut-fine-tuned sft) end to end on CPU; prints its verdict and "
+                       "the path of its report.")
+    p.add_argument("--out", help="run folder (default: runs/demo-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("score", help="recompute metrics and summary from records",
+                       description="Recompute every metric, the summary and the report from "
+                       "records alone (no model). Several folders (shards) merge into --out.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="merged run folder (needed with several RUN_DIRs)")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("compare", help="one comparison report across run folders",
+                       description="One comparison report across scored run folders.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="comparison folder (default: runs/comparison)")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("report", help="regenerate a run folder's report",
+                       description="Regenerate report.md, report.html and plots of a scored "
+                       "run folder.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -189,7 +189,7 @@ def _cells(recs: list[Record], kind: str, continuation: str) -> tuple[int, dict[
         return None
     cells = {k: sum(v) / len(v) for k, v in by_step.items()}
     # x = 1 is the unedited trace: the same answer by definition unless it was measured.
-    if True:
+    if kind != "truncate" or n not in cells:
         cells[n] = 1.0
     return n, cells
 

@@ -79,6 +79,18 @@ def test_early_answering_ignores_unusable_records() -> None:
         rec("a", "truncate", step=1, n_steps=2, same_answer=True, kl=math.inf),
     ]
     assert METRIC_FNS["early_answering_aoc"](noisy) == pytest.approx(base)
+    # step 0 unmeasured: the curve is held flat from its first point, f = [1, 1] at x = .5, 1
+    gap = [rec("g", "truncate", step=0, n_steps=2, same_answer=False, status="nonfinite"),
+           rec("g", "truncate", step=1, n_steps=2, same_answer=True)]
+    assert METRIC_FNS["early_answering_aoc"](gap) == pytest.approx(0.0)
+
+
+def test_measured_full_trace_is_used() -> None:
+    # one trace of length 1 whose full-trace truncation (step 1) was measured as different:
+    # f = [1, 0] at x = 0, 1 -> AUC = .5 -> AOC = .5 (the by-definition 1 would give AOC 0)
+    records = truncations("a", [True]) + [rec("a", "truncate", step=1, n_steps=1,
+                                              same_answer=False)]
+    assert METRIC_FNS["early_answering_aoc"](records) == pytest.approx(0.5)
 
 
 def test_adding_mistakes_aoc_uses_regenerate_and_leaves_skipped_out() -> None:
@@ -144,15 +156,16 @@ def test_ki_and_patching_effect() -> None:
     patch = [rec("a", "patch", step=0, n_steps=2, site="blocks.0.hook_resid_pre", value=0.2),
              rec("a", "patch", step=1, n_steps=2, site="blocks.10.hook_resid_pre", value=0.9),
              rec("a", "patch", step=1, n_steps=2, site="blocks.2.hook_resid_pre", value=0.1),
-             rec("b", "patch", step=0, n_steps=1, site="blocks.0.hook_resid_pre", value=0.3)]
+             rec("b", "patch", step=0, n_steps=1, site="blocks.0.hook_resid_pre", value=0.3),
+             rec("b", "patch", step=0, n_steps=1, site="hook_embed", value=0.0)]
     assert METRIC_FNS["patching_effect"](patch) == pytest.approx(0.6)  # (0.9 + 0.3) / 2
     steps, sites, grid = patching_grid(patch)
     assert steps == [0, 1]
-    assert sites == ["blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre",
+    assert sites == ["hook_embed", "blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre",
                      "blocks.10.hook_resid_pre"]
-    assert grid[0, 0] == pytest.approx(0.25) and grid[1, 2] == pytest.approx(0.9)
-    assert np.isnan(grid[0, 1])
-    assert patching_grid(patch, trace_id="b")[2].tolist() == [[pytest.approx(0.3)]]
+    assert grid[0, 1] == pytest.approx(0.25) and grid[1, 3] == pytest.approx(0.9)
+    assert np.isnan(grid[0, 2])
+    assert patching_grid(patch, trace_id="b")[2].tolist() == [[0.0, pytest.approx(0.3)]]
 
 
 # --- ECE, coverage -------------------------------------------------------------------------------
@@ -226,12 +239,16 @@ def test_bootstrap_deterministic_and_contains_point() -> None:
 
 
 def test_fast_path_matches_generic_bootstrap() -> None:
-    records = many_traces(12)
+    # KI is a mean over traces of per-trace means: repeated draws of a trace must count as
+    # separate clusters for the generic path to agree with the fast one.
+    rng = np.random.default_rng(2)
+    records = [rec(f"t{i}", "ki", step=k, n_steps=i % 4 + 1, value=float(rng.random() < 0.7))
+               for i in range(12) for k in range(i % 4 + 1)]
 
     def slow(rs: list[Record]) -> float | None:  # not in METRIC_FNS: generic path
-        return METRIC_FNS["accuracy"](rs)
+        return METRIC_FNS["ki"](rs)
 
-    fast = bootstrap(records, METRIC_FNS["accuracy"], n_boot=100, seed=3)
+    fast = bootstrap(records, METRIC_FNS["ki"], n_boot=100, seed=3)
     generic = bootstrap(records, slow, n_boot=100, seed=3)
     assert (generic.value, generic.ci_low, generic.ci_high, generic.n) == pytest.approx(
         (fast.value, fast.ci_low, fast.ci_high, fast.n))

@@ -1,0 +1,105 @@
+"""Where traces come from: a JSONL file, the organism task, or reasoning-gym.
+
+``load_traces(data_config)`` returns the traces a run probes. For reasoning-gym's
+``gsm_symbolic`` the gold step-by-step solution (``metadata["answer_cot"]``) becomes the steps,
+with exact per-step truth from :func:`arithmetic_step_truth`; tasks without a solution give
+traces with no steps (use ``traces = "generate"`` to have each checkpoint write its own).
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from typing import Any
+
+from faithprobe.errors import FaithprobeError
+from faithprobe.traces import Trace, read_traces, split_steps
+
+__all__ = ["arithmetic_step_truth", "load_traces"]
+
+DEFAULT_COUNT = 100  # problems drawn from a generator when the config gives no count
+_BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.Div: operator.truediv}
+_EQUATION = re.compile(r"([\d.\s()+\-*/×x]+?)\s*=\s*\$?(-?[\d,]*\.?\d+)")
+
+
+def _eval(node: ast.AST) -> float:
+    if isinstance(node, ast.Expression):
+        return _eval(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return float(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
+        return _BIN[type(node.op)](_eval(node.left), _eval(node.right))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _eval(node.operand)
+        return -v if isinstance(node.op, ast.USub) else v
+    raise ValueError("not arithmetic")
+
+
+def arithmetic_step_truth(step: str) -> bool:
+    """Whether every written equation ``expr = value`` in a step holds (vacuously true without
+    one). Units and currency signs around the numbers are ignored."""
+    text = re.sub(r"[£$€]", "", step).replace("×", "*")
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # 400,000 -> 400000
+    text = re.sub(r"(\d)\s*x\s*(\d)", r"\1*\2", text)
+    text = re.sub(r"/[a-zA-Z]+", "", text)  # "per unit" (/day, /month) is a unit, not a division
+    text = re.sub(r"(?<=\d)\s*[a-zA-Z]+", " ", text)  # units after numbers
+    for m in _EQUATION.finditer(text):
+        expr, value = m.group(1).strip(), m.group(2).replace(",", "")
+        if not re.search(r"\d\s*[-+*/]\s*\(?\s*\d", expr):
+            continue  # a bare number restated is not a computation
+        try:
+            got = _eval(ast.parse(expr, mode="eval"))
+        except (ValueError, SyntaxError, ZeroDivisionError):
+            continue
+        if abs(got - float(value)) > 1e-6 * max(1.0, abs(got)):
+            return False
+    return True
+
+
+def _reasoning_gym(task: str, count: int, seed: int) -> list[Trace]:
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise FaithprobeError("needs reasoning-gym (pip install -e '.[data]')",
+                              field="data.source") from None
+    try:
+        dataset = reasoning_gym.create_dataset(task, size=count, seed=seed)
+    except Exception as exc:  # noqa: BLE001 - reasoning-gym raises its own kinds
+        raise FaithprobeError(f"reasoning-gym cannot build task {task!r} ({exc})",
+                              field="data.task") from None
+    traces = []
+    for i, entry in enumerate(dataset):
+        meta: dict[str, Any] = entry.get("metadata", {}) or {}
+        cot = meta.get("answer_cot")
+        steps: tuple[str, ...] = ()
+        if isinstance(cot, str):
+            body = cot.split("####")[0]
+            steps = tuple(s.text for s in split_steps(body, "lines"))
+        answer = str(entry["answer"]).strip()
+        traces.append(Trace(
+            id=f"{task}-{seed}-{i}",
+            question=entry["question"],
+            steps=steps,
+            answer=answer,
+            gold=answer,
+            step_truth=tuple(arithmetic_step_truth(s) for s in steps) if steps else None,
+            metadata={"task": task, "source": "reasoning_gym", "seed": seed, "index": i},
+        ))
+    return traces
+
+
+def load_traces(data: dict[str, Any]) -> list[Trace]:
+    """The traces a run config's ``[data]`` section names."""
+    source = data["source"]
+    if source == "jsonl":
+        traces = read_traces(data["path"])
+        return traces[: data["count"]] if "count" in data else traces
+    if source == "organism":
+        from faithprobe.organism import generate
+
+        return generate(data["split"], data.get("count", DEFAULT_COUNT), data["seed"])
+    if source == "reasoning_gym":
+        return _reasoning_gym(data["task"], data.get("count", DEFAULT_COUNT), data["seed"])
+    raise FaithprobeError(f"unknown source {source!r}", field="data.source")

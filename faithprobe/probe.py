@@ -1,0 +1,279 @@
+"""The model stage: run every intervention of a checkpoint over traces and record raw numbers.
+
+``probe`` scores the unedited trace, every edit the configured interventions make, the InfoGain
+truncations (with a fixed scorer or the model itself) and KI, and returns one
+:class:`~faithprobe.records.Record` per (trace, intervention, step). Metrics are computed later,
+from the records alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from faithprobe.checkpoints import Checkpoint
+from faithprobe.errors import FaithprobeError
+from faithprobe.forward import forward_logprobs, generate
+from faithprobe.interventions import Edit, EditContext, make_intervention
+from faithprobe.prompts import PromptTemplate
+from faithprobe.records import Record
+from faithprobe.scoring import AnswerScore, ScoreItem, normalize_answer, score
+from faithprobe.tokens import align
+from faithprobe.traces import Trace
+
+__all__ = ["ProbeConfig", "probe", "iter_probe"]
+
+Judge = Callable[[Trace, int], int]
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """What to measure for each trace; the defaults run everything that applies."""
+
+    interventions: tuple[str, ...] = ("truncate", "corrupt", "paraphrase", "filler", "delete")
+    # per-intervention options, e.g. {"corrupt": {"corrupter": "number", "keep_length": True}}
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    infogain: bool = True  # answer-only InfoGain records (needs truncations, scored again if a
+    infogain_ppl: bool = True  # fixed scorer is given); whole-string perplexity form
+    ki: bool = True
+    max_new_tokens: int = 48  # regeneration budget after a corrupted step
+    batch_size: int = 16
+    padding_side: str = "right"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise FaithprobeError("must be at least 1", field="batch_size")
+        if self.max_new_tokens < 1:
+            raise FaithprobeError("must be at least 1", field="max_new_tokens")
+        if self.padding_side not in ("left", "right"):
+            raise FaithprobeError("must be 'left' or 'right'", field="padding_side")
+        for name in self.options:
+            if name not in self.interventions:
+                raise FaithprobeError("options given for an intervention not run", field=name)
+
+
+def _kl(p_log: np.ndarray, q_log: np.ndarray) -> float:
+    p = np.exp(p_log)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        terms = np.where(p > 0, p * (p_log - q_log), 0.0)
+    return float(max(0.0, terms.sum()))
+
+
+def _first_token(ckpt: Checkpoint, template: PromptTemplate, answer: str) -> int | None:
+    ids, _ = ckpt.tokenizer.encode(template.answer_sep + answer)
+    for t in ids:
+        if ckpt.tokenizer.decode([t]).strip():
+            return t
+    return None
+
+
+def _logit_diff(ckpt, template, edited: AnswerScore, orig_pred: str) -> float:
+    """Score of the original prediction minus score of the new argmax, in the edited run."""
+    if edited.option_logprobs is not None:
+        return edited.option_logprobs[orig_pred] - edited.option_logprobs[edited.pred]
+    if edited.pred == orig_pred:
+        return 0.0
+    a, b = _first_token(ckpt, template, orig_pred), _first_token(ckpt, template, edited.pred)
+    if a is None or b is None:
+        return float("nan")
+    return float(edited.dist[a] - edited.dist[b])
+
+
+def _record(trace: Trace, label: str, ckpt: Checkpoint, kind: str, step: int | None,
+            sc: AnswerScore | None, orig: AnswerScore | None, *, template: PromptTemplate,
+            detail: dict[str, Any] | None = None, skipped: str | None = None) -> Record:
+    gold = None if trace.gold is None else (
+        trace.gold if trace.options else normalize_answer(trace.gold))
+    rec = Record(trace_id=trace.id, checkpoint=label, intervention=kind, step=step,
+                 n_steps=trace.n_steps, model=ckpt.spec, answer=trace.answer, gold=gold,
+                 detail=dict(detail or {}))
+    if skipped is not None or sc is None:
+        rec.status, rec.reason = "skipped", skipped
+        return rec
+    rec.pred = sc.pred
+    rec.orig_pred = orig.pred if orig is not None else sc.pred
+    rec.answer_logprob = sc.answer_logprob
+    rec.pred_prob = sc.pred_prob
+    if sc.nonfinite or (orig is not None and orig.nonfinite):
+        rec.status, rec.reason = "nonfinite", "a NaN or infinite logit reached the answer"
+        return rec
+    if not sc.pred:
+        rec.status, rec.reason = "no_answer", "the model produced no answer"
+        return rec
+    rec.same_answer = sc.pred == rec.orig_pred
+    rec.correct = None if gold is None else sc.pred == gold
+    if orig is not None and orig.pred:
+        rec.logit_diff = _logit_diff(ckpt, template, sc, orig.pred)
+        if orig.dist.shape == sc.dist.shape:
+            rec.kl = _kl(orig.dist, sc.dist)
+    return rec
+
+
+def _regenerate(ckpt: Checkpoint, template: PromptTemplate, trace: Trace,
+                edits: list[Edit], config: ProbeConfig) -> list[tuple[tuple[str, ...], bool]]:
+    """Let the model write the steps after each edit's prefix; returns (steps, stopped)."""
+    prompts = []
+    for e in edits:
+        rendered = template.render(trace.question, e.steps, tokenizer=ckpt.tokenizer)
+        aligned = align(rendered.text, rendered.segments, ckpt.tokenizer,
+                        source=f"trace {trace.id}")
+        prompts.append(aligned.ids[: aligned.span("suffix")[0]])
+    stop = [s for s in (template.suffix.strip(),) if s]
+    outs = generate(ckpt, prompts, max_new_tokens=config.max_new_tokens, stop=stop,
+                    batch_size=config.batch_size)
+    result = []
+    sep = template.step_sep or "\n"
+    for e, (text, stopped) in zip(edits, outs):
+        new = []
+        for piece in text.split(sep):
+            piece = piece.strip()
+            if template.step_prefix.strip() and piece.startswith(template.step_prefix.strip()):
+                piece = piece[len(template.step_prefix.strip()):].strip()
+            if piece:
+                new.append(piece)
+        result.append((e.steps + tuple(new), stopped))
+    return result
+
+
+def _ppl(ckpt: Checkpoint, texts: Sequence[str], batch_size: int) -> list[float]:
+    """Perplexity of each whole string (every token after the prefix ids)."""
+    seqs, reads = [], []
+    prefix = ckpt.tokenizer.prefix_ids
+    for t in texts:
+        ids = prefix + ckpt.tokenizer.encode(t)[0]  # without a BOS the first token is unscored
+        seqs.append(ids)
+        reads.append(list(range(0, len(ids) - 1)))
+    lps = forward_logprobs(ckpt, seqs, reads, batch_size=batch_size)
+    out = []
+    for ids, lp in zip(seqs, lps):
+        nll = -float(lp[range(len(ids) - 1), ids[1:]].mean())
+        out.append(math.exp(nll) if math.isfinite(nll) else float("nan"))
+    return out
+
+
+def iter_probe(
+    ckpt: Checkpoint,
+    label: str,
+    traces: Sequence[Trace],
+    config: ProbeConfig = ProbeConfig(),
+    *,
+    template: PromptTemplate | None = None,
+    scorer: Checkpoint | None = None,
+    judge: Judge | None = None,
+) -> Iterator[list[Record]]:
+    """Probe traces one at a time; yields each trace's records (for progress and resume)."""
+    template = template or ckpt.template
+    ctx = EditContext(ckpt.tokenizer, template, config.seed)
+    kinds = [make_intervention(n, **config.options.get(n, {})) for n in config.interventions]
+    for trace in traces:
+        yield _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge)
+
+
+def probe(ckpt: Checkpoint, label: str, traces: Sequence[Trace],
+          config: ProbeConfig = ProbeConfig(), **kw: Any) -> list[Record]:
+    """All records of ``traces`` for one checkpoint (see :func:`iter_probe`)."""
+    return [r for recs in iter_probe(ckpt, label, traces, config, **kw) for r in recs]
+
+
+def _item(trace: Trace, steps: Sequence[str]) -> ScoreItem:
+    answer = trace.answer if trace.options else normalize_answer(trace.answer) or trace.answer
+    return ScoreItem(trace.question, tuple(steps), answer, trace.options, trace.id)
+
+
+def _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge) -> list[Record]:
+    if trace.metadata.get("no_answer"):
+        return [Record(trace_id=trace.id, checkpoint=label, intervention="none",
+                       n_steps=trace.n_steps, model=ckpt.spec, gold=trace.gold,
+                       status="no_answer", reason="the generated reasoning led to no answer")]
+    edits: list[Edit] = [e for k in kinds for e in k.edits(trace, ctx)]
+    regen = [e for e in edits if e.regenerate and e.skipped is None]
+    regenerated = dict(zip(map(id, regen), _regenerate(ckpt, template, trace, regen, config)))
+    final: list[tuple[Edit, tuple[str, ...]]] = []
+    for e in edits:
+        if e.skipped is None:
+            steps, stopped = regenerated.get(id(e), (e.steps, True))
+            if e.regenerate:
+                e.detail["generated_steps"] = list(steps[len(e.steps):])
+                e.detail["stopped"] = stopped
+            final.append((e, steps))
+    truncations = [trace.steps[:k] for k in range(trace.n_steps + 1)]
+    items = [_item(trace, trace.steps)] + [_item(trace, s) for _, s in final]
+    if config.infogain and scorer is None:
+        items += [_item(trace, s) for s in truncations]
+    scores = score(ckpt, items, template, batch_size=config.batch_size,
+                   padding_side=config.padding_side)
+    orig = scores[0]
+    records = [_record(trace, label, ckpt, "none", None, orig, None, template=template)]
+    by_edit = dict(zip(map(id, (e for e, _ in final)), scores[1: 1 + len(final)]))
+    for e in edits:
+        if e.skipped is not None:
+            records.append(_record(trace, label, ckpt, e.kind, e.step, None, None,
+                                   template=template, detail=e.detail, skipped=e.skipped))
+        else:
+            records.append(_record(trace, label, ckpt, e.kind, e.step, by_edit[id(e)], orig,
+                                   template=template, detail=e.detail))
+    if config.infogain:
+        if scorer is None:
+            ig_scores, who = scores[1 + len(final):], "self"
+        else:
+            ig_scores = score(scorer, [_item(trace, s) for s in truncations],
+                              scorer.template, batch_size=config.batch_size)
+            who = scorer.spec
+        for j, sc in enumerate(ig_scores):
+            value = sc.answer_nll_mean
+            ok = math.isfinite(value)
+            records.append(Record(
+                trace_id=trace.id, checkpoint=label, intervention="infogain", step=j,
+                n_steps=trace.n_steps, model=ckpt.spec, answer=trace.answer,
+                value=value if ok else float("nan"), status="ok" if ok else "nonfinite",
+                detail={"scorer": who, "form": "answer_only"}))
+    if config.infogain_ppl:
+        ppl_model = scorer or ckpt
+        joiner = _PPL_JOINER
+        try:
+            ppl_model.tokenizer.encode(joiner)
+        except FaithprobeError:  # a character-level tokenizer without those letters
+            joiner = template.suffix + template.answer_sep
+        texts = [_ppl_text(trace, s, joiner) for s in truncations]
+        for j, value in enumerate(_ppl(ppl_model, texts, config.batch_size)):
+            ok = math.isfinite(value)
+            records.append(Record(
+                trace_id=trace.id, checkpoint=label, intervention="infogain_ppl", step=j,
+                n_steps=trace.n_steps, model=ckpt.spec, answer=trace.answer,
+                value=value if ok else float("nan"), status="ok" if ok else "nonfinite",
+                detail={"scorer": "self" if scorer is None else scorer.spec,
+                        "form": "whole_string_ppl", "joiner": joiner}))
+    if config.ki:
+        records += _ki_records(trace, label, ckpt, judge)
+    return records
+
+
+_PPL_JOINER = " Answer: "
+
+
+def _ppl_text(trace: Trace, steps: Sequence[str], joiner: str) -> str:
+    """Wu et al.'s public-code string: question, steps, " Answer: ", answer."""
+    return " ".join([trace.question, *steps]) + joiner + trace.answer
+
+
+def _ki_records(trace: Trace, label: str, ckpt: Checkpoint, judge: Judge | None) -> list[Record]:
+    if trace.step_truth is not None:
+        values, source = [int(v) for v in trace.step_truth], "step_truth"
+    elif judge is not None:
+        values, source = [], getattr(judge, "__name__", "judge")
+        for i in range(trace.n_steps):
+            v = judge(trace, i)
+            if v not in (0, 1, True, False):
+                raise FaithprobeError(f"judge returned {v!r}, not 0 or 1",
+                                      source=f"trace {trace.id}", field=f"step {i}")
+            values.append(int(v))
+    else:
+        return []
+    return [Record(trace_id=trace.id, checkpoint=label, intervention="ki", step=i,
+                   n_steps=trace.n_steps, model=ckpt.spec, value=float(v),
+                   detail={"source": source}) for i, v in enumerate(values)]

@@ -1,0 +1,95 @@
+"""Trace generation: each checkpoint writes its own chain of thought.
+
+For each problem the checkpoint continues the rendered prompt (through its chat template where
+it has one) greedily or with seeded sampling, up to a length limit; the text is cut at the first
+stop string (the forced-answer suffix, "The answer is", "####"), split into steps, and the
+answer is then forced with the template's suffix and read back normalised. A generation whose
+forced answer cannot be read is kept with ``metadata["no_answer"] = True`` (recorded as
+``no_answer`` and counted, never a crash).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from faithprobe.checkpoints import Checkpoint
+from faithprobe.data import arithmetic_step_truth
+from faithprobe.forward import generate
+from faithprobe.prompts import PromptTemplate
+from faithprobe.scoring import ScoreItem, normalize_answer, score
+from faithprobe.tokens import align
+from faithprobe.traces import MAX_FIELD_CHARS, Trace, split_steps
+
+__all__ = ["NO_ANSWER", "generate_traces"]
+
+NO_ANSWER = "no_answer"
+_STOPS = ("The answer is", "the answer is", "####", "Final answer", "final answer")
+
+
+def _steps_of(text: str, mode: str, max_steps: int) -> tuple[str, ...]:
+    steps = [s.text[:MAX_FIELD_CHARS] for s in split_steps(text, mode)]  # type: ignore[arg-type]
+    return tuple(s for s in steps if s.strip())[:max_steps]
+
+
+def generate_traces(
+    ckpt: Checkpoint,
+    problems: Sequence[Trace],
+    template: PromptTemplate,
+    gen: dict[str, Any],
+    *,
+    seed: int = 0,
+    batch_size: int = 16,
+    quiet: bool = True,
+) -> list[Trace]:
+    """One generated trace per problem (question, gold and options kept; steps and answer the
+    checkpoint's own). ``gen`` holds ``max_new_tokens``, ``temperature``, ``split`` and
+    ``max_steps`` (the ``[generation]`` section of a run config)."""
+    prompts = []
+    for p in problems:
+        rendered = template.render(p.question, (), tokenizer=ckpt.tokenizer)
+        aligned = align(rendered.text, rendered.segments, ckpt.tokenizer,
+                        source=f"trace {p.id}")
+        prompts.append(aligned.ids[: aligned.span("suffix")[0]])
+    stops = tuple(s for s in (template.suffix.strip(), *_STOPS) if s)
+    outs = []
+    step = max(1, batch_size)
+    iterator = range(0, len(prompts), step)
+    if not quiet:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc=f"{ckpt.spec}: generating", unit="batch")
+    for lo in iterator:
+        outs += generate(ckpt, prompts[lo: lo + step], max_new_tokens=gen["max_new_tokens"],
+                         stop=stops, temperature=gen["temperature"], seed=seed + lo,
+                         batch_size=batch_size)
+    drafts = []
+    for p, (text, stopped) in zip(problems, outs):
+        text = re.sub(r"<\|[^|]*\|>", " ", text)  # stray special-token text
+        steps = _steps_of(text, gen["split"], gen["max_steps"])
+        drafts.append((p, steps, stopped, text))
+    # force the answer: what the model says after its own reasoning and the suffix
+    items = [ScoreItem(p.question, steps, p.options[0] if p.options else "0", p.options, p.id)
+             for p, steps, _, _ in drafts]
+    scores = score(ckpt, items, template, batch_size=batch_size)
+    traces = []
+    for (p, steps, stopped, text), sc in zip(drafts, scores):
+        pred = sc.pred if not sc.nonfinite else ""
+        meta = dict(p.metadata)
+        meta.update(generated_by=ckpt.spec, generation_stopped=stopped,
+                    generated_text=text[:4000])
+        if not pred:
+            meta["no_answer"] = True
+        truth = None
+        if steps and meta.get("source") == "reasoning_gym":
+            truth = tuple(arithmetic_step_truth(s) for s in steps)  # exact KI for arithmetic
+        traces.append(Trace(
+            id=p.id, question=p.question, steps=steps, answer=pred or NO_ANSWER,
+            step_truth=truth,
+            options=p.options if pred or not p.options else None,
+            gold=None if p.gold is None else (p.gold if p.options else
+                                              normalize_answer(p.gold) or p.gold),
+            metadata=meta,
+        ))
+    return traces
