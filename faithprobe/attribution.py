@@ -92,7 +92,7 @@ def attribution_patch_steps(
                 a.grad = None
             metric.backward(retain_graph=True)
             grads.append({n: a.grad.detach().clone() for n, a in acts.items()})
-    m_base = [float(diff[0]), float(logprob[0])]
+    m_base = [float(diff[0].detach()), float(logprob[0].detach())]
     est = torch.zeros(2, len(spans), len(layers), len(comps))  # [metric, step, layer, comp]
     for name in names:
         delta = src_cache[name] - acts[name].detach()  # [1, pos, d_model] or [1, pos, head, d]
@@ -114,7 +114,7 @@ def attribution_patch_steps(
                         est[0], est[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]))
 
 
-def pearson(a: Float[Tensor, "..."], b: Float[Tensor, "..."]) -> float:
+def pearson(a: Float[Tensor, " *cells"], b: Float[Tensor, " *cells"]) -> float:
     """Pearson correlation over the cells finite in both; NaN with fewer than 2 or no spread."""
     a, b = a.flatten().double(), b.flatten().double()
     keep = torch.isfinite(a) & torch.isfinite(b)

@@ -1,0 +1,155 @@
+"""Run folders and the command line, on a tiny model saved to disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from faithprobe.cli import main
+from faithprobe.config import validate_config
+from faithprobe.errors import FaithprobeError
+from faithprobe.records import read_records
+from faithprobe.traces import Trace, write_traces
+
+DIGITS = list("0123456789")
+
+
+@pytest.fixture
+def study(tmp_path, tiny_folder):
+    traces = [
+        Trace(f"t{i}", f"a={i},b=a+1;b?", (f"a={i}", f"b={(i + 1) % 10}"), str((i + 1) % 10),
+              options=tuple(DIGITS), gold=str((i + 1) % 10), step_truth=(True, True))
+        for i in range(4)
+    ]
+    write_traces(tmp_path / "traces.jsonl", traces)
+    config = tmp_path / "study.toml"
+    config.write_text(f"""
+name = "tiny study"
+seed = 1
+[checkpoints]
+base = "{tiny_folder}"
+sft = "{tiny_folder}"
+[data]
+source = "jsonl"
+path = "traces.jsonl"
+[probe]
+interventions = ["truncate", "corrupt", "delete", "filler"]
+max_new_tokens = 4
+[patching]
+enabled = false
+[metrics]
+n_boot = 50
+""", encoding="utf-8")
+    return config
+
+
+def _sorted_lines(path):
+    return sorted(path.read_text(encoding="utf-8").splitlines())
+
+
+def test_run_writes_the_folder(study, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(study), "--out", str(out), "--quiet"]) == 0
+    header = json.loads((out / "header.json").read_text())
+    assert header["status"] == "success" and header["schema_version"] == 1
+    assert header["config"]["checkpoints"]["base"] and header["versions"]["torch"]
+    assert {"commit", "dirty"} <= set(header["git"])
+    records = read_records(out / "records.jsonl")
+    assert {r.checkpoint for r in records} == {"base", "sft"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["schema_version"] == 1 and set(summary["checkpoints"]) == {"base", "sft"}
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    # the same seed gives the same records
+    again = tmp_path / "again"
+    assert main(["run", str(study), "--out", str(again), "--quiet"]) == 0
+    assert _sorted_lines(out / "records.jsonl") == _sorted_lines(again / "records.jsonl")
+    # score recomputes the same summary from records alone
+    before = (out / "summary.json").read_text()
+    assert main(["score", str(out)]) == 0
+    assert (out / "summary.json").read_text() == before
+    assert main(["report", str(out)]) == 0
+
+
+def test_refuses_to_overwrite_and_resume_completes(study, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(study), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(study), "--out", str(out), "--quiet"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    # simulate a kill: drop the last traces and tear the last line
+    full = _sorted_lines(out / "records.jsonl")
+    lines = (out / "records.jsonl").read_text().splitlines(keepends=True)
+    (out / "records.jsonl").write_text("".join(lines[: len(lines) // 2]) + lines[-1][:20])
+    prog = (out / "progress.jsonl").read_text().splitlines(keepends=True)
+    (out / "progress.jsonl").write_text("".join(prog[:3]))
+    header = json.loads((out / "header.json").read_text())
+    header["status"] = "started"
+    (out / "header.json").write_text(json.dumps(header))
+    assert main(["run", str(study), "--out", str(out), "--quiet", "--resume"]) == 0
+    assert _sorted_lines(out / "records.jsonl") == full
+
+
+def test_shards_merge_to_the_whole(study, tmp_path):
+    whole = tmp_path / "whole"
+    assert main(["run", str(study), "--out", str(whole), "--quiet"]) == 0
+    parts = []
+    for k in (1, 2):
+        d = tmp_path / f"s{k}"
+        assert main(["run", str(study), "--out", str(d), "--quiet", "--shard", f"{k}/2"]) == 0
+        parts.append(str(d))
+    merged = tmp_path / "merged"
+    assert main(["score", *parts, "--out", str(merged)]) == 0
+    assert _sorted_lines(merged / "records.jsonl") == _sorted_lines(whole / "records.jsonl")
+    a = json.loads((merged / "summary.json").read_text())
+    b = json.loads((whole / "summary.json").read_text())
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        ('[checkpoints]\nbase = "x"\n[probe]\nbogus = 1\n', "[probe.bogus]: unknown key"),
+        ('[checkpoints]\nbase = "x"\n[probe]\nbatch_size = "8"\n', "[probe.batch_size]"),
+        ('[data]\nsource = "organism"\n', "[checkpoints]: missing section"),
+        ('[checkpoints]\nbase = "x"\n[data]\nsource = "web"\n', "[data.source]"),
+        ('[checkpoints\n', "invalid TOML"),
+        ('[checkpoints]\nbase = "x"\n[probe]\ninterventions = ["melt"]\n',
+         "[probe.interventions[0]]"),
+    ],
+)
+def test_bad_configs_exit_2_with_one_line(tmp_path, capsys, toml, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml, encoding="utf-8")
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and str(path) in err and err.count("\n") == 1
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_missing_checkpoint_is_an_error_in_the_header(tmp_path, capsys, study):
+    text = study.read_text().replace('sft = "', 'sft = "/nonexistent/')
+    study.write_text(text)
+    out = tmp_path / "run"
+    assert main(["run", str(study), "--out", str(out), "--quiet"]) == 2
+    assert "/nonexistent/" in capsys.readouterr().err
+    assert json.loads((out / "header.json").read_text())["status"] == "error"
+
+
+def test_validate_config_fills_defaults():
+    cfg = validate_config({"checkpoints": {"base": "organism:base"}})
+    assert cfg["probe"]["batch_size"] == 16 and cfg["data"]["source"] == "organism"
+    with pytest.raises(FaithprobeError, match="checkpoints.bad label"):
+        validate_config({"checkpoints": {"bad label": "x"}})
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("run", "demo", "score", "compare", "report"):
+        assert name in out
+    for name in ("run", "demo", "score", "compare", "report"):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
