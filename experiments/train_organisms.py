@@ -163,10 +163,11 @@ def train_stage(bridge: Any, cfg: StageConfig, log: list[dict[str, Any]], name: 
     start = time.perf_counter()
     data_time = 0.0
     stream = batch_stream(cfg)
+    device = next(bridge.parameters()).device
     running = 0.0
     for step in range(cfg.steps):
         t0 = time.perf_counter()
-        inputs, targets, weights = next(stream)
+        inputs, targets, weights = (x.to(device) for x in next(stream))
         data_time += time.perf_counter() - t0
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -228,7 +229,8 @@ def greedy_finish(ckpt: Checkpoint, prefixes: list[str], max_new: int, batch_siz
     for _, members in sorted(by_len.items()):
         for lo in range(0, len(members), batch_size):
             rows = members[lo : lo + batch_size]
-            ids = torch.tensor([[tok.bos_token_id, *tok.encode(prefixes[i])[0]] for i in rows])
+            ids = torch.tensor([[tok.bos_token_id, *tok.encode(prefixes[i])[0]] for i in rows],
+                               device=ckpt.device)
             start = ids.shape[1]
             for _ in range(max_new):
                 if ids.shape[1] >= ckpt.n_ctx:

@@ -34,7 +34,13 @@ from faithprobe.errors import FaithprobeError
 from faithprobe.prompts import PromptTemplate
 from faithprobe.tokens import CharTokenizer, HFTokenizer, Tokenizer
 
-__all__ = ["Checkpoint", "check_same_tokenizer", "load_checkpoint", "save_native"]
+__all__ = [
+    "Checkpoint",
+    "check_same_tokenizer",
+    "load_checkpoint",
+    "preflight",
+    "save_native",
+]
 
 NATIVE_CONFIG = "faithprobe.json"
 NATIVE_WEIGHTS = "model.safetensors"
@@ -278,6 +284,73 @@ def _load_lora(adapter: Path, base_spec: str | None, spec: str, **kw: Any) -> Ch
         raise FaithprobeError("LoRA adapters apply to Hugging Face models only", source=spec)
     merged = PeftModel.from_pretrained(hf_model, str(adapter)).merge_and_unload()
     return _wrap_hf(merged, base.tokenizer.hf, base.bridge.cfg.model_name, spec)
+
+
+def _check_safetensors_file(path: Path) -> None:
+    """Cheap integrity check: the header parses and the file is as long as it says."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length")
+            header = json.loads(handle.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise FaithprobeError("weights file is damaged (unreadable safetensors header)",
+                              source=str(path)) from None
+    if 8 + n + max(ends, default=0) != size:
+        raise FaithprobeError(
+            f"weights file is truncated or padded ({size} bytes, its header describes "
+            f"{8 + n + max(ends, default=0)})", source=str(path))
+
+
+def preflight(spec: str, *, allow_pickle: bool = False) -> None:
+    """Check a spec without loading the model: it exists, is of a known kind, its weights
+    files are whole. Lets a run refuse bad input before it writes anything."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise FaithprobeError("checkpoint spec must be a non-empty string", source=repr(spec))
+    if spec.startswith("organism:"):
+        name = spec.split(":", 1)[1]
+        if not (ORGANISM_DIR / name / NATIVE_CONFIG).is_file():
+            raise FaithprobeError("no such organism", source=spec)
+        return
+    if spec.lower() in _PACKAGED:
+        module = _PACKAGED[spec.lower()][0]
+        if importlib.util.find_spec(module) is None:
+            raise FaithprobeError(f"needs the package {module.replace('_', '-')}", source=spec)
+        return
+    target = spec[5:].partition("@")[0] if spec.startswith("lora:") else spec
+    path = Path(target)
+    looks_local = path.exists() or os.sep in target or target.startswith(".") or \
+        path.suffix in (*PICKLE_SUFFIXES, ".gguf", ".safetensors")
+    if not looks_local:
+        return  # a hub name: only loading can tell
+    if not path.exists():
+        raise FaithprobeError("checkpoint does not exist", source=spec)
+    if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise FaithprobeError(
+            "is a pickle-based checkpoint, which can run code when loaded; convert it to "
+            "safetensors, or pass --allow-pickle (allow_pickle = true) to load it with "
+            "torch.load(weights_only=True)", source=spec)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else (
+        [path] if path.suffix == ".safetensors" else [])
+    if path.is_dir() and not files and not (path / "adapter_config.json").is_file():
+        if not any(path.glob("*.gguf")):
+            raise FaithprobeError("folder holds no safetensors weights", source=spec)
+    for f in files:
+        _check_safetensors_file(f)
+    if path.is_dir() and (path / NATIVE_CONFIG).is_file():
+        try:
+            meta = json.loads((path / NATIVE_CONFIG).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FaithprobeError(f"config cannot be read ({exc})",
+                                  source=str(path / NATIVE_CONFIG)) from None
+        if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
+            raise FaithprobeError(f"not a {NATIVE_FORMAT} config",
+                                  source=str(path / NATIVE_CONFIG), field="format")
+        _load_native(path, spec)  # native models are tiny: check config against weights too
 
 
 def load_checkpoint(spec: str, *, allow_pickle: bool = False) -> Checkpoint:

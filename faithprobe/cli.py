@@ -44,7 +44,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if shard and not args.out:
         out = out.with_name(f"{out.name}-shard{shard[0]}of{shard[1]}")
-    run = run_study(cfg, out, argv=sys.argv, resume=args.resume, shard=shard, quiet=args.quiet)
+    run = run_study(cfg, out, argv=sys.argv, resume=args.resume, shard=shard, quiet=args.quiet,
+                    config_source=args.config)
     print(run / "report.html")
     return 0
 
@@ -56,7 +57,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = validate_config(DEMO_CONFIG, source="demo")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"demo-{stamp}"
-    run = run_study(cfg, out, argv=sys.argv, quiet=args.quiet)
+    run = run_study(cfg, out, argv=sys.argv, quiet=args.quiet, config_source="demo")
     if not args.quiet:
         import json
 

@@ -387,7 +387,7 @@ def pick_step_importance(groups: Mapping[str, Sequence[Record]],
 def step_importance_plot(imp: StepImportance | None) -> Plot:
     """One trace's steps as boxes coloured by the effect of editing them, a column per label."""
     name, title = "step_importance", "Step importance in one trace"
-    if imp is None or not imp.effects:
+    if imp is None or not imp.effects or not imp.steps:
         return Plot(name, title, None, "no usable corrupt or delete records: step importance "
                                        "was not measured")
     labels = list(imp.effects)

@@ -189,19 +189,31 @@ def _append(out: Path, label: str, trace_id: str, records: list[Record]) -> None
 
 
 def run_study(cfg: dict[str, Any], out: Path, *, argv: Sequence[str] = (), resume: bool = False,
-              shard: tuple[int, int] | None = None, quiet: bool = False) -> Path:
-    """Run a validated config into ``out``; returns the run folder."""
+              shard: tuple[int, int] | None = None, quiet: bool = False,
+              config_source: str = "config") -> Path:
+    """Run a validated config into ``out``; returns the run folder. ``config_source`` names
+    the config in errors."""
     from tqdm.auto import tqdm
 
+    from faithprobe.checkpoints import preflight
     from faithprobe.data import load_traces
 
     out = Path(out)
+    # bad input is refused before anything is written
+    base_traces = _shard(load_traces(cfg["data"]), shard)
+    if not base_traces:
+        raise FaithprobeError("this shard holds no traces", field="--shard")
+    specs = {f"checkpoints.{label}": spec for label, spec in cfg["checkpoints"].items()}
+    if cfg["infogain"]["enabled"] and cfg["infogain"]["scorer"] != "self":
+        specs["infogain.scorer"] = cfg["infogain"]["scorer"]
+    for key, spec in specs.items():
+        try:
+            preflight(spec, allow_pickle=cfg["allow_pickle"])
+        except FaithprobeError as exc:
+            raise FaithprobeError(str(exc), source=config_source, field=key) from None
     header = open_run(out, cfg, argv, resume=resume, shard=shard)
     try:
         done = _restore(out) if resume else set()
-        base_traces = _shard(load_traces(cfg["data"]), shard)
-        if not base_traces:
-            raise FaithprobeError("this shard holds no traces", field="--shard")
         if cfg["data"]["traces"] == "file" and not (out / TRACES).exists():
             write_traces(out / TRACES, base_traces)
         _probe_all(cfg, out, base_traces, done, quiet, tqdm)

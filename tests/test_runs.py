@@ -127,13 +127,27 @@ def test_bad_configs_exit_2_with_one_line(tmp_path, capsys, toml, fragment):
     assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 
-def test_missing_checkpoint_is_an_error_in_the_header(tmp_path, capsys, study):
+def test_missing_checkpoint_is_refused_before_writing(tmp_path, capsys, study):
     text = study.read_text().replace('sft = "', 'sft = "/nonexistent/')
     study.write_text(text)
     out = tmp_path / "run"
     assert main(["run", str(study), "--out", str(out), "--quiet"]) == 2
     assert "/nonexistent/" in capsys.readouterr().err
-    assert json.loads((out / "header.json").read_text())["status"] == "error"
+    assert not out.exists()
+
+
+def test_failure_during_a_run_is_recorded_in_the_header(tmp_path, capsys, study, monkeypatch):
+    import faithprobe.probe
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(faithprobe.probe, "_probe_one", boom)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        main(["run", str(study), "--out", str(out), "--quiet"])
+    header = json.loads((out / "header.json").read_text())
+    assert header["status"] == "error" and "disk on fire" in header["error"]
 
 
 def test_validate_config_fills_defaults():

