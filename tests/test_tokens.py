@@ -27,7 +27,7 @@ def _check_alignment(tok, template, question, steps, answer):
 
 
 def test_char_alignment_exact():
-    tok = CharTokenizer("abc=0123456789;?\n :")
+    tok = CharTokenizer("abcns=0123456789;?\n :")
     tpl = PromptTemplate(suffix="\nans:", answer_sep=" ")
     rendered, aligned = _check_alignment(tok, tpl, "a=1;b?", ["a=1", "b=2"], "2")
     assert aligned.ids[0] == tok.bos_token_id
