@@ -10,7 +10,7 @@ layer) cell, each step's whole span patched at ``blocks.<l>.hook_resid_pre`` fro
 run's ``run_with_cache``. The fast path is ``faithprobe.patching.patch_steps(method="fast")``.
 Both timings include their own cache runs. Peak memory is the growth of the process's peak
 resident set over each phase (VmHWM, reset before the phase through /proc/self/clear_refs, minus
-VmRSS at its start) and tracemalloc's Python-heap peak (torch tensors are not traced there).
+VmRSS at its start); tracemalloc is not used: it slows the Python-heavy bridge several-fold.
 The last line printed is ``speedup=<x> max_abs_diff=<y>``.
 """
 
@@ -23,7 +23,6 @@ import os
 import resource
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 
 import torch
@@ -122,7 +121,7 @@ def reference_grid(bridge, clean, corrupted, spans, answer) -> torch.Tensor:
 
 
 def measure(fn):
-    """Run fn; return (result, seconds, peak RSS growth MiB in the phase, tracemalloc MiB).
+    """Run fn; return (result, seconds, peak RSS growth MiB in the phase).
 
     The RSS number is the phase's peak resident set minus the resident set at its start.
     """
@@ -132,15 +131,12 @@ def measure(fn):
         hwm = True
     except OSError:
         hwm = False
-    tracemalloc.start()
     t0 = time.perf_counter()
     with torch.no_grad():
         out = fn()
     seconds = time.perf_counter() - t0
-    _, py_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
     peak_kb = _status_kb("VmHWM") if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return out, seconds, (peak_kb - start_kb) / 1024, py_peak / 2**20
+    return out, seconds, (peak_kb - start_kb) / 1024
 
 
 def _status_kb(key: str) -> int:
@@ -162,9 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model={args.model} load_s={time.perf_counter() - t0:.1f} tokens={clean.shape[1]} "
           f"steps={len(spans)} spans={spans} layers={bridge.cfg.n_layers} "
           f"threads={torch.get_num_threads()}")
-    fast, t_fast, rss_fast, py_fast = measure(lambda: patch_steps(
+    fast, t_fast, rss_fast = measure(lambda: patch_steps(
         bridge, clean, corrupted, spans, answer, components=("resid_pre",)))
-    ref, t_ref, rss_ref, py_ref = measure(
+    ref, t_ref, rss_ref = measure(
         lambda: reference_grid(bridge, clean, corrupted, spans, answer))
     diff = float((fast.logit_diff[:, :, 0] - ref).abs().max())
     result = {
@@ -173,12 +169,11 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(), "reference_s": t_ref, "fast_s": t_fast,
         "speedup": t_ref / t_fast, "max_abs_diff": diff,
         "peak_rss_growth_mib_reference": rss_ref, "peak_rss_growth_mib_fast": rss_fast,
-        "tracemalloc_peak_mib_reference": py_ref, "tracemalloc_peak_mib_fast": py_fast,
         "clean_logit_diff": fast.clean_logit_diff,
         "corrupted_logit_diff": fast.corrupted_logit_diff, "argv": sys.argv, "config": CONFIG,
     }
-    for k in ("reference_s", "fast_s", "peak_rss_growth_mib_reference", "peak_rss_growth_mib_fast",
-              "tracemalloc_peak_mib_reference", "tracemalloc_peak_mib_fast"):
+    for k in ("reference_s", "fast_s", "peak_rss_growth_mib_reference",
+              "peak_rss_growth_mib_fast"):
         print(f"{k}={result[k]:.2f}")
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2))

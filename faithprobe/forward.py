@@ -1,12 +1,16 @@
-"""Forward passes over padded batches, and batched greedy or seeded generation.
+"""Forward passes over padded batches, prefix reuse, and batched generation.
 
-Used to let a model regenerate the steps after an edited one, and to have each checkpoint write
-its own chain of thought. Sequences are left-padded so every row's next token is read at the
-last position; the attention mask keeps padding out of every forward pass.
+Sequences are padded into batches with an attention mask and explicit position ids (so a padded
+row computes what it computes alone). Models wrapped from Hugging Face keep a key-value cache:
+generation feeds one token per step, and :func:`forward_logprobs` can reuse the cache of a
+shared prefix so that edits of a trace recompute only what follows their first changed token.
+Native (tiny) models have no cache and always run whole sequences.
 """
 
 from __future__ import annotations
 
+import copy
+from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
@@ -15,7 +19,12 @@ from torch import Tensor
 
 from faithprobe.checkpoints import Checkpoint
 
-__all__ = ["forward_logprobs", "generate"]
+__all__ = ["forward_logprobs", "generate", "has_kv_cache"]
+
+
+def has_kv_cache(ckpt: Checkpoint) -> bool:
+    """Whether the bridge can return and take a key-value cache (Hugging Face models)."""
+    return ckpt.native_config is None
 
 
 def _pad(
@@ -34,6 +43,10 @@ def _pad(
     return ids, mask, offsets
 
 
+def _positions(mask: Int[Tensor, "batch pos"], start: int = 0) -> Int[Tensor, "batch pos"]:
+    return (mask.cumsum(-1) - 1).clamp(min=0) + start
+
+
 @torch.no_grad()
 def forward_logprobs(
     ckpt: Checkpoint,
@@ -42,18 +55,77 @@ def forward_logprobs(
     *,
     batch_size: int = 16,
     padding_side: str = "right",
+    reuse_prefix: Sequence[int] | None = None,
 ) -> list[Float[Tensor, "n_read vocab"]]:
-    """Log-softmax of the logits at positions ``reads[k]`` of sequence ``k`` (unpadded index)."""
+    """Log-softmax of the logits at positions ``reads[k]`` of sequence ``k`` (unpadded index).
+
+    With ``reuse_prefix`` (token ids every sequence is compared against, usually the unedited
+    trace) and a model with a KV cache, the prefix is run once; each sequence then runs only
+    from its first token that differs from ``reuse_prefix`` (sequences with the same divergence
+    point are batched together on a copy of the cache cut there).
+    """
+    if reuse_prefix is not None and has_kv_cache(ckpt) and len(seqs) > 1:
+        return _forward_reusing(ckpt, seqs, reads, list(reuse_prefix), batch_size)
     out: list[Tensor] = []
     device = ckpt.device
     for lo in range(0, len(seqs), batch_size):
         chunk = seqs[lo : lo + batch_size]
         ids, mask, offsets = _pad(chunk, ckpt.tokenizer.pad_token_id, padding_side)
-        logits = ckpt.bridge(ids.to(device), attention_mask=mask.to(device))
+        logits = ckpt.bridge(ids.to(device), attention_mask=mask.to(device),
+                             position_ids=_positions(mask).to(device))
         for row, off in enumerate(offsets):
             pos = torch.tensor([off + p for p in reads[lo + row]], dtype=torch.long)
             out.append(torch.log_softmax(logits[row, pos.to(device)].float(), dim=-1).cpu())
     return out
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _forward_reusing(ckpt, seqs, reads, prefix, batch_size) -> list[Tensor]:
+    device = ckpt.device
+    # a sequence reuses the prefix up to (not including) the first position it must compute:
+    # its first differing token, and no later than its first read position
+    starts = [min(_lcp(s, prefix), min(r) if len(r) else len(s), len(s) - 1)
+              for s, r in zip(seqs, reads)]
+    base_logits, base_cache = ckpt.bridge(torch.tensor([prefix], device=device),
+                                          return_type="logits_and_cache")
+    out: list[Tensor | None] = [None] * len(seqs)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for k, s in enumerate(starts):
+        groups[s].append(k)
+    for start, members in sorted(groups.items()):
+        for lo in range(0, len(members), batch_size):
+            chunk = members[lo : lo + batch_size]
+            if start == 0:  # nothing shared: an ordinary batch
+                for k, lp in zip(chunk, forward_logprobs(
+                        ckpt, [seqs[k] for k in chunk], [reads[k] for k in chunk],
+                        batch_size=batch_size)):
+                    out[k] = lp
+                continue
+            cache = copy.deepcopy(base_cache)
+            if start < len(prefix):
+                cache.crop(start - len(prefix))  # a negative count: drop the tokens after start
+            cache.batch_repeat_interleave(len(chunk))
+            tails = [seqs[k][start:] for k in chunk]
+            ids, mask, _ = _pad(tails, ckpt.tokenizer.pad_token_id, "right")
+            full_mask = torch.cat([torch.ones(len(chunk), start, dtype=torch.long), mask], 1)
+            logits = ckpt.bridge(ids.to(device), attention_mask=full_mask.to(device),
+                                 position_ids=_positions(mask, start).to(device),
+                                 past_key_values=cache)
+            for row, k in enumerate(chunk):
+                rows = []
+                for p in reads[k]:
+                    # position p's logits: in the tail, or (p == start - 1) the prefix's last
+                    rows.append(logits[row, p - start] if p >= start else base_logits[0, p])
+                out[k] = torch.log_softmax(torch.stack(rows).float(), dim=-1).cpu()
+    return out  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -74,28 +146,51 @@ def generate(
     kept. ``temperature == 0`` is greedy; above 0 samples with a seeded generator. A row stops at
     the end-of-sequence token, at a stop string (cut from the text), or at ``max_new_tokens``
     (``stopped`` false: the generation never reached its end), or at the model's context.
+    Rows are left-padded; a model with a KV cache feeds one new token per step.
     """
     gen = torch.Generator().manual_seed(seed)
+    results: list[tuple] = []
+    for lo in range(0, len(prompts), batch_size):
+        results += _generate_batch(ckpt, prompts[lo: lo + batch_size], max_new_tokens, stop,
+                                   temperature, gen)
+    return [r if return_logprob else r[:2] for r in results]
+
+
+def _generate_batch(ckpt, prompts, max_new_tokens, stop, temperature, gen) -> list[tuple]:
+    device = ckpt.device
+    n = len(prompts)
     out: list[list[int]] = [[] for _ in prompts]
     texts = ["" for _ in prompts]
     logps = [0.0 for _ in prompts]
     stopped = [False for _ in prompts]
-    live = list(range(len(prompts)))
     eos = ckpt.tokenizer.eos_token_id
+    cached = has_kv_cache(ckpt)
+    ids, mask, _ = _pad(prompts, ckpt.tokenizer.pad_token_id, "left")
+    cache = None
+    pos = _positions(mask)
     for _ in range(max_new_tokens):
-        live = [i for i in live if not stopped[i] and len(prompts[i]) + len(out[i]) < ckpt.n_ctx]
-        if not live:
+        live = [i for i in range(n) if not stopped[i]]
+        if not live or ids.shape[1] >= ckpt.n_ctx:
             break
-        seqs = [list(prompts[i]) + out[i] for i in live]
-        lps = forward_logprobs(ckpt, seqs, [[len(s) - 1] for s in seqs], batch_size=batch_size,
-                               padding_side="left")
-        for i, lp in zip(live, lps):
-            row = lp[0]
+        if cached:
+            feed = ids if cache is None else ids[:, -1:]
+            feed_pos = pos if cache is None else pos[:, -1:]
+            logits, cache = ckpt.bridge(feed.to(device), attention_mask=mask.to(device),
+                                        position_ids=feed_pos.to(device),
+                                        past_key_values=cache, return_type="logits_and_cache")
+        else:
+            logits = ckpt.bridge(ids.to(device), attention_mask=mask.to(device),
+                                 position_ids=pos.to(device))
+        lp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
+        nxt = torch.full((n,), ckpt.tokenizer.pad_token_id, dtype=torch.long)
+        for i in live:
+            row = lp[i]
             if temperature > 0:
-                probs = torch.softmax(row / temperature, dim=-1)
-                tok = int(torch.multinomial(probs, 1, generator=gen))
+                tok = int(torch.multinomial(torch.softmax(row / temperature, dim=-1), 1,
+                                            generator=gen))
             else:
                 tok = int(torch.argmax(row))
+            nxt[i] = tok
             if eos is not None and tok == eos:
                 stopped[i] = True
                 continue
@@ -108,6 +203,7 @@ def generate(
                     texts[i] = texts[i][:at]
                     stopped[i] = True
                     break
-    if return_logprob:
-        return list(zip(texts, stopped, logps))
-    return list(zip(texts, stopped))
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        mask = torch.cat([mask, torch.ones(n, 1, dtype=torch.long)], 1)
+        pos = torch.cat([pos, pos[:, -1:] + 1], 1)
+    return list(zip(texts, stopped, logps))

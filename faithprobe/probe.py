@@ -43,6 +43,7 @@ class ProbeConfig:
     max_new_tokens: int = 48  # regeneration budget after a corrupted step
     batch_size: int = 16
     padding_side: str = "right"
+    share_prefix: bool = True  # reuse the unedited trace's KV cache for its edits (HF models)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -206,7 +207,7 @@ def _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge) 
     if config.infogain and scorer is None:
         items += [_item(trace, s) for s in truncations]
     scores = score(ckpt, items, template, batch_size=config.batch_size,
-                   padding_side=config.padding_side)
+                   padding_side=config.padding_side, share_prefix=config.share_prefix)
     orig = scores[0]
     records = [_record(trace, label, ckpt, "none", None, orig, None, template=template)]
     by_edit = dict(zip(map(id, (e for e, _ in final)), scores[1: 1 + len(final)]))

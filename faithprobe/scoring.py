@@ -104,8 +104,14 @@ def score(
     batch_size: int = 16,
     padding_side: str = "right",
     max_answer_tokens: int = 8,
+    share_prefix: bool = False,
 ) -> list[AnswerScore]:
-    """Score each item's answer after its reasoning; see the module docstring."""
+    """Score each item's answer after its reasoning; see the module docstring.
+
+    With ``share_prefix`` the items are edits of the first one (one trace): on a model with a
+    KV cache the first item's tokens are run once and every other item runs only from its first
+    differing token (exact up to float rounding).
+    """
     template = template or ckpt.template
     if padding_side not in ("left", "right"):
         raise FaithprobeError("must be 'left' or 'right'", field="padding_side")
@@ -120,21 +126,30 @@ def score(
         aligned = [_render(ckpt, template, item, c) for c in candidates]
         spans = [_answer_span(ckpt, a) for a in aligned]
         contexts = {a.ids[: s[0]] for a, s in zip(aligned, spans)}
-        single = len(contexts) == 1 and all(e - s == 1 for s, e in spans)
+        single = bool(item.options) and len(contexts) == 1 and all(e - s == 1 for s, e in spans)
         entry = {"candidates": candidates, "start": len(seqs), "single": single}
         if single:
             # every option is one token after the same context: one forward reads them all
             seqs.append(aligned[0].ids)
             reads.append([spans[0][0] - 1])
             entry["tokens"] = [a.ids[s[0]] for a, s in zip(aligned, spans)]
-        else:
+        elif item.options:
             for a, (s, e) in zip(aligned, spans):
                 seqs.append(a.ids)
                 reads.append(list(range(s - 1, e - 1)))
             entry["tokens"] = [a.ids[s:e] for a, (s, e) in zip(aligned, spans)]
+        else:
+            # free form: read from the separator on, and one past the answer, so the greedy
+            # answer can be checked against the teacher-forced one without generating
+            a, (s, e) = aligned[0], spans[0]
+            g = a.span("answer")[0]
+            seqs.append(a.ids)
+            reads.append(list(range(g - 1, e)))
+            entry.update(tokens=[a.ids[s:e]], skip=s - g, segment=a.ids[g:e])
         plan.append(entry)
     logprobs = forward_logprobs(ckpt, seqs, reads, batch_size=batch_size,
-                                padding_side=padding_side)
+                                padding_side=padding_side,
+                                reuse_prefix=seqs[0] if share_prefix and seqs else None)
     results: list[AnswerScore | None] = []
     free_form: list[int] = []
     for k, (item, entry) in enumerate(zip(items, plan)):
@@ -143,12 +158,16 @@ def score(
             lp = logprobs[start][0]
             per_token = [[float(lp[t])] for t in entry["tokens"]]
             first_dist = lp
-        else:
+        elif item.options:
             per_token = []
             for j, toks in enumerate(entry["tokens"]):
                 lp = logprobs[start + j]
                 per_token.append([float(lp[i, t]) for i, t in enumerate(toks)])
             first_dist = logprobs[start][0]
+        else:
+            lp, skip = logprobs[start], entry["skip"]
+            per_token = [[float(lp[skip + i, t]) for i, t in enumerate(entry["tokens"][0])]]
+            first_dist = lp[skip]
         totals = [sum(v) for v in per_token]
         nonfinite = not all(math.isfinite(v) for v in totals)
         answer_idx = entry["candidates"].index(item.answer) if item.options else 0
@@ -166,16 +185,34 @@ def score(
             ))
         else:
             nonfinite = nonfinite or not bool(torch.isfinite(first_dist).all())
+            greedy = _teacher_forced_greedy(ckpt, item, entry["segment"], logprobs[start])
             results.append(AnswerScore(
-                answer_logprob, nll_mean, len(ans_tokens), "", float("nan"), None,
-                first_dist.double().numpy(), nonfinite,
+                answer_logprob, nll_mean, len(ans_tokens), greedy[0] if greedy else "",
+                greedy[1] if greedy else float("nan"), None, first_dist.double().numpy(),
+                nonfinite,
             ))
-            free_form.append(k)
+            if greedy is None:
+                free_form.append(k)
     if free_form:
         _greedy_answers(ckpt, template, [items[k] for k in free_form],
                         [results[k] for k in free_form], free_form, results,
                         max_answer_tokens, batch_size)
     return results  # type: ignore[return-value]
+
+
+def _teacher_forced_greedy(ckpt: Checkpoint, item: ScoreItem, segment: Sequence[int],
+                           lp: torch.Tensor) -> tuple[str, float] | None:
+    """(answer, its probability) when greedy decoding would write exactly the item's answer
+    (every argmax along the answer is its token, and the next token ends it); else None."""
+    if not all(int(torch.argmax(lp[i])) == t for i, t in enumerate(segment)):
+        return None
+    numeric = bool(_NUMBER.fullmatch(normalize_answer(item.answer)))
+    said = normalize_answer(ckpt.tokenizer.decode(list(segment)), numeric=numeric)
+    nxt = int(torch.argmax(lp[len(segment)]))
+    more = normalize_answer(ckpt.tokenizer.decode([*segment, nxt]), numeric=numeric)
+    if not said or said != more:
+        return None
+    return said, float(math.exp(sum(float(lp[i, t]) for i, t in enumerate(segment))))
 
 
 def _greedy_answers(ckpt, template, items, scores, where, results, max_tokens, batch_size):
