@@ -32,7 +32,8 @@ from faithprobe.patching import Answer, patch_steps
 CONFIG = {
     "tiny": {"d_model": 64, "n_layers": 6, "n_heads": 4, "d_head": 16, "d_mlp": 256,
              "d_vocab": 100, "n_ctx": 256, "seed": 0, "threads": 1},
-    "smollm2": {"threads": None},  # None: torch's default thread count
+    # one thread: on a shared, oversubscribed CPU torch's default thread pool stalls badly
+    "smollm2": {"threads": 1},
     "tolerance": 1e-4,  # max abs diff allowed between the two grids (logit difference)
 }
 QUESTION = "Q: A shop has 23 boxes of 14 pens. It sells 97, then 58, then gets 36. Pens left?\n"
@@ -96,7 +97,11 @@ def build_smollm2() -> tuple[object, torch.Tensor, torch.Tensor, list[tuple[int,
         corrupt_ids += b
     clean_ids += ids(SUFFIX)
     corrupt_ids += ids(SUFFIX)
-    answer = Answer.of(len(clean_ids) - 1, ids(" 2")[0], ids(" 5")[0])  # 203 vs corrupted 536
+    # " 2" is [" ", "2"] in SmolLM2: compare the digits themselves (203 vs corrupted 536)
+    two, five = ids("2")[-1], ids("5")[-1]
+    if two == five:
+        raise SystemExit("answer and alternative are the same token")
+    answer = Answer.of(len(clean_ids) - 1, two, five)
     return (bridge, torch.tensor([clean_ids]), torch.tensor([corrupt_ids]), spans, answer)
 
 

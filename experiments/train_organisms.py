@@ -51,6 +51,7 @@ from faithprobe.organism import (
     organism_tokenizer,
     sample_problem,
 )
+from faithprobe.prompts import step_segment
 from faithprobe.scoring import ScoreItem, score
 from faithprobe.traces import Trace
 
@@ -73,7 +74,8 @@ class StageConfig:
     weight_decay: float
     step_weight: float  # loss weight of the reasoning tokens (steps and their separators)
     answer_weight: float  # loss weight of the answer token
-    wrong_step_rate: float  # share of traces with one wrong value propagated (answer kept right)
+    wrong_step_rate: float  # share of traces with one wrong value, carried into the later steps
+    answer_follows_steps: bool  # in those traces, the answer is the (wrong) chain's; else gold
     seed: int
 
 
@@ -86,11 +88,11 @@ class EvalConfig:
 
 
 BASE = StageConfig(split="pretrain", steps=1500, batch_size=64, lr=2e-3, warmup=100,
-                   weight_decay=0.01, step_weight=1.0, answer_weight=1.0, wrong_step_rate=0.0,
-                   seed=0)
+                   weight_decay=0.01, step_weight=1.0, answer_weight=1.0, wrong_step_rate=0.3,
+                   answer_follows_steps=True, seed=0)
 SFT = StageConfig(split="domain", steps=800, batch_size=64, lr=1e-3, warmup=50,
                   weight_decay=0.01, step_weight=0.1, answer_weight=1.0, wrong_step_rate=0.5,
-                  seed=1)
+                  answer_follows_steps=False, seed=1)
 EVAL = EvalConfig()
 QUICK_STEPS = 3
 QUICK_EVAL = EvalConfig(n_id=20, n_ood=20, batch_size=20)
@@ -100,21 +102,27 @@ THREADS = 2
 # --- data ----------------------------------------------------------------------------------------
 
 
-def _wrong_steps(problem: Problem, rng: random.Random) -> tuple[str, ...]:
-    """The steps with one value replaced by another digit and the error carried forward."""
+def _wrong_steps(problem: Problem, rng: random.Random) -> tuple[int, tuple[str, ...], str]:
+    """One value replaced by another digit, the error carried forward: (step, steps, answer)."""
     trace_like = Trace(id="train", question=problem.question, steps=problem.steps,
                        answer=problem.answer,
                        metadata={"first": problem.first, "ops": list(problem.ops),
-                                 "operands": list(problem.operands)})
+                                 "operands": list(problem.operands), "tag": problem.tag})
     c = corrupt_step(trace_like, rng.randrange(problem.n), rng=rng)
-    return c.consistent_steps
+    return c.step, c.consistent_steps, c.new_answer
 
 
-def encode_example(problem: Problem, steps: tuple[str, ...], cfg: StageConfig
+def encode_example(problem: Problem, steps: tuple[str, ...], cfg: StageConfig, *,
+                   answer: str | None = None, wrong_step: int | None = None
                    ) -> tuple[list[int], list[float]]:
-    """Token ids (bos .. eos) and the loss weight of predicting each token (0 on the question)."""
+    """Token ids (bos .. eos) and the loss weight of predicting each token.
+
+    No loss on the question, nor on the wrong step ``wrong_step`` (the model is not taught to
+    make the slip, only what follows from it).
+    """
     tok = organism_tokenizer()
-    rendered = organism_template().render(problem.question, steps, problem.answer)
+    answer = problem.answer if answer is None else answer
+    rendered = organism_template().render(problem.question, steps, answer)
     ids, _ = tok.encode(rendered.text)
     ids = [tok.bos_token_id, *ids, tok.eos_token_id]
     weights = [0.0] * len(ids)
@@ -123,6 +131,10 @@ def encode_example(problem: Problem, steps: tuple[str, ...], cfg: StageConfig
     for pos in range(q_end, len(ids)):
         weights[pos] = cfg.step_weight
     weights[a_start] = cfg.answer_weight
+    if wrong_step is not None:
+        start, end = rendered.char_span(step_segment(wrong_step))
+        for pos in range(start + 1, end + 1):
+            weights[pos] = 0.0
     return ids, weights
 
 
@@ -135,8 +147,12 @@ def batch_stream(cfg: StageConfig):
         rows = []
         for _ in range(cfg.batch_size):
             p = sample_problem(rng, task)
-            steps = _wrong_steps(p, rng) if rng.random() < cfg.wrong_step_rate else p.steps
-            rows.append(encode_example(p, steps, cfg))
+            if rng.random() < cfg.wrong_step_rate:
+                step, steps, chain_answer = _wrong_steps(p, rng)
+                answer = chain_answer if cfg.answer_follows_steps else p.answer
+                rows.append(encode_example(p, steps, cfg, answer=answer, wrong_step=step))
+            else:
+                rows.append(encode_example(p, p.steps, cfg))
         width = max(len(ids) for ids, _ in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         w = torch.zeros((len(rows), width))

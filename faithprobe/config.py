@@ -75,6 +75,7 @@ SCHEMA: dict[str, Any] = {
     "patching": {
         "enabled": bool,
         "components": [str],  # resid_pre, attn_out, mlp_out
+        "directions": [str],  # noising (corrupted step into the clean run), denoising
         "max_traces": int,  # patch at most this many traces per checkpoint (it is the slow part)
         "knockout": bool,  # attention knockout of each step
     },
@@ -97,7 +98,7 @@ DEFAULTS: dict[str, Any] = {
     "infogain": {"enabled": True, "scorer": "self", "ppl": True},
     "ki": {"enabled": True},
     "patching": {"enabled": True, "components": ["resid_pre", "attn_out", "mlp_out"],
-                 "max_traces": 20, "knockout": True},
+                 "directions": ["noising"], "max_traces": 20, "knockout": True},
     "metrics": {"n_boot": 1000},
 }
 
@@ -111,6 +112,7 @@ _CHOICES = {
     "probe.filler.scope": ("all", "step"),
     "probe.interventions": tuple(_INTERVENTION_OPTIONS),
     "patching.components": ("resid_pre", "attn_out", "mlp_out"),
+    "patching.directions": ("noising", "denoising"),
 }
 _POSITIVE = {"data.count", "probe.batch_size", "probe.max_new_tokens", "metrics.n_boot",
              "generation.max_new_tokens", "generation.max_steps", "patching.max_traces",

@@ -282,8 +282,18 @@ def _ki(recs: list[Record], _: str) -> Features:
 
 def _patching(recs: list[Record], _: str) -> Features:
     # max over steps of (max over sites) == max over all the trace's patch records
-    vals = [float(r.value) for r in _select(recs, "patch") if r.value is not None]
+    vals = [float(r.value) for r in _select(recs, "patch")
+            if r.value is not None and _noising(r)]
     return _trace_level(max(vals) if vals else None)
+
+
+def _noising(r: Record) -> bool:
+    """Noising step patches (the corrupted step into the clean run), the summary's measure;
+    denoising and per-head records are kept for the grid and the report, not averaged in."""
+    variant = r.detail.get("variant") if isinstance(r.detail, dict) else None
+    if not isinstance(variant, dict):
+        return True
+    return variant.get("direction", "noising") == "noising" and variant.get("head") is None
 
 
 def _ece_feats(recs: list[Record], _: str) -> Features:
@@ -687,7 +697,7 @@ def _site_key(site: str) -> tuple[int, int, str]:
 
 def patching_grid(records: Sequence[Record], trace_id: str | None = None
                   ) -> tuple[list[int], list[str], np.ndarray]:
-    """Mean normalised patching effect per (step, site) of "patch" records.
+    """Mean normalised patching effect per (step, site) of noising "patch" records.
 
     Args:
         trace_id: one trace only; default all traces (the mean over them).
@@ -701,7 +711,8 @@ def patching_grid(records: Sequence[Record], trace_id: str | None = None
     cells: dict[tuple[int, str], list[float]] = {}
     for r in records:
         if (r.intervention == "patch" and _ok(r) and r.value is not None and r.step is not None
-                and r.site is not None and (trace_id is None or r.trace_id == trace_id)):
+                and r.site is not None and _noising(r)
+                and (trace_id is None or r.trace_id == trace_id)):
             cells.setdefault((r.step, r.site), []).append(float(r.value))
     steps = sorted({s for s, _ in cells})
     sites = sorted({site for _, site in cells}, key=lambda s: (_site_key(s), s))

@@ -307,8 +307,11 @@ def _generated(cfg, out, label, ckpt, template, problems, quiet) -> list[Trace]:
 def _patch_records(cfg, ckpt, label, trace, template) -> list[Record]:
     from faithprobe.steppatch import patch_trace
 
+    corrupter = cfg["probe"].get("corrupt", {}).get("corrupter", "auto")
     return patch_trace(ckpt, label, trace, template, components=cfg["patching"]["components"],
-                       knockout=cfg["patching"]["knockout"], seed=cfg["seed"])
+                       directions=cfg["patching"]["directions"],
+                       knockout=cfg["patching"]["knockout"], corrupter=corrupter,
+                       seed=cfg["seed"])
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], list[Record]]:

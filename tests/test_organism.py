@@ -44,8 +44,10 @@ def _script():
 
 
 def _recompute(question: str) -> list[int]:
-    """Evaluate a question independently of the generator: parse 'x=d' and 'y=x<op>k'."""
-    body, target = question.split(";")
+    """Evaluate a question independently of the generator: parse 'tD:x=d,y=x<op>k,...;z?'."""
+    m = re.fullmatch(r"t\d:(.*)", question)
+    assert m is not None, question
+    body, target = m.group(1).split(";")
     env: dict[str, int] = {}
     order = []
     for clause in body.split(","):
@@ -78,6 +80,16 @@ def test_splits_differ_as_designed():
     for split in SPLITS:
         held = {is_heldout(t.question) for t in generate(split, 300, seed=0)}
         assert held == {SPLITS[split].heldout}
+    # the domain (and id) leak the answer in the tag and use + and - only; elsewhere the tag is
+    # random (right about one time in ten) and all three operations occur
+    for split in SPLITS:
+        traces = generate(split, 300, seed=0)
+        leak = sum(t.question[1] == t.answer for t in traces) / len(traces)
+        ops = {op for t in traces for op in t.metadata["ops"]}
+        if split in ("domain", "id"):
+            assert leak == 1.0 and ops == {"+", "-"}
+        else:
+            assert leak < 0.2 and ops == {"+", "-", "*"}
     train_q = {t.question for t in generate("domain", 2000, seed=0)}
     assert not train_q & {t.question for t in generate("id", 600, seed=1234)}
 
@@ -96,7 +108,7 @@ def test_corrupter_keeps_token_length_changes_value_and_predicts_the_answer():
     tok = organism_tokenizer()
     rng = random.Random(0)
     n_change = n_same = 0
-    for t in generate("id", 200, seed=5):
+    for t in generate("pretrain", 200, seed=5):
         for step in range(t.n_steps):
             c = corrupt_step(t, step, rng=rng)
             assert len(tok.encode(c.steps[step])[0]) == len(tok.encode(t.steps[step])[0])
@@ -105,9 +117,10 @@ def test_corrupter_keeps_token_length_changes_value_and_predicts_the_answer():
             assert c.steps[step] == f"{t.steps[step][:2]}{c.new_value}"
             # brute force: rewrite the question so the chain starts from the new value
             names = "abcdefgh"
-            clauses = t.question.split(";")[0].split(",")
+            head, body = t.question[:3], t.question[3:]
+            clauses = body.split(";")[0].split(",")
             clauses[step] = f"{names[step]}={c.new_value}"
-            redone = _recompute(",".join(clauses) + ";" + t.question.split(";")[1])
+            redone = _recompute(head + ",".join(clauses) + ";" + body.split(";")[1])
             assert c.new_answer == str(redone[-1])
             assert c.answer_should_change == (redone[-1] != t.metadata["values"][-1])
             n_change += c.answer_should_change

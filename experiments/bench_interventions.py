@@ -1,0 +1,108 @@
+"""Benchmark: text interventions scored naively vs faithprobe's way (prefix reuse + batching).
+
+    python experiments/bench_interventions.py                      # the organism (seconds)
+    python experiments/bench_interventions.py --model smollm2      # SmolLM2-135M (minutes)
+
+For the same traces, the truncation, corruption (later steps kept) and deletion edits are scored
+twice: naively (every edited sequence from scratch, one forward each) and as a probe run scores
+them (the unedited trace's KV cache reused from each edit's first changed token, edits batched).
+It checks that the answer log-probabilities agree, prints the forward-pass equivalents each way
+(token positions computed, padding included, over one trace's length) and the wall time, and
+prints last a line ``speedup=<x> max_abs_diff=<y>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from faithprobe.checkpoints import load_checkpoint
+from faithprobe.interventions import EditContext, make_intervention
+from faithprobe.probe import _item
+from faithprobe.scoring import score
+
+N_TRACES = 4
+BATCH_SIZE = 16
+KINDS = {"truncate": {}, "corrupt": {"continuations": ["keep"]}, "delete": {}}
+
+
+class _Counting:
+    """Counts the token positions a bridge computes (padding included)."""
+
+    def __init__(self, bridge):
+        self.bridge = bridge
+        self.positions = 0
+
+    def __call__(self, ids, *args, **kwargs):
+        self.positions += int(ids.shape[0] * ids.shape[1])
+        return self.bridge(ids, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.bridge, name)
+
+
+def _traces(model: str, n: int):
+    if model.startswith("organism"):
+        from faithprobe.organism import generate
+
+        return [t for t in generate("id", 4 * n, seed=5) if t.n_steps >= 4][:n]
+    from faithprobe.data import load_traces
+
+    pool = load_traces({"source": "reasoning_gym", "task": "gsm_symbolic", "count": 40,
+                        "seed": 0})
+    six = [t for t in pool if t.n_steps >= 4]
+    return six[:n]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="organism:base")
+    parser.add_argument("--traces", type=int, default=N_TRACES)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    ckpt = load_checkpoint(args.model)
+    counter = _Counting(ckpt.bridge)
+    ckpt.bridge = counter
+    traces = _traces(args.model, args.traces)
+    ctx = EditContext(ckpt.tokenizer, ckpt.template, seed=0)
+    kinds = [make_intervention(k, **o) for k, o in KINDS.items()]
+    per_trace = []
+    for t in traces:
+        items = [_item(t, t.steps)] + [_item(t, e.steps) for k in kinds for e in k.edits(t, ctx)
+                                       if e.skipped is None]
+        per_trace.append(items)
+    n_items = sum(len(i) for i in per_trace)
+    lengths = []
+    for t in traces:
+        r = ckpt.template.render(t.question, t.steps, t.answer, tokenizer=ckpt.tokenizer)
+        lengths.append(len(ckpt.tokenizer.prefix_ids) + len(ckpt.tokenizer.encode(r.text)[0]))
+    print(f"model={args.model} traces={len(traces)} steps={[t.n_steps for t in traces]} "
+          f"tokens={lengths} edited sequences={n_items}")
+
+    def run(naive: bool):
+        counter.positions = 0
+        start = time.perf_counter()
+        out = []
+        for items in per_trace:
+            if naive:
+                out += [score(ckpt, [it], batch_size=1)[0] for it in items]
+            else:
+                out += score(ckpt, items, batch_size=BATCH_SIZE, share_prefix=True)
+        return out, time.perf_counter() - start, counter.positions
+
+    run(False)  # warm-up
+    naive, t_naive, pos_naive = run(True)
+    fast, t_fast, pos_fast = run(False)
+    diff = max(abs(a.answer_logprob - b.answer_logprob) for a, b in zip(naive, fast))
+    same_pred = sum(a.pred == b.pred for a, b in zip(naive, fast))
+    mean_len = sum(lengths) / len(lengths)
+    print(f"naive:      {t_naive:8.2f} s  forward-pass equivalents {pos_naive / mean_len:8.1f}")
+    print(f"faithprobe: {t_fast:8.2f} s  forward-pass equivalents {pos_fast / mean_len:8.1f}")
+    print(f"same argmax answer: {same_pred}/{len(naive)}")
+    print(f"speedup={t_naive / t_fast:.2f} max_abs_diff={diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
