@@ -20,6 +20,7 @@ Weights load without running code: safetensors by default. A pickle-based file (
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -236,7 +237,17 @@ def _packaged(name: str, spec: str) -> Checkpoint:
         )
     cache = _cache_root() / name
     if not (cache / "config.json").is_file():
-        _convert_gguf(Path(found.submodule_search_locations[0]), cache, architecture, spec)
+        folder = Path(found.submodule_search_locations[0])
+        package = importlib.import_module(module)
+        if hasattr(package, "assemble"):  # a GGUF shipped in chunks: join them once
+            gguf_dir = _cache_root() / f"{name}-gguf"
+            gguf_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                folder = Path(package.assemble(gguf_dir / package.MODEL_NAME)).parent
+            except (FileNotFoundError, ValueError) as exc:
+                raise FaithprobeError(f"packaged model is incomplete ({exc})",
+                                      source=spec) from None
+        _convert_gguf(folder, cache, architecture, spec)
     return _load_hf_folder(cache, spec, name=hub_name)
 
 
