@@ -39,6 +39,7 @@ SCHEMA: dict[str, Any] = {
         "path": str,  # jsonl: the trace file (relative to the config file)
         "split": str,  # organism: id | ood
         "task": str,  # reasoning_gym: task name (gsm_symbolic, basic_arithmetic...)
+        "task_options": {"*": "scalar"},  # reasoning_gym: the task's own config fields
         "count": int,  # how many problems
         "seed": int,  # data seed
         "traces": str,  # file: use the traces as given | generate: each checkpoint writes its own
@@ -142,6 +143,11 @@ def _check(value: Any, schema: Any, path: str, source: str) -> Any:
                                       field=where)
             out[key] = _check(v, sub, where, source)
         return out
+    if schema == "scalar":
+        if isinstance(value, (dict, list)) or (isinstance(value, float) and value != value):
+            raise FaithprobeError("expected a string, number or boolean", source=source,
+                                  field=path)
+        return value
     if isinstance(schema, list):
         if not isinstance(value, list):
             raise FaithprobeError(f"expected {_type_name(schema)}, got {type(value).__name__}",

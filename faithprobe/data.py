@@ -58,14 +58,15 @@ def arithmetic_step_truth(step: str) -> bool:
     return True
 
 
-def _reasoning_gym(task: str, count: int, seed: int) -> list[Trace]:
+def _reasoning_gym(task: str, count: int, seed: int, options: dict[str, Any] | None = None
+                   ) -> list[Trace]:
     try:
         import reasoning_gym
     except ImportError:
         raise FaithprobeError("needs reasoning-gym (pip install -e '.[data]')",
                               field="data.source") from None
     try:
-        dataset = reasoning_gym.create_dataset(task, size=count, seed=seed)
+        dataset = reasoning_gym.create_dataset(task, size=count, seed=seed, **(options or {}))
     except Exception as exc:  # noqa: BLE001 - reasoning-gym raises its own kinds
         raise FaithprobeError(f"reasoning-gym cannot build task {task!r} ({exc})",
                               field="data.task") from None
@@ -101,5 +102,6 @@ def load_traces(data: dict[str, Any]) -> list[Trace]:
 
         return generate(data["split"], data.get("count", DEFAULT_COUNT), data["seed"])
     if source == "reasoning_gym":
-        return _reasoning_gym(data["task"], data.get("count", DEFAULT_COUNT), data["seed"])
+        return _reasoning_gym(data["task"], data.get("count", DEFAULT_COUNT), data["seed"],
+                              data.get("task_options"))
     raise FaithprobeError(f"unknown source {source!r}", field="data.source")

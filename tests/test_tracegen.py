@@ -1,0 +1,100 @@
+"""Generated traces, no-answer generations, and real-model errors, on tiny offline models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from faithprobe.errors import FaithprobeError
+from faithprobe.probe import ProbeConfig, probe
+from faithprobe.tracegen import NO_ANSWER, generate_traces
+from faithprobe.traces import Trace
+
+GEN = {"max_new_tokens": 12, "temperature": 0.0, "split": "lines", "max_steps": 4}
+
+
+def _problems():
+    return [Trace(f"p{i}", f"a={i};a?", (), str(i), gold=str(i)) for i in range(3)]
+
+
+def test_generation_is_deterministic_and_splits_steps(tiny):
+    a = generate_traces(tiny, _problems(), tiny.template, GEN)
+    b = generate_traces(tiny, _problems(), tiny.template, GEN)
+    assert a == b
+    for t in a:
+        assert t.metadata["generated_by"] == "tiny" and len(t.steps) <= 4
+        assert all(s.strip() for s in t.steps)
+    sampled = generate_traces(tiny, _problems(), tiny.template, {**GEN, "temperature": 1.0},
+                              seed=3)
+    assert sampled == generate_traces(tiny, _problems(), tiny.template,
+                                      {**GEN, "temperature": 1.0}, seed=3)
+
+
+def test_generation_without_an_answer_is_recorded_not_a_crash(tiny):
+    letter = tiny.tokenizer.token_id("a")
+    with torch.no_grad():  # the model now always says "a": never a number
+        tiny.bridge.unembed.b_U[letter] += 1e4
+    traces = generate_traces(tiny, _problems(), tiny.template, GEN)
+    assert all(t.metadata.get("no_answer") and t.answer == NO_ANSWER for t in traces)
+    recs = probe(tiny, "base", traces, ProbeConfig(max_new_tokens=3))
+    assert [r.status for r in recs] == ["no_answer"] * 3
+    from faithprobe.metrics import summarize
+
+    assert summarize(recs, n_boot=10)["checkpoints"]["base"]["no_answer_count"]["value"] == 3
+
+
+def test_generated_reasoning_is_what_the_model_wrote(tiny):
+    from faithprobe.forward import generate
+    from faithprobe.tokens import align
+
+    t = generate_traces(tiny, _problems()[:1], tiny.template, GEN)[0]
+    r = tiny.template.render(t.question, (), tokenizer=tiny.tokenizer)
+    ids = align(r.text, r.segments, tiny.tokenizer).ids
+    text, _ = generate(tiny, [ids[: -len(tiny.template.suffix)]], max_new_tokens=12,
+                       stop=(tiny.template.suffix.strip(),))[0]
+    for step in t.steps:
+        assert step in text
+
+
+def test_cached_and_uncached_generation_agree_on_a_hf_model(tmp_path):
+    """The KV-cache path (Hugging Face models) writes what full recomputation writes."""
+    transformers = pytest.importorskip("transformers")
+    from faithprobe.checkpoints import Checkpoint, _wrap_hf
+    from faithprobe.forward import generate
+
+    hf = _tiny_hf_tokenizer(tmp_path)
+    cfg = transformers.LlamaConfig(vocab_size=hf.vocab_size, hidden_size=32,
+                                   intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=128)
+    torch.manual_seed(0)
+    ckpt = _wrap_hf(transformers.LlamaForCausalLM(cfg), hf, "tiny-llama", "tiny-llama")
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    cached = generate(ckpt, prompts, max_new_tokens=6, return_logprob=True)
+    plain = Checkpoint(ckpt.bridge, ckpt.tokenizer, "x", ckpt.template, native_config={})
+    full = generate(plain, prompts, max_new_tokens=6, return_logprob=True)
+    assert [c[0] for c in cached] == [f[0] for f in full]
+    assert all(abs(c[2] - f[2]) < 1e-4 for c, f in zip(cached, full))
+
+
+def _tiny_hf_tokenizer(folder):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "a", "b", "=", "1", "2", "3", "?", ";", "the", "answer", "is"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="a"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from faithprobe.checkpoints import load_checkpoint
+
+    cfg = transformers.BioGptConfig(vocab_size=13, hidden_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=32)
+    transformers.BioGptForCausalLM(cfg).save_pretrained(tmp_path / "biogpt")
+    _tiny_hf_tokenizer(tmp_path).save_pretrained(tmp_path / "biogpt")
+    with pytest.raises(FaithprobeError, match="cannot wrap architecture BioGptForCausalLM"):
+        load_checkpoint(str(tmp_path / "biogpt"))
