@@ -280,21 +280,36 @@ def _convert_gguf(folder: Path, cache: Path, architecture: str | None, spec: str
 
 
 def _load_lora(adapter: Path, base_spec: str | None, spec: str, **kw: Any) -> Checkpoint:
+    """A LoRA adapter merged into a fresh copy of its (Hugging Face) base."""
     try:
         from peft import PeftModel
     except ImportError:
         raise FaithprobeError("LoRA adapters need peft (pip install peft)", source=spec) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise FaithprobeError("adapter folder has no adapter_config.json", source=spec)
     if base_spec is None:
         meta = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
         base_spec = meta.get("base_model_name_or_path")
         if not base_spec:
             raise FaithprobeError("adapter names no base; use lora:ADAPTER@BASE", source=spec)
-    base = load_checkpoint(base_spec, **kw)
-    hf_model = getattr(base.bridge, "original_model", None)
-    if base.native_config is not None or hf_model is None:
-        raise FaithprobeError("LoRA adapters apply to Hugging Face models only", source=spec)
-    merged = PeftModel.from_pretrained(hf_model, str(adapter)).merge_and_unload()
-    return _wrap_hf(merged, base.tokenizer.hf, base.bridge.cfg.model_name, spec)
+    if base_spec.lower() in _PACKAGED:
+        load_checkpoint(base_spec)  # converts the packaged model once
+        source = str(_cache_root() / base_spec.lower())
+    elif Path(base_spec).is_dir() and (Path(base_spec) / "config.json").is_file():
+        source = base_spec
+    else:
+        source = base_spec  # a hub name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(source)
+        merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    except (OSError, ValueError, KeyError) as exc:
+        raise FaithprobeError(
+            f"cannot apply the adapter to {base_spec!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]})", source=spec) from None
+    return _wrap_hf(merged, tok, Path(source).name, spec)
 
 
 def _check_safetensors_file(path: Path) -> None:
