@@ -1,6 +1,6 @@
 """Fine-tune SmolLM2-135M-Instruct on answer-labelled arithmetic (the "domain SFT" of issue 6).
 
-    python experiments/sft_smollm2.py                    # about 15-25 min on 2 idle CPU cores
+    python experiments/sft_smollm2.py                    # about 15-20 min on 2 idle CPU cores
     python experiments/sft_smollm2.py --steps 2 --out /tmp/sft-smoke   # smoke test
 
 Recipe (the way SFT on answer-labelled domain data is usually done): reasoning-gym's
@@ -29,9 +29,9 @@ TASK = "basic_arithmetic"
 TASK_OPTIONS = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}
 TRAIN_SEED = 1000  # the study evaluates on seed 0: different problems
 N_TRAIN = 4000
-STEPS = 200
+STEPS = 120
 BATCH = 8
-LR = 2e-5
+LR = 5e-5
 WARMUP = 20
 MAX_GRAD_NORM = 1.0
 SEED = 0

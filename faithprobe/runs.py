@@ -217,14 +217,12 @@ def run_study(cfg: dict[str, Any], out: Path, *, argv: Sequence[str] = (), resum
         if cfg["data"]["traces"] == "file" and not (out / TRACES).exists():
             write_traces(out / TRACES, base_traces)
         _probe_all(cfg, out, base_traces, done, quiet, tqdm)
-        summary = finish_run(out, header)
+        finish_run(out, header, mark_success=True)
     except BaseException as exc:
         header.update(status="error", ended=_now(),
                       error=f"{type(exc).__name__}: {exc}"[:500])
         write_json(out / HEADER, header)
         raise
-    header.update(status="success", ended=_now(), summary=_headline(summary))
-    write_json(out / HEADER, header)
     return out
 
 
@@ -354,9 +352,10 @@ def merge_runs(run_dirs: Sequence[Path]) -> tuple[dict[str, Any], list[Record]]:
     return header, list(seen.values())
 
 
-def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None = None
-               ) -> dict[str, Any]:
-    """Summary and report of a run folder from its records."""
+def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None = None, *,
+               mark_success: bool = False) -> dict[str, Any]:
+    """Summary and report of a run folder from its records; with ``mark_success`` the header
+    says ``success`` (with the headline numbers) before the report is written from it."""
     from faithprobe.metrics import summarize
     from faithprobe.report import write_report
 
@@ -365,6 +364,9 @@ def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None =
     summary = summarize(records, n_boot=header["config"]["metrics"]["n_boot"],
                         seed=header["config"]["seed"])
     write_json(out / SUMMARY, summary)
+    if mark_success:
+        header.update(status="success", ended=_now(), summary=_headline(summary))
+        write_json(out / HEADER, header)
     traces = read_traces(out / TRACES) if (out / TRACES).is_file() else None
     write_report(out, records, summary, header, traces)
     return summary
