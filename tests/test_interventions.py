@@ -160,3 +160,20 @@ def test_infogain_with_fixed_scorer_names_it(tiny, tiny_tokenizer):
     own_ig = [r for r in own if r.intervention == "infogain"]
     assert all(r.detail["scorer"] == "self" for r in own_ig)
     assert any(abs(a.value - b.value) > 1e-6 for a, b in zip(ig, own_ig))
+
+
+def test_ki_through_a_judge(tiny):
+    calls = []
+
+    def judge(trace, i):
+        calls.append(i)
+        return int("7" not in trace.steps[i])
+
+    t = _trace(step_truth=None)
+    recs = probe(tiny, "base", [t], ProbeConfig(interventions=(), infogain=False,
+                                                infogain_ppl=False), judge=judge)
+    ki = [(r.step, r.value, r.detail["source"]) for r in recs if r.intervention == "ki"]
+    assert ki == [(0, 1.0, "judge"), (1, 0.0, "judge"), (2, 1.0, "judge")] and calls == [0, 1, 2]
+    with pytest.raises(FaithprobeError, match="not 0 or 1"):
+        probe(tiny, "base", [t], ProbeConfig(interventions=(), infogain=False,
+                                             infogain_ppl=False), judge=lambda tr, i: 0.5)

