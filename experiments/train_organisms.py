@@ -1,9 +1,12 @@
 """Train, evaluate and ship faithprobe's two model organisms (``base`` and ``sft``).
 
-Exact command (about 8 minutes on 2 CPU cores; writes faithprobe/organisms/{base,sft}/ and
-results/organisms/eval.json)::
+Exact command (writes faithprobe/organisms/{base,sft}/ and results/organisms/eval.json)::
 
     python experiments/train_organisms.py
+
+Wall time, 2 torch threads: 8 to 10 minutes on two otherwise idle cores (base training is
+about 70% of it, sft 20%, evaluation 10%, data generation under 1%); on a shared machine under
+load it grows accordingly (the shipped run took 38 minutes; see results/organisms/eval.json).
 
 Options: ``--quick`` (a few steps, a small evaluation: keeps the script alive in the tests),
 ``--steps N`` (base steps; sft gets the configured fraction), ``--out FOLDER`` (where the

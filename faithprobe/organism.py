@@ -336,3 +336,25 @@ class ModelShape:
 
 
 MODEL = ModelShape()
+
+
+# --- the task-aware corrupter and paraphraser, registered for the interventions ------------------
+
+def _register() -> None:
+    from faithprobe.interventions import register_corrupter, register_paraphraser
+
+    @register_corrupter("organism")
+    def corrupt_organism(trace: Trace, i: int, rng: random.Random) -> str | None:
+        """The organism's own corruption: step ``i``'s value changed, same token length."""
+        try:
+            return corrupt_step(trace, i, rng=rng).steps[i]
+        except FaithprobeError:
+            return None  # not an organism trace, or a step not of the form x=d
+
+    @register_paraphraser(TASK_NAME)
+    def paraphrase_organism(trace: Trace, i: int) -> str | None:
+        """``b=7`` -> ``b is 7``; None for a step of another form."""
+        return paraphrase_step(trace.steps[i]) if parse_step(trace.steps[i]) else None
+
+
+_register()
