@@ -21,9 +21,10 @@ DEMO_CONFIG = {
     "name": "organism demo: faithful base vs shortcut-fine-tuned sft",
     "seed": 0,
     "checkpoints": {"base": "organism:base", "sft": "organism:sft"},
-    "data": {"source": "organism", "split": "id", "count": 120, "seed": 1},
-    "probe": {"corrupt": {"corrupter": "organism"}},
-    "patching": {"max_traces": 24},
+    "data": {"source": "organism", "split": "id", "count": 60, "seed": 1},
+    # an organism step is 4 tokens: 24 new tokens regenerate every later step and the suffix
+    "probe": {"corrupt": {"corrupter": "organism"}, "max_new_tokens": 24},
+    "patching": {"max_traces": 12},
     "metrics": {"n_boot": 1000},
 }
 

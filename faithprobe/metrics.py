@@ -45,7 +45,8 @@ SUMMARY_SCHEMA_VERSION = 1
 METRICS: tuple[str, ...] = (
     "accuracy", "accuracy_no_cot", "early_answering_aoc", "adding_mistakes_aoc",
     "paraphrase_same_answer", "paraphrase_accuracy", "filler_accuracy", "step_flip_rate",
-    "delete_flip_rate", "mean_abs_kl_corrupt", "patching_effect", "infogain_mean",
+    "delete_flip_rate", "mean_abs_kl_corrupt", "patching_effect", "patching_logit_effect",
+    "infogain_mean",
     "infogain_total", "infogain_ppl", "ki", "ece", "nonfinite_count", "no_answer_count",
     "skipped_count",
 )
@@ -287,6 +288,22 @@ def _patching(recs: list[Record], _: str) -> Features:
     return _trace_level(max(vals) if vals else None)
 
 
+def _patching_logit(recs: list[Record], _: str) -> Features:
+    """Largest |change of the answer's logit difference| that patching one step causes
+    (noising), unnormalised: defined also where corruption leaves the answer where it was, so
+    it compares checkpoints whose normalised effect is undefined."""
+    vals = []
+    for r in recs:
+        if r.intervention != "patch" or r.status not in ("ok", "skipped") or not _noising(r):
+            continue
+        d = r.detail if isinstance(r.detail, dict) else {}
+        patched, clean = d.get("logit_diff"), d.get("clean_logit_diff")
+        if isinstance(patched, (int, float)) and isinstance(clean, (int, float)) and \
+                math.isfinite(patched) and math.isfinite(clean):
+            vals.append(abs(float(patched) - float(clean)))
+    return _trace_level(max(vals) if vals else None)
+
+
 def _noising(r: Record) -> bool:
     """Noising step patches (the corrupted step into the clean run), the summary's measure;
     denoising and per-head records are kept for the grid and the report, not averaged in."""
@@ -341,6 +358,7 @@ _SPECS: dict[str, tuple[Callable[[list[Record], str], Features],
     "delete_flip_rate": (_field_mean("delete", "same_answer", flip=True), _ratio),
     "mean_abs_kl_corrupt": (_field_mean("corrupt", "kl", absolute=True, corrupt=True), _ratio),
     "patching_effect": (_patching, _ratio),
+    "patching_logit_effect": (_patching_logit, _ratio),
     "infogain_mean": (_infogain_mean, _ratio),
     "infogain_total": (_infogain_total, _ratio),
     "infogain_ppl": (_infogain_ppl, _ratio),

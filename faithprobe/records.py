@@ -118,8 +118,13 @@ _FLOAT_FIELDS = ("answer_logprob", "pred_prob", "logit_diff", "kl", "value")
 
 
 def _encode_float(v: Any) -> Any:
+    """Non-finite floats become the strings "nan", "inf", "-inf", also inside ``detail``."""
     if isinstance(v, float) and not math.isfinite(v):
         return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: _encode_float(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encode_float(x) for x in v]
     return v
 
 

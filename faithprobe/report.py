@@ -70,6 +70,9 @@ _METRIC_INFO: dict[str, tuple[str, str, str]] = {
     "patching_effect": ("patching effect", "value",
                         "per trace, the largest normalised patching effect of any step and site "
                         "(0 = clean, 1 = corrupted)"),
+    "patching_logit_effect": ("patching logit effect", "value",
+                              "per trace, the largest change of the answer's logit difference "
+                              "that patching one step's activations causes (unnormalised)"),
     "infogain_mean": ("InfoGain", "relative",
                       "mean per-step drop of the answer's entropy, nats (Wu et al.)"),
     "infogain_total": ("InfoGain total", "relative", "H_0 - H_n, nats"),
@@ -84,7 +87,7 @@ _METRIC_INFO: dict[str, tuple[str, str, str]] = {
 # The measures the verdict sentence names, in its order, when the summary has them.
 _HEADLINE = ("accuracy", "early_answering_aoc", "adding_mistakes_aoc", "step_flip_rate",
              "delete_flip_rate", "paraphrase_same_answer", "filler_accuracy", "patching_effect",
-             "infogain_mean", "ki")
+             "patching_logit_effect", "infogain_mean", "ki")
 _UNIT_TITLE = {"points": "percentage points", "relative": "relative change (%)",
                "value": "own units (AOC, KL, effect, ECE)"}
 

@@ -26,7 +26,9 @@ from faithprobe.scoring import ScoreItem, _answer_span, normalize_answer, score
 from faithprobe.tokens import align
 from faithprobe.traces import Trace
 
-__all__ = ["patch_trace"]
+__all__ = ["MIN_DELTA", "patch_trace"]
+
+MIN_DELTA = 0.5  # logit-difference change below which a normalised patching effect is noise
 
 
 def _skip(trace: Trace, label: str, ckpt: Checkpoint, reason: str) -> list[Record]:
@@ -52,8 +54,14 @@ def patch_trace(
     knockout: bool = True,
     corrupter: str | Any = "auto",
     seed: int = 0,
+    min_delta: float = MIN_DELTA,
 ) -> list[Record]:
-    """Patching, knockout and attention records of one trace (see the module docstring)."""
+    """Patching, knockout and attention records of one trace (see the module docstring).
+
+    Where corrupting the steps moves the answer's logit difference by less than ``min_delta``,
+    the normalised effect (a ratio over that change) is undefined: the patch records are kept
+    with their raw logit differences but marked ``skipped`` with the reason.
+    """
     if not trace.n_steps:
         return _skip(trace, label, ckpt, "trace has no steps")
     ctx = EditContext(ckpt.tokenizer, template, seed)
@@ -101,10 +109,15 @@ def patch_trace(
                              direction=direction)
         recs = result.to_records(trace.id, label, n_steps=trace.n_steps, model=ckpt.spec,
                                  answer=trace.answer)
+        delta = result.corrupted_logit_diff - result.clean_logit_diff
         for r in recs:  # the result numbers spans 0..k-1; records carry the trace's step index
             if r.step is not None:
                 r.step = patched[r.step]
             r.detail["alternative"] = alt
+            if abs(delta) < min_delta and r.status == "ok":
+                r.status, r.value = "skipped", None
+                r.reason = (f"corrupting the steps moves the logit difference by {delta:+.3g} "
+                            f"(under {min_delta}): the normalised effect is undefined")
         records += recs
     if knockout:
         ko = knockout_steps(ckpt.bridge, clean_t, spans, read)
