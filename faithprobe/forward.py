@@ -10,7 +10,6 @@ Native (tiny) models have no cache and always run whole sequences.
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
@@ -88,6 +87,9 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+_GROUP_SLACK = 48  # tokens
+
+
 def _forward_reusing(ckpt, seqs, reads, prefix, batch_size) -> list[Tensor]:
     device = ckpt.device
     # a sequence reuses the prefix up to (not including) the first position it must compute:
@@ -97,34 +99,38 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size) -> list[Tensor]:
     base_logits, base_cache = ckpt.bridge(torch.tensor([prefix], device=device),
                                           return_type="logits_and_cache")
     out: list[Tensor | None] = [None] * len(seqs)
-    groups: dict[int, list[int]] = defaultdict(list)
-    for k, s in enumerate(starts):
-        groups[s].append(k)
-    for start, members in sorted(groups.items()):
-        for lo in range(0, len(members), batch_size):
-            chunk = members[lo : lo + batch_size]
-            if start == 0:  # nothing shared: an ordinary batch
-                for k, lp in zip(chunk, forward_logprobs(
-                        ckpt, [seqs[k] for k in chunk], [reads[k] for k in chunk],
-                        batch_size=batch_size)):
-                    out[k] = lp
-                continue
-            cache = copy.deepcopy(base_cache)
-            if start < len(prefix):
-                cache.crop(start - len(prefix))  # a negative count: drop the tokens after start
-            cache.batch_repeat_interleave(len(chunk))
-            tails = [seqs[k][start:] for k in chunk]
-            ids, mask, _ = _pad(tails, ckpt.tokenizer.pad_token_id, "right")
-            full_mask = torch.cat([torch.ones(len(chunk), start, dtype=torch.long), mask], 1)
-            logits = ckpt.bridge(ids.to(device), attention_mask=full_mask.to(device),
-                                 position_ids=_positions(mask, start).to(device),
-                                 past_key_values=cache)
-            for row, k in enumerate(chunk):
-                rows = []
-                for p in reads[k]:
-                    # position p's logits: in the tail, or (p == start - 1) the prefix's last
-                    rows.append(logits[row, p - start] if p >= start else base_logits[0, p])
-                out[k] = torch.log_softmax(torch.stack(rows).float(), dim=-1).cpu()
+    # Sequences whose divergence points lie within ``_GROUP_SLACK`` tokens share one batch that
+    # starts at the earliest of them: a few tokens recomputed buy one forward call fewer.
+    groups: list[tuple[int, list[int]]] = []
+    for k in sorted(range(len(seqs)), key=lambda k: starts[k]):
+        if groups and starts[k] - groups[-1][0] <= _GROUP_SLACK and \
+                len(groups[-1][1]) < batch_size:
+            groups[-1][1].append(k)
+        else:
+            groups.append((starts[k], [k]))
+    for start, chunk in groups:
+        if start == 0:  # nothing shared: an ordinary batch
+            for k, lp in zip(chunk, forward_logprobs(
+                    ckpt, [seqs[k] for k in chunk], [reads[k] for k in chunk],
+                    batch_size=batch_size)):
+                out[k] = lp
+            continue
+        cache = copy.deepcopy(base_cache)
+        if start < len(prefix):
+            cache.crop(start - len(prefix))  # a negative count: drop the tokens after start
+        cache.batch_repeat_interleave(len(chunk))
+        tails = [seqs[k][start:] for k in chunk]
+        ids, mask, _ = _pad(tails, ckpt.tokenizer.pad_token_id, "right")
+        full_mask = torch.cat([torch.ones(len(chunk), start, dtype=torch.long), mask], 1)
+        logits = ckpt.bridge(ids.to(device), attention_mask=full_mask.to(device),
+                             position_ids=_positions(mask, start).to(device),
+                             past_key_values=cache)
+        for row, k in enumerate(chunk):
+            rows = []
+            for p in reads[k]:
+                # position p's logits: in the tail, or (p == start - 1) the prefix's last
+                rows.append(logits[row, p - start] if p >= start else base_logits[0, p])
+            out[k] = torch.log_softmax(torch.stack(rows).float(), dim=-1).cpu()
     return out  # type: ignore[return-value]
 
 

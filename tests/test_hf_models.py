@@ -86,3 +86,28 @@ def test_lora_adapter_over_its_base(hf_folder, tmp_path):
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(got, plain, atol=1e-3)  # the adapter changed the model
     assert ckpt.spec.startswith("lora:")
+
+
+def test_prefix_reuse_equals_full_recompute(hf_folder):
+    """Edits scored from the unedited trace's KV cache equal edits run from scratch."""
+    from faithprobe.checkpoints import load_checkpoint
+    from faithprobe.interventions import EditContext, make_intervention
+    from faithprobe.probe import _item
+    from faithprobe.prompts import PromptTemplate
+    from faithprobe.scoring import score
+    from faithprobe.traces import Trace
+
+    ckpt = load_checkpoint(str(hf_folder))
+    ckpt.template = PromptTemplate(suffix=" Therefore, the answer is")
+    t = Trace("t", "Q: what is 5 + 7?", ("5 + 7 = 12.", "a b c 12.", "12 = 12."), "12")
+    ctx = EditContext(ckpt.tokenizer, ckpt.template)
+    items = [_item(t, t.steps)] + [
+        _item(t, e.steps) for k in (make_intervention("truncate"), make_intervention("delete"),
+                                    make_intervention("corrupt", continuations=["keep"]))
+        for e in k.edits(t, ctx) if e.skipped is None]
+    assert len(items) >= 8
+    shared = score(ckpt, items, share_prefix=True, batch_size=4)
+    alone = [score(ckpt, [it], batch_size=1)[0] for it in items]
+    for a, b in zip(shared, alone):
+        assert abs(a.answer_logprob - b.answer_logprob) < 1e-5
+        assert a.pred == b.pred
