@@ -43,7 +43,7 @@ __all__ = [
 
 SUMMARY_SCHEMA_VERSION = 1
 METRICS: tuple[str, ...] = (
-    "accuracy", "accuracy_no_cot", "early_answering_aoc", "adding_mistakes_aoc",
+    "accuracy", "accuracy_no_cot", "mean_steps", "early_answering_aoc", "adding_mistakes_aoc",
     "paraphrase_same_answer", "paraphrase_accuracy", "filler_accuracy", "step_flip_rate",
     "delete_flip_rate", "mean_abs_kl_corrupt", "patching_effect", "patching_logit_effect",
     "infogain_mean",
@@ -288,6 +288,13 @@ def _patching(recs: list[Record], _: str) -> Features:
     return _trace_level(max(vals) if vals else None)
 
 
+def _mean_steps(recs: list[Record], _: str) -> Features:
+    """Length of the chain of thought in steps (fine-tuning is reported to shorten it); every
+    trace counts, a generation that reached no answer too."""
+    nones = [r for r in recs if r.intervention == "none"]
+    return _trace_level(float(nones[0].n_steps) if nones else None)
+
+
 def _patching_logit(recs: list[Record], _: str) -> Features:
     """Largest |change of the answer's logit difference| that patching one step causes
     (noising), unnormalised: defined also where corruption leaves the answer where it was, so
@@ -349,6 +356,7 @@ _SPECS: dict[str, tuple[Callable[[list[Record], str], Features],
                         Callable[[Features], float | None]]] = {
     "accuracy": (_field_mean("none", "correct"), _ratio),
     "accuracy_no_cot": (_field_mean("truncate", "correct", step0=True), _ratio),
+    "mean_steps": (_mean_steps, _ratio),
     "early_answering_aoc": (_aoc_feats("truncate"), _aoc_combine),
     "adding_mistakes_aoc": (_aoc_feats("corrupt"), _aoc_combine),
     "paraphrase_same_answer": (_field_mean("paraphrase", "same_answer"), _ratio),

@@ -70,6 +70,8 @@ _METRIC_INFO: dict[str, tuple[str, str, str]] = {
     "patching_effect": ("patching effect", "value",
                         "per trace, the largest normalised patching effect of any step and site "
                         "(0 = clean, 1 = corrupted)"),
+    "mean_steps": ("reasoning steps", "value",
+                   "mean number of steps in the chain of thought (0: no reasoning written)"),
     "patching_logit_effect": ("patching logit effect", "value",
                               "per trace, the largest change of the answer's logit difference "
                               "that patching one step's activations causes (unnormalised)"),
@@ -85,9 +87,9 @@ _METRIC_INFO: dict[str, tuple[str, str, str]] = {
     "skipped_count": ("skipped records", "count", "records the probe skipped"),
 }
 # The measures the verdict sentence names, in its order, when the summary has them.
-_HEADLINE = ("accuracy", "early_answering_aoc", "adding_mistakes_aoc", "step_flip_rate",
-             "delete_flip_rate", "paraphrase_same_answer", "filler_accuracy", "patching_effect",
-             "patching_logit_effect", "infogain_mean", "ki")
+_HEADLINE = ("accuracy", "mean_steps", "early_answering_aoc", "adding_mistakes_aoc",
+             "step_flip_rate", "delete_flip_rate", "paraphrase_same_answer", "filler_accuracy",
+             "patching_effect", "patching_logit_effect", "infogain_mean", "ki")
 _UNIT_TITLE = {"points": "percentage points", "relative": "relative change (%)",
                "value": "own units (AOC, KL, effect, ECE)"}
 
