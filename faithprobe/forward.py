@@ -87,7 +87,7 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-_GROUP_SLACK = 48  # tokens
+_GROUP_SLACK = 16  # tokens
 
 
 def _forward_reusing(ckpt, seqs, reads, prefix, batch_size) -> list[Tensor]:
