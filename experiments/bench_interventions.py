@@ -22,7 +22,7 @@ import torch
 
 from faithprobe.checkpoints import load_checkpoint
 from faithprobe.interventions import EditContext, make_intervention
-from faithprobe.probe import _item
+from faithprobe.probe import item_of
 from faithprobe.scoring import score
 
 N_TRACES = 4
@@ -97,7 +97,7 @@ def main() -> None:
     kinds = [make_intervention(k, **o) for k, o in KINDS.items()]
     per_trace = []
     for t in traces:
-        items = [_item(t, t.steps)] + [_item(t, e.steps) for k in kinds for e in k.edits(t, ctx)
+        items = [item_of(t, t.steps)] + [item_of(t, e.steps) for k in kinds for e in k.edits(t, ctx)
                                        if e.skipped is None]
         per_trace.append(items)
     n_items = sum(len(i) for i in per_trace)

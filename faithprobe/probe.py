@@ -25,7 +25,7 @@ from faithprobe.scoring import AnswerScore, ScoreItem, normalize_answer, score
 from faithprobe.tokens import align
 from faithprobe.traces import Trace
 
-__all__ = ["ProbeConfig", "probe", "iter_probe"]
+__all__ = ["ProbeConfig", "item_of", "iter_probe", "probe"]
 
 Judge = Callable[[Trace, int], int]
 
@@ -181,7 +181,8 @@ def probe(ckpt: Checkpoint, label: str, traces: Sequence[Trace],
     return [r for recs in iter_probe(ckpt, label, traces, config, **kw) for r in recs]
 
 
-def _item(trace: Trace, steps: Sequence[str]) -> ScoreItem:
+def item_of(trace: Trace, steps: Sequence[str]) -> ScoreItem:
+    """What the scorer measures for ``trace`` with ``steps`` as its reasoning."""
     answer = trace.answer if trace.options else normalize_answer(trace.answer) or trace.answer
     return ScoreItem(trace.question, tuple(steps), answer, trace.options, trace.id)
 
@@ -203,9 +204,9 @@ def _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge) 
                 e.detail["stopped"] = stopped
             final.append((e, steps))
     truncations = [trace.steps[:k] for k in range(trace.n_steps + 1)]
-    items = [_item(trace, trace.steps)] + [_item(trace, s) for _, s in final]
+    items = [item_of(trace, trace.steps)] + [item_of(trace, s) for _, s in final]
     if config.infogain and scorer is None:
-        items += [_item(trace, s) for s in truncations]
+        items += [item_of(trace, s) for s in truncations]
     scores = score(ckpt, items, template, batch_size=config.batch_size,
                    padding_side=config.padding_side, share_prefix=config.share_prefix)
     orig = scores[0]
@@ -222,7 +223,7 @@ def _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge) 
         if scorer is None:
             ig_scores, who = scores[1 + len(final):], "self"
         else:
-            ig_scores = score(scorer, [_item(trace, s) for s in truncations],
+            ig_scores = score(scorer, [item_of(trace, s) for s in truncations],
                               scorer.template, batch_size=config.batch_size)
             who = scorer.spec
         for j, sc in enumerate(ig_scores):

@@ -28,7 +28,7 @@ from faithprobe.forward import forward_logprobs, generate
 from faithprobe.prompts import PromptTemplate
 from faithprobe.tokens import Aligned, align
 
-__all__ = ["AnswerScore", "ScoreItem", "normalize_answer", "score"]
+__all__ = ["AnswerScore", "ScoreItem", "answer_span", "normalize_answer", "score"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def normalize_answer(text: str, *, numeric: bool | None = None) -> str:
     return line
 
 
-def _answer_span(ckpt: Checkpoint, aligned: Aligned) -> tuple[int, int]:
+def answer_span(ckpt: Checkpoint, aligned: Aligned) -> tuple[int, int]:
     """The answer's tokens; leading tokens that hold only the separator (a space token of a
     character-level tokenizer) are context, not answer."""
     start, end = aligned.span("answer")
@@ -124,7 +124,7 @@ def score(
             raise FaithprobeError(f"answer {item.answer!r} is not an option",
                                   source=f"trace {item.id}", field="answer")
         aligned = [_render(ckpt, template, item, c) for c in candidates]
-        spans = [_answer_span(ckpt, a) for a in aligned]
+        spans = [answer_span(ckpt, a) for a in aligned]
         contexts = {a.ids[: s[0]] for a, s in zip(aligned, spans)}
         single = bool(item.options) and len(contexts) == 1 and all(e - s == 1 for s, e in spans)
         entry = {"candidates": candidates, "start": len(seqs), "single": single}

@@ -20,9 +20,10 @@ import torch
 from faithprobe.checkpoints import Checkpoint
 from faithprobe.interventions import EditContext, make_intervention
 from faithprobe.patching import Answer, attention_to_steps, knockout_steps, patch_steps
+from faithprobe.probe import item_of
 from faithprobe.prompts import PromptTemplate, step_segment
 from faithprobe.records import Record
-from faithprobe.scoring import ScoreItem, _answer_span, normalize_answer, score
+from faithprobe.scoring import answer_span, score
 from faithprobe.tokens import align
 from faithprobe.traces import Trace
 
@@ -76,11 +77,9 @@ def patch_trace(
             patched.append(i)
     if not patched:
         return _skip(trace, label, ckpt, "no step can be corrupted at the same token length")
-    answer = trace.answer if trace.options else normalize_answer(trace.answer) or trace.answer
-    clean_sc, bad_sc = score(ckpt, [ScoreItem(trace.question, trace.steps, answer,
-                                              trace.options, trace.id),
-                                    ScoreItem(trace.question, tuple(steps), answer,
-                                              trace.options, trace.id)], template)
+    clean_item = item_of(trace, trace.steps)
+    answer = clean_item.answer
+    clean_sc, bad_sc = score(ckpt, [clean_item, item_of(trace, steps)], template)
     alt = bad_sc.pred if bad_sc.pred and bad_sc.pred != answer else None
     if alt is None and bad_sc.option_logprobs:
         alt = max((o for o in bad_sc.option_logprobs if o != answer),
@@ -90,8 +89,8 @@ def patch_trace(
     clean = _ids(ckpt, template, trace, trace.steps, answer)
     corrupted = _ids(ckpt, template, trace, steps, answer)
     other = _ids(ckpt, template, trace, trace.steps, alt)
-    a0, a1 = _answer_span(ckpt, clean)
-    b0, b1 = _answer_span(ckpt, other)
+    a0, a1 = answer_span(ckpt, clean)
+    b0, b1 = answer_span(ckpt, other)
     ans_toks, alt_toks = clean.ids[a0:a1], other.ids[b0:b1]
     j = next((k for k, (x, y) in enumerate(zip(ans_toks, alt_toks)) if x != y), None)
     if a0 != b0 or j is None:

@@ -92,7 +92,7 @@ def test_prefix_reuse_equals_full_recompute(hf_folder):
     """Edits scored from the unedited trace's KV cache equal edits run from scratch."""
     from faithprobe.checkpoints import load_checkpoint
     from faithprobe.interventions import EditContext, make_intervention
-    from faithprobe.probe import _item
+    from faithprobe.probe import item_of
     from faithprobe.prompts import PromptTemplate
     from faithprobe.scoring import score
     from faithprobe.traces import Trace
@@ -101,8 +101,8 @@ def test_prefix_reuse_equals_full_recompute(hf_folder):
     ckpt.template = PromptTemplate(suffix=" Therefore, the answer is")
     t = Trace("t", "Q: what is 5 + 7?", ("5 + 7 = 12.", "a b c 12.", "12 = 12."), "12")
     ctx = EditContext(ckpt.tokenizer, ckpt.template)
-    items = [_item(t, t.steps)] + [
-        _item(t, e.steps) for k in (make_intervention("truncate"), make_intervention("delete"),
+    items = [item_of(t, t.steps)] + [
+        item_of(t, e.steps) for k in (make_intervention("truncate"), make_intervention("delete"),
                                     make_intervention("corrupt", continuations=["keep"]))
         for e in k.edits(t, ctx) if e.skipped is None]
     assert len(items) >= 8
