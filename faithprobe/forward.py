@@ -90,6 +90,29 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
 _GROUP_SLACK = 16  # tokens
 
 
+def _groups(starts: Sequence[int], batch_size: int) -> list[tuple[int, list[int]]]:
+    """Batches of sequence indices by divergence point: sequences whose points lie within
+    ``_GROUP_SLACK`` tokens share one batch that starts at the earliest of them (a few tokens
+    recomputed buy one forward call fewer)."""
+    groups: list[tuple[int, list[int]]] = []
+    for k in sorted(range(len(starts)), key=lambda k: starts[k]):
+        if groups and starts[k] - groups[-1][0] <= _GROUP_SLACK and \
+                len(groups[-1][1]) < batch_size:
+            groups[-1][1].append(k)
+        else:
+            groups.append((starts[k], [k]))
+    return groups
+
+
+def _cache_at(base_cache, start: int, length: int, rows: int):
+    """A copy of a one-row KV cache of ``length`` tokens, cut to ``start``, for ``rows`` rows."""
+    cache = copy.deepcopy(base_cache)
+    if start < length:
+        cache.crop(start - length)  # a negative count: drop the tokens after start
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
 def _forward_reusing(ckpt, seqs, reads, prefix, batch_size) -> list[Tensor]:
     device = ckpt.device
     # a sequence reuses the prefix up to (not including) the first position it must compute:
@@ -99,26 +122,14 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size) -> list[Tensor]:
     base_logits, base_cache = ckpt.bridge(torch.tensor([prefix], device=device),
                                           return_type="logits_and_cache")
     out: list[Tensor | None] = [None] * len(seqs)
-    # Sequences whose divergence points lie within ``_GROUP_SLACK`` tokens share one batch that
-    # starts at the earliest of them: a few tokens recomputed buy one forward call fewer.
-    groups: list[tuple[int, list[int]]] = []
-    for k in sorted(range(len(seqs)), key=lambda k: starts[k]):
-        if groups and starts[k] - groups[-1][0] <= _GROUP_SLACK and \
-                len(groups[-1][1]) < batch_size:
-            groups[-1][1].append(k)
-        else:
-            groups.append((starts[k], [k]))
-    for start, chunk in groups:
+    for start, chunk in _groups(starts, batch_size):
         if start == 0:  # nothing shared: an ordinary batch
             for k, lp in zip(chunk, forward_logprobs(
                     ckpt, [seqs[k] for k in chunk], [reads[k] for k in chunk],
                     batch_size=batch_size)):
                 out[k] = lp
             continue
-        cache = copy.deepcopy(base_cache)
-        if start < len(prefix):
-            cache.crop(start - len(prefix))  # a negative count: drop the tokens after start
-        cache.batch_repeat_interleave(len(chunk))
+        cache = _cache_at(base_cache, start, len(prefix), len(chunk))
         tails = [seqs[k][start:] for k in chunk]
         ids, mask, _ = _pad(tails, ckpt.tokenizer.pad_token_id, "right")
         full_mask = torch.cat([torch.ones(len(chunk), start, dtype=torch.long), mask], 1)
@@ -145,6 +156,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 16,
     return_logprob: bool = False,
+    reuse_prefix: Sequence[int] | None = None,
 ) -> list[tuple]:
     """Continue each prompt; returns (text up to the first stop string, whether it stopped).
 
@@ -152,17 +164,36 @@ def generate(
     kept. ``temperature == 0`` is greedy; above 0 samples with a seeded generator. A row stops at
     the end-of-sequence token, at a stop string (cut from the text), or at ``max_new_tokens``
     (``stopped`` false: the generation never reached its end), or at the model's context.
-    Rows are left-padded; a model with a KV cache feeds one new token per step.
+    Rows are left-padded; a model with a KV cache feeds one new token per step. With
+    ``reuse_prefix`` (token ids the prompts share a beginning with) on such a model, the prefix
+    is run once and each batch starts from its copy of that cache.
     """
     gen = torch.Generator().manual_seed(seed)
-    results: list[tuple] = []
-    for lo in range(0, len(prompts), batch_size):
-        results += _generate_batch(ckpt, prompts[lo: lo + batch_size], max_new_tokens, stop,
-                                   temperature, gen)
-    return [r if return_logprob else r[:2] for r in results]
+    if reuse_prefix is not None and has_kv_cache(ckpt) and len(prompts) > 0:
+        prefix = list(reuse_prefix)
+        with torch.no_grad():
+            _, base_cache = ckpt.bridge(torch.tensor([prefix], device=ckpt.device),
+                                        return_type="logits_and_cache")
+        starts = [min(_lcp(p, prefix), len(p) - 1) for p in prompts]
+        results: list[tuple | None] = [None] * len(prompts)
+        for start, idx in _groups(starts, batch_size):
+            cache = _cache_at(base_cache, start, len(prefix), len(idx)) if start else None
+            out = _generate_batch(ckpt, [prompts[i] for i in idx], max_new_tokens, stop,
+                                  temperature, gen, cache=cache, start=start)
+            for i, r in zip(idx, out):
+                results[i] = r
+    else:
+        results = []
+        for lo in range(0, len(prompts), batch_size):
+            results += _generate_batch(ckpt, prompts[lo: lo + batch_size], max_new_tokens,
+                                       stop, temperature, gen)
+    return [r if return_logprob else r[:2] for r in results]  # type: ignore[index]
 
 
-def _generate_batch(ckpt, prompts, max_new_tokens, stop, temperature, gen) -> list[tuple]:
+def _generate_batch(ckpt, prompts, max_new_tokens, stop, temperature, gen, *, cache=None,
+                    start: int = 0) -> list[tuple]:
+    """One batch; with ``cache`` (the shared prefix's KV cache, ``start`` tokens) only the
+    prompts' tails after ``start`` are fed, left-padded between prefix and tail."""
     device = ckpt.device
     n = len(prompts)
     out: list[list[int]] = [[] for _ in prompts]
@@ -171,19 +202,22 @@ def _generate_batch(ckpt, prompts, max_new_tokens, stop, temperature, gen) -> li
     stopped = [False for _ in prompts]
     eos = ckpt.tokenizer.eos_token_id
     cached = has_kv_cache(ckpt)
-    ids, mask, _ = _pad(prompts, ckpt.tokenizer.pad_token_id, "left")
-    cache = None
-    pos = _positions(mask)
+    ids, mask, _ = _pad([p[start:] for p in prompts], ckpt.tokenizer.pad_token_id, "left")
+    pos = _positions(mask, start)
+    fresh = True
+    if start:
+        mask = torch.cat([torch.ones(n, start, dtype=torch.long), mask], 1)
     for _ in range(max_new_tokens):
         live = [i for i in range(n) if not stopped[i]]
-        if not live or ids.shape[1] >= ckpt.n_ctx:
+        if not live or mask.shape[1] >= ckpt.n_ctx:
             break
         if cached:
-            feed = ids if cache is None else ids[:, -1:]
-            feed_pos = pos if cache is None else pos[:, -1:]
+            feed = ids if fresh else ids[:, -1:]
+            feed_pos = pos if fresh else pos[:, -1:]
             logits, cache = ckpt.bridge(feed.to(device), attention_mask=mask.to(device),
                                         position_ids=feed_pos.to(device),
                                         past_key_values=cache, return_type="logits_and_cache")
+            fresh = False
         else:
             logits = ckpt.bridge(ids.to(device), attention_mask=mask.to(device),
                                  position_ids=pos.to(device))

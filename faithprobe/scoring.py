@@ -196,7 +196,8 @@ def score(
     if free_form:
         _greedy_answers(ckpt, template, [items[k] for k in free_form],
                         [results[k] for k in free_form], free_form, results,
-                        max_answer_tokens, batch_size)
+                        max_answer_tokens, batch_size,
+                        reuse_prefix=seqs[0] if share_prefix and seqs else None)
     return results  # type: ignore[return-value]
 
 
@@ -215,11 +216,12 @@ def _teacher_forced_greedy(ckpt: Checkpoint, item: ScoreItem, segment: Sequence[
     return said, float(math.exp(sum(float(lp[i, t]) for i, t in enumerate(segment))))
 
 
-def _greedy_answers(ckpt, template, items, scores, where, results, max_tokens, batch_size):
+def _greedy_answers(ckpt, template, items, scores, where, results, max_tokens, batch_size,
+                    reuse_prefix=None):
     """Greedy-decode the answer after the suffix (free-form answers)."""
     prompts = [_render(ckpt, template, it, None).ids for it in items]
     outs = generate(ckpt, prompts, max_new_tokens=max_tokens, stop=("\n",),
-                    batch_size=batch_size, return_logprob=True)
+                    batch_size=batch_size, return_logprob=True, reuse_prefix=reuse_prefix)
     for i, (item, sc) in enumerate(zip(items, scores)):
         text, _stopped, logp = outs[i]
         numeric = bool(_NUMBER.fullmatch(normalize_answer(item.answer)))

@@ -98,3 +98,25 @@ def test_unsupported_architecture_is_named(tmp_path):
     _tiny_hf_tokenizer(tmp_path).save_pretrained(tmp_path / "biogpt")
     with pytest.raises(FaithprobeError, match="cannot wrap architecture BioGptForCausalLM"):
         load_checkpoint(str(tmp_path / "biogpt"))
+
+
+def test_generation_reusing_a_prefix_equals_plain_generation(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from faithprobe.checkpoints import _wrap_hf
+    from faithprobe.forward import generate
+
+    hf = _tiny_hf_tokenizer(tmp_path)
+    cfg = transformers.LlamaConfig(vocab_size=hf.vocab_size, hidden_size=32,
+                                   intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=128)
+    torch.manual_seed(1)
+    ckpt = _wrap_hf(transformers.LlamaForCausalLM(cfg), hf, "tiny-llama", "tiny-llama")
+    prefix = [5, 6, 7, 8, 9, 10, 11, 12, 5, 6, 7, 8, 9, 10, 11, 12, 5, 6, 7, 8, 9, 10]
+    prompts = [prefix[:20] + [3, 4], prefix[:3] + [9, 9], prefix + [2], prefix[:12],
+               [12, 11, 10]]
+    plain = generate(ckpt, prompts, max_new_tokens=5, return_logprob=True, batch_size=2)
+    shared = generate(ckpt, prompts, max_new_tokens=5, return_logprob=True, batch_size=2,
+                      reuse_prefix=prefix)
+    assert [p[0] for p in plain] == [s[0] for s in shared]
+    assert all(abs(p[2] - s[2]) < 1e-4 for p, s in zip(plain, shared))
