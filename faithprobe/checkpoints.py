@@ -137,7 +137,10 @@ def _read_safetensors(path: Path, source: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _load_native(folder: Path, spec: str) -> Checkpoint:
+def _load_native(folder: Path, spec: str, state: dict[str, torch.Tensor] | None = None,
+                 weights: Path | None = None) -> Checkpoint:
+    """A native model from its folder; ``state`` (already read, e.g. from a pickle file at
+    ``weights``) replaces the folder's safetensors file."""
     source = str(folder / NATIVE_CONFIG)
     try:
         meta = json.loads((folder / NATIVE_CONFIG).read_text(encoding="utf-8"))
@@ -148,10 +151,12 @@ def _load_native(folder: Path, spec: str) -> Checkpoint:
     for key in ("config", "tokenizer"):
         if not isinstance(meta.get(key), dict):
             raise FaithprobeError("missing or not an object", source=source, field=key)
-    weights = folder / NATIVE_WEIGHTS
-    if not weights.is_file():
-        raise FaithprobeError("weights file is missing", source=str(weights))
-    state = _read_safetensors(weights, str(weights))
+    if state is None:
+        weights = folder / NATIVE_WEIGHTS
+        if not weights.is_file():
+            raise FaithprobeError("weights file is missing", source=str(weights))
+        state = _read_safetensors(weights, str(weights))
+    weights = weights or folder / NATIVE_WEIGHTS
     try:
         tokenizer = CharTokenizer.from_json(meta["tokenizer"])
     except (KeyError, TypeError) as exc:
@@ -368,14 +373,6 @@ def preflight(spec: str, *, allow_pickle: bool = False) -> None:
     for f in files:
         _check_safetensors_file(f)
     if path.is_dir() and (path / NATIVE_CONFIG).is_file():
-        try:
-            meta = json.loads((path / NATIVE_CONFIG).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FaithprobeError(f"config cannot be read ({exc})",
-                                  source=str(path / NATIVE_CONFIG)) from None
-        if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
-            raise FaithprobeError(f"not a {NATIVE_FORMAT} config",
-                                  source=str(path / NATIVE_CONFIG), field="format")
         _load_native(path, spec)  # native models are tiny: check config against weights too
 
 
@@ -445,22 +442,7 @@ def _load_pickle(path: Path, spec: str, allow_pickle: bool) -> Checkpoint:
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FaithprobeError("does not hold a plain state dict of tensors", source=spec)
-    ckpt = _load_native_config_only(path.parent, spec)
-    try:
-        ckpt.bridge.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise FaithprobeError(f"config does not match its weights ({str(exc)[:160]})",
-                              source=spec) from None
-    return ckpt
-
-
-def _load_native_config_only(folder: Path, spec: str) -> Checkpoint:
-    meta = json.loads((folder / NATIVE_CONFIG).read_text(encoding="utf-8"))
-    bridge = build_native(meta["config"])
-    bridge.eval()
-    return Checkpoint(bridge, CharTokenizer.from_json(meta["tokenizer"]), spec,
-                      PromptTemplate.from_json(meta.get("template", {}), source=spec),
-                      dict(meta["config"]), dict(meta.get("card", {})))
+    return _load_native(path.parent, spec, state=state, weights=path)
 
 
 def _load_hub(name: str) -> Checkpoint:
