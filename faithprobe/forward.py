@@ -119,8 +119,8 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size) -> list[Tensor]:
     # its first differing token, and no later than its first read position
     starts = [min(_lcp(s, prefix), min(r) if len(r) else len(s), len(s) - 1)
               for s, r in zip(seqs, reads)]
-    base_logits, base_cache = ckpt.bridge(torch.tensor([prefix], device=device),
-                                          return_type="logits_and_cache")
+    _, base_cache = ckpt.bridge(torch.tensor([prefix], device=device),
+                                return_type="logits_and_cache")
     out: list[Tensor | None] = [None] * len(seqs)
     for start, chunk in _groups(starts, batch_size):
         if start == 0:  # nothing shared: an ordinary batch
@@ -137,11 +137,9 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size) -> list[Tensor]:
                              position_ids=_positions(mask, start).to(device),
                              past_key_values=cache)
         for row, k in enumerate(chunk):
-            rows = []
-            for p in reads[k]:
-                # position p's logits: in the tail, or (p == start - 1) the prefix's last
-                rows.append(logits[row, p - start] if p >= start else base_logits[0, p])
-            out[k] = torch.log_softmax(torch.stack(rows).float(), dim=-1).cpu()
+            # every read lies in the tail: a sequence's start is at or before its first read
+            at = torch.tensor([p - start for p in reads[k]], dtype=torch.long, device=device)
+            out[k] = torch.log_softmax(logits[row, at].float(), dim=-1).cpu()
     return out  # type: ignore[return-value]
 
 
