@@ -21,8 +21,13 @@ from faithprobe.forward import forward_logprobs, generate
 from faithprobe.interventions import Edit, EditContext, make_intervention
 from faithprobe.prompts import PromptTemplate
 from faithprobe.records import Record
-from faithprobe.scoring import AnswerScore, ScoreItem, normalize_answer, score
-from faithprobe.tokens import align
+from faithprobe.scoring import (
+    AnswerScore,
+    ScoreItem,
+    continuation_ids,
+    normalize_answer,
+    score,
+)
 from faithprobe.traces import Trace
 
 __all__ = ["ProbeConfig", "item_of", "iter_probe", "probe"]
@@ -118,12 +123,8 @@ def _record(trace: Trace, label: str, ckpt: Checkpoint, kind: str, step: int | N
 def _regenerate(ckpt: Checkpoint, template: PromptTemplate, trace: Trace,
                 edits: list[Edit], config: ProbeConfig) -> list[tuple[tuple[str, ...], bool]]:
     """Let the model write the steps after each edit's prefix; returns (steps, stopped)."""
-    prompts = []
-    for e in edits:
-        rendered = template.render(trace.question, e.steps, tokenizer=ckpt.tokenizer)
-        aligned = align(rendered.text, rendered.segments, ckpt.tokenizer,
-                        source=f"trace {trace.id}")
-        prompts.append(aligned.ids[: aligned.span("suffix")[0]])
+    prompts = [continuation_ids(ckpt, template, trace.question, e.steps, trace.id)
+               for e in edits]
     stop = [s for s in (template.suffix.strip(),) if s]
     outs = generate(ckpt, prompts, max_new_tokens=config.max_new_tokens, stop=stop,
                     batch_size=config.batch_size)

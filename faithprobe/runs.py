@@ -385,7 +385,7 @@ def score_runs(run_dirs: Sequence[Path], out: Path | None = None) -> Path:
             raise FaithprobeError("output folder exists and is not empty", source=str(out))
         out.mkdir(parents=True, exist_ok=True)
         if out.resolve() not in {d.resolve() for d in run_dirs}:
-            write_records(out / RECORDS, sorted(records, key=_sort_key))
+            write_records(out / RECORDS, sorted(records, key=dumps_record))
             traces = _merged_traces(run_dirs)
             if traces:
                 write_traces(out / TRACES, traces)
@@ -393,10 +393,6 @@ def score_runs(run_dirs: Sequence[Path], out: Path | None = None) -> Path:
     header.update(summary=_headline(summary), rescored=_now())
     write_json(target / HEADER, header)
     return target
-
-
-def _sort_key(r: Record) -> str:
-    return dumps_record(r)
 
 
 def _merged_traces(run_dirs: Sequence[Path]) -> list[Trace]:

@@ -28,7 +28,14 @@ from faithprobe.forward import forward_logprobs, generate
 from faithprobe.prompts import PromptTemplate
 from faithprobe.tokens import Aligned, align
 
-__all__ = ["AnswerScore", "ScoreItem", "answer_span", "normalize_answer", "score"]
+__all__ = [
+    "AnswerScore",
+    "ScoreItem",
+    "answer_span",
+    "continuation_ids",
+    "normalize_answer",
+    "score",
+]
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,15 @@ def score(
                         max_answer_tokens, batch_size,
                         reuse_prefix=seqs[0] if share_prefix and seqs else None)
     return results  # type: ignore[return-value]
+
+
+def continuation_ids(ckpt: Checkpoint, template: PromptTemplate, question: str,
+                     steps: Sequence[str], trace_id: str = "?") -> tuple[int, ...]:
+    """Token ids of a rendered prompt up to (not including) the forced-answer suffix: where the
+    model continues the reasoning."""
+    aligned = _render(ckpt, template, ScoreItem(question, tuple(steps), "", None, trace_id),
+                      None)
+    return aligned.ids[: aligned.span("suffix")[0]]
 
 
 def _teacher_forced_greedy(ckpt: Checkpoint, item: ScoreItem, segment: Sequence[int],

@@ -18,8 +18,7 @@ from faithprobe.checkpoints import Checkpoint
 from faithprobe.data import arithmetic_step_truth
 from faithprobe.forward import generate
 from faithprobe.prompts import PromptTemplate
-from faithprobe.scoring import ScoreItem, normalize_answer, score
-from faithprobe.tokens import align
+from faithprobe.scoring import ScoreItem, continuation_ids, normalize_answer, score
 from faithprobe.traces import MAX_FIELD_CHARS, Trace, split_steps
 
 __all__ = ["NO_ANSWER", "generate_traces"]
@@ -46,12 +45,7 @@ def generate_traces(
     """One generated trace per problem (question, gold and options kept; steps and answer the
     checkpoint's own). ``gen`` holds ``max_new_tokens``, ``temperature``, ``split`` and
     ``max_steps`` (the ``[generation]`` section of a run config)."""
-    prompts = []
-    for p in problems:
-        rendered = template.render(p.question, (), tokenizer=ckpt.tokenizer)
-        aligned = align(rendered.text, rendered.segments, ckpt.tokenizer,
-                        source=f"trace {p.id}")
-        prompts.append(aligned.ids[: aligned.span("suffix")[0]])
+    prompts = [continuation_ids(ckpt, template, p.question, (), p.id) for p in problems]
     stops = tuple(s for s in (template.suffix.strip(), *_STOPS) if s)
     outs = []
     step = max(1, batch_size)

@@ -56,19 +56,12 @@ def test_generated_reasoning_is_what_the_model_wrote(tiny):
         assert step in text
 
 
-def test_cached_and_uncached_generation_agree_on_a_hf_model(tmp_path):
+def test_cached_and_uncached_generation_agree_on_a_hf_model():
     """The KV-cache path (Hugging Face models) writes what full recomputation writes."""
-    transformers = pytest.importorskip("transformers")
-    from faithprobe.checkpoints import Checkpoint, _wrap_hf
+    from faithprobe.checkpoints import Checkpoint
     from faithprobe.forward import generate
 
-    hf = _tiny_hf_tokenizer(tmp_path)
-    cfg = transformers.LlamaConfig(vocab_size=hf.vocab_size, hidden_size=32,
-                                   intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=128)
-    torch.manual_seed(0)
-    ckpt = _wrap_hf(transformers.LlamaForCausalLM(cfg), hf, "tiny-llama", "tiny-llama")
+    ckpt = _tiny_llama(seed=0)
     prompts = [[5, 6, 7, 8], [9, 10]]
     cached = generate(ckpt, prompts, max_new_tokens=6, return_logprob=True)
     plain = Checkpoint(ckpt.bridge, ckpt.tokenizer, "x", ckpt.template, native_config={})
@@ -77,7 +70,21 @@ def test_cached_and_uncached_generation_agree_on_a_hf_model(tmp_path):
     assert all(abs(c[2] - f[2]) < 1e-4 for c, f in zip(cached, full))
 
 
-def _tiny_hf_tokenizer(folder):
+def _tiny_llama(seed: int):
+    """A two-layer Llama with the word-level tokenizer, wrapped in a bridge (has a KV cache)."""
+    transformers = pytest.importorskip("transformers")
+    from faithprobe.checkpoints import _wrap_hf
+
+    hf = _tiny_hf_tokenizer()
+    cfg = transformers.LlamaConfig(vocab_size=hf.vocab_size, hidden_size=32,
+                                   intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=128)
+    torch.manual_seed(seed)
+    return _wrap_hf(transformers.LlamaForCausalLM(cfg), hf, "tiny-llama", "tiny-llama")
+
+
+def _tiny_hf_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -95,23 +102,15 @@ def test_unsupported_architecture_is_named(tmp_path):
     cfg = transformers.BioGptConfig(vocab_size=13, hidden_size=16, num_hidden_layers=1,
                                     num_attention_heads=2, intermediate_size=32)
     transformers.BioGptForCausalLM(cfg).save_pretrained(tmp_path / "biogpt")
-    _tiny_hf_tokenizer(tmp_path).save_pretrained(tmp_path / "biogpt")
+    _tiny_hf_tokenizer().save_pretrained(tmp_path / "biogpt")
     with pytest.raises(FaithprobeError, match="cannot wrap architecture BioGptForCausalLM"):
         load_checkpoint(str(tmp_path / "biogpt"))
 
 
-def test_generation_reusing_a_prefix_equals_plain_generation(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    from faithprobe.checkpoints import _wrap_hf
+def test_generation_reusing_a_prefix_equals_plain_generation():
     from faithprobe.forward import generate
 
-    hf = _tiny_hf_tokenizer(tmp_path)
-    cfg = transformers.LlamaConfig(vocab_size=hf.vocab_size, hidden_size=32,
-                                   intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=128)
-    torch.manual_seed(1)
-    ckpt = _wrap_hf(transformers.LlamaForCausalLM(cfg), hf, "tiny-llama", "tiny-llama")
+    ckpt = _tiny_llama(seed=1)
     prefix = [5, 6, 7, 8, 9, 10, 11, 12, 5, 6, 7, 8, 9, 10, 11, 12, 5, 6, 7, 8, 9, 10]
     prompts = [prefix[:20] + [3, 4], prefix[:3] + [9, 9], prefix + [2], prefix[:12],
                [12, 11, 10]]
