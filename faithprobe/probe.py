@@ -227,14 +227,9 @@ def _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge) 
             ig_scores = score(scorer, [item_of(trace, s) for s in truncations],
                               scorer.template, batch_size=config.batch_size)
             who = scorer.spec
-        for j, sc in enumerate(ig_scores):
-            value = sc.answer_nll_mean
-            ok = math.isfinite(value)
-            records.append(Record(
-                trace_id=trace.id, checkpoint=label, intervention="infogain", step=j,
-                n_steps=trace.n_steps, model=ckpt.spec, answer=trace.answer,
-                value=value if ok else float("nan"), status="ok" if ok else "nonfinite",
-                detail={"scorer": who, "form": "answer_only"}))
+        records += _step_values(trace, label, ckpt, "infogain",
+                                [sc.answer_nll_mean for sc in ig_scores],
+                                {"scorer": who, "form": "answer_only"})
     if config.infogain_ppl:
         ppl_model = scorer or ckpt
         joiner = _PPL_JOINER
@@ -243,17 +238,24 @@ def _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge) 
         except FaithprobeError:  # a character-level tokenizer without those letters
             joiner = template.suffix + template.answer_sep
         texts = [_ppl_text(trace, s, joiner) for s in truncations]
-        for j, value in enumerate(_ppl(ppl_model, texts, config.batch_size)):
-            ok = math.isfinite(value)
-            records.append(Record(
-                trace_id=trace.id, checkpoint=label, intervention="infogain_ppl", step=j,
-                n_steps=trace.n_steps, model=ckpt.spec, answer=trace.answer,
-                value=value if ok else float("nan"), status="ok" if ok else "nonfinite",
-                detail={"scorer": "self" if scorer is None else scorer.spec,
-                        "form": "whole_string_ppl", "joiner": joiner}))
+        records += _step_values(trace, label, ckpt, "infogain_ppl",
+                                _ppl(ppl_model, texts, config.batch_size),
+                                {"scorer": "self" if scorer is None else scorer.spec,
+                                 "form": "whole_string_ppl", "joiner": joiner})
     if config.ki:
         records += _ki_records(trace, label, ckpt, judge)
     return records
+
+
+def _step_values(trace: Trace, label: str, ckpt: Checkpoint, kind: str,
+                 values: Sequence[float], detail: dict[str, Any]) -> list[Record]:
+    """One record per truncation j = 0..n carrying a scalar (an entropy, a perplexity);
+    a non-finite one is recorded as such."""
+    return [Record(trace_id=trace.id, checkpoint=label, intervention=kind, step=j,
+                   n_steps=trace.n_steps, model=ckpt.spec, answer=trace.answer,
+                   value=v if math.isfinite(v) else float("nan"),
+                   status="ok" if math.isfinite(v) else "nonfinite", detail=dict(detail))
+            for j, v in enumerate(values)]
 
 
 _PPL_JOINER = " Answer: "
