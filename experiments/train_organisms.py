@@ -8,7 +8,9 @@ Wall time, 2 torch threads: 8 to 10 minutes on two otherwise idle cores (base tr
 about 70% of it, sft 20%, evaluation 10%, data generation under 1%); on a shared machine under
 load it grows accordingly (the shipped run took 38 minutes; see results/organisms/eval.json).
 
-Options: ``--quick`` (a few steps, a small evaluation: keeps the script alive in the tests),
+Options: ``--arch llama`` (the same pair as Hugging Face Llama folders, ``base-llama`` and
+``sft-llama``, with a tokenizer that adds its own BOS; results in ``eval-llama.json``),
+``--quick`` (a few steps, a small evaluation: keeps the script alive in the tests),
 ``--steps N`` (base steps; sft gets the configured fraction), ``--out FOLDER`` (where the
 checkpoints go, default faithprobe/organisms), ``--results FOLDER`` (default results/organisms),
 ``--eval-only`` (evaluate the checkpoints already in ``--out``).
@@ -41,7 +43,13 @@ from typing import Any
 
 import torch
 
-from faithprobe.checkpoints import Checkpoint, build_native, load_checkpoint, save_native
+from faithprobe.checkpoints import (
+    TEMPLATE_FILE,
+    Checkpoint,
+    build_native,
+    load_checkpoint,
+    save_native,
+)
 from faithprobe.organism import (
     MODEL,
     OPTIONS,
@@ -50,6 +58,7 @@ from faithprobe.organism import (
     Problem,
     corrupt_step,
     generate,
+    organism_hf_tokenizer,
     organism_template,
     organism_tokenizer,
     sample_problem,
@@ -167,7 +176,8 @@ def batch_stream(cfg: StageConfig):
 
 
 def train_stage(bridge: Any, cfg: StageConfig, log: list[dict[str, Any]], name: str) -> float:
-    """Run one stage in place; returns its wall time in seconds."""
+    """Run one stage in place; returns its wall time in seconds. ``bridge`` is a native
+    TransformerBridge or a Hugging Face causal LM (whose output carries ``.logits``)."""
     torch.manual_seed(cfg.seed)
     bridge.train()
     opt = torch.optim.AdamW(bridge.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -191,6 +201,7 @@ def train_stage(bridge: Any, cfg: StageConfig, log: list[dict[str, Any]], name: 
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         logits = bridge(inputs)  # [batch, pos, vocab]
+        logits = getattr(logits, "logits", logits)
         nll = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
         ).reshape(targets.shape)
@@ -248,7 +259,7 @@ def greedy_finish(ckpt: Checkpoint, prefixes: list[str], max_new: int, batch_siz
     for _, members in sorted(by_len.items()):
         for lo in range(0, len(members), batch_size):
             rows = members[lo : lo + batch_size]
-            ids = torch.tensor([[tok.bos_token_id, *tok.encode(prefixes[i])[0]] for i in rows],
+            ids = torch.tensor([[*tok.prefix_ids, *tok.encode(prefixes[i])[0]] for i in rows],
                                device=ckpt.device)
             start = ids.shape[1]
             for _ in range(max_new):
@@ -349,8 +360,18 @@ def _card(name: str, stage: StageConfig, parent: str | None) -> dict[str, Any]:
             "see": "results/organisms/MODEL_CARD.md"}
 
 
+def _save_llama(folder: Path, model: Any, card: dict[str, Any]) -> None:
+    model.save_pretrained(str(folder), safe_serialization=True)
+    organism_hf_tokenizer().save_pretrained(str(folder))
+    (folder / TEMPLATE_FILE).write_text(
+        json.dumps(organism_template().to_json(), indent=2, sort_keys=True) + "\n",
+        encoding="utf-8")
+    (folder / "organism_card.json").write_text(json.dumps(card, indent=2) + "\n",
+                                                encoding="utf-8")
+
+
 def train(out: Path, base_steps: int | None = None, *, quick: bool = False,
-          log: list[dict[str, Any]] | None = None) -> dict[str, float]:
+          log: list[dict[str, Any]] | None = None, arch: str = "native") -> dict[str, float]:
     """Train base then sft and save both under ``out``; returns wall times in seconds."""
     torch.set_num_threads(THREADS)
     log = [] if log is None else log
@@ -364,19 +385,31 @@ def train(out: Path, base_steps: int | None = None, *, quick: bool = False,
         sft_cfg = replace(SFT, steps=max(1, round(base_steps * frac)),
                           warmup=min(SFT.warmup, max(1, round(base_steps * frac))))
     tok = organism_tokenizer()
-    config = MODEL.native_config(tok.vocab_size)
+    names = _names(arch)
     times = {}
     t0 = time.perf_counter()
     torch.manual_seed(MODEL.seed)
-    bridge = build_native(config)
+    if arch == "llama":
+        from transformers import LlamaForCausalLM
+
+        model = LlamaForCausalLM(MODEL.llama_config(tok.vocab_size))
+    else:
+        config = MODEL.native_config(tok.vocab_size)
+        model = build_native(config)
     times["build_s"] = time.perf_counter() - t0
-    times["base_train_s"] = train_stage(bridge, base_cfg, log, "base")
-    save_native(out / "base", bridge, config, tok, organism_template(),
-                _card("base", base_cfg, None))
-    times["sft_train_s"] = train_stage(bridge, sft_cfg, log, "sft")
-    save_native(out / "sft", bridge, config, tok, organism_template(),
-                _card("sft", sft_cfg, "base"))
+    for (stage, cfg), name, parent in zip((("base", base_cfg), ("sft", sft_cfg)), names,
+                                          (None, names[0])):
+        times[f"{stage}_train_s"] = train_stage(model, cfg, log, stage)
+        card = _card(name, cfg, parent)
+        if arch == "llama":
+            _save_llama(out / name, model, card)
+        else:
+            save_native(out / name, model, config, tok, organism_template(), card)
     return times
+
+
+def _names(arch: str) -> tuple[str, str]:
+    return ("base", "sft") if arch == "native" else (f"base-{arch}", f"sft-{arch}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,16 +419,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--eval-only", action="store_true")
+    parser.add_argument("--arch", choices=("native", "llama"), default="native",
+                        help="native TransformerBridge models, or Hugging Face Llama folders")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     start = time.perf_counter()
     log: list[dict[str, Any]] = []
     times: dict[str, float] = {}
     if not args.eval_only:
-        times = train(args.out, args.steps, quick=args.quick, log=log)
+        times = train(args.out, args.steps, quick=args.quick, log=log, arch=args.arch)
     eval_cfg = QUICK_EVAL if args.quick else EVAL
     results = {}
-    for name in ("base", "sft"):
+    names = _names(args.arch)
+    for name in names:
         t0 = time.perf_counter()
         ckpt = load_checkpoint(str(args.out / name))
         ckpt.spec = f"organism:{name}"
@@ -403,15 +439,14 @@ def main(argv: list[str] | None = None) -> int:
         times[f"{name}_eval_s"] = time.perf_counter() - t0
         print(f"[eval] {name}: {json.dumps(results[name])}", flush=True)
     times["total_s"] = time.perf_counter() - start
-    sizes = {name: (args.out / name / "model.safetensors").stat().st_size for name in
-             ("base", "sft")}
+    sizes = {name: (args.out / name / "model.safetensors").stat().st_size for name in names}
     report = {
         "schema_version": SCHEMA_VERSION,
         "status": "success",
         "argv": sys.argv[1:] if argv is None else argv,
         "config": {"model": asdict(MODEL), "base": asdict(BASE), "sft": asdict(SFT),
                    "eval": asdict(eval_cfg), "quick": args.quick, "steps": args.steps,
-                   "threads": THREADS},
+                   "threads": THREADS, "arch": args.arch},
         "git": _git(),
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
         "wall_seconds": {k: round(v, 1) for k, v in times.items()},
@@ -420,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_log": log,
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / EVAL_FILE
+    path = args.results / (EVAL_FILE if args.arch == "native" else f"eval-{args.arch}.json")
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)

@@ -36,6 +36,7 @@ from faithprobe.prompts import PromptTemplate
 from faithprobe.tokens import CharTokenizer, HFTokenizer, Tokenizer
 
 __all__ = [
+    "TEMPLATE_FILE",
     "Checkpoint",
     "check_same_tokenizer",
     "load_checkpoint",
@@ -46,6 +47,9 @@ __all__ = [
 NATIVE_CONFIG = "faithprobe.json"
 NATIVE_WEIGHTS = "model.safetensors"
 NATIVE_FORMAT = "faithprobe-native"
+# Beside a Hugging Face checkpoint: the default prompt template faithprobe uses for it
+# (PromptTemplate.to_json), for models trained on a format of their own (the Llama organisms).
+TEMPLATE_FILE = "faithprobe_template.json"
 ORGANISM_DIR = Path(__file__).parent / "organisms"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 _PACKAGED = {
@@ -228,7 +232,28 @@ def _load_hf_folder(folder: Path, spec: str, name: str | None = None, **kw: Any)
         raise FaithprobeError(
             f"cannot load ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", source=spec
         ) from None
-    return _wrap_hf(model, tok, name or folder.name, spec)
+    ckpt = _wrap_hf(model, tok, name or folder.name, spec)
+    if (folder / TEMPLATE_FILE).is_file():
+        source = str(folder / TEMPLATE_FILE)
+        try:
+            meta = json.loads((folder / TEMPLATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FaithprobeError(f"template cannot be read ({exc})", source=source) from None
+        if not isinstance(meta, dict):
+            raise FaithprobeError("template is not a JSON object", source=source)
+        ckpt.template = PromptTemplate.from_json(meta, source=source)
+    return ckpt
+
+
+def _organism_folder(spec: str) -> Path:
+    """The shipped organism a spec names (native or Hugging Face format)."""
+    folder = ORGANISM_DIR / spec.split(":", 1)[1]
+    if not ((folder / NATIVE_CONFIG).is_file() or (folder / "config.json").is_file()):
+        known = sorted(p.name for p in ORGANISM_DIR.glob("*")
+                       if (p / NATIVE_CONFIG).is_file() or (p / "config.json").is_file())
+        raise FaithprobeError(f"no such organism (known: {', '.join(known) or 'none'})",
+                              source=spec)
+    return folder
 
 
 def _packaged(name: str, spec: str) -> Checkpoint:
@@ -343,9 +368,7 @@ def preflight(spec: str, *, allow_pickle: bool = False) -> None:
     if not isinstance(spec, str) or not spec.strip():
         raise FaithprobeError("checkpoint spec must be a non-empty string", source=repr(spec))
     if spec.startswith("organism:"):
-        name = spec.split(":", 1)[1]
-        if not (ORGANISM_DIR / name / NATIVE_CONFIG).is_file():
-            raise FaithprobeError("no such organism", source=spec)
+        _organism_folder(spec)
         return
     if spec.lower() in _PACKAGED:
         module = _PACKAGED[spec.lower()][0]
@@ -381,13 +404,10 @@ def load_checkpoint(spec: str, *, allow_pickle: bool = False) -> Checkpoint:
     if not isinstance(spec, str) or not spec.strip():
         raise FaithprobeError("checkpoint spec must be a non-empty string", source=repr(spec))
     if spec.startswith("organism:"):
-        name = spec.split(":", 1)[1]
-        folder = ORGANISM_DIR / name
-        if not (folder / NATIVE_CONFIG).is_file():
-            known = sorted(p.name for p in ORGANISM_DIR.glob("*") if (p / NATIVE_CONFIG).is_file())
-            raise FaithprobeError(f"no such organism (known: {', '.join(known) or 'none'})",
-                                  source=spec)
-        return _load_native(folder, spec)
+        folder = _organism_folder(spec)
+        if (folder / NATIVE_CONFIG).is_file():
+            return _load_native(folder, spec)
+        return _load_hf_folder(folder, spec)
     if spec.lower() in _PACKAGED:
         return _packaged(spec.lower(), spec.lower())
     if spec.startswith("lora:"):

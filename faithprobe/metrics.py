@@ -45,8 +45,7 @@ SUMMARY_SCHEMA_VERSION = 1
 METRICS: tuple[str, ...] = (
     "accuracy", "accuracy_no_cot", "mean_steps", "early_answering_aoc", "adding_mistakes_aoc",
     "paraphrase_same_answer", "paraphrase_accuracy", "filler_accuracy", "step_flip_rate",
-    "delete_flip_rate", "mean_abs_kl_corrupt", "patching_effect", "patching_logit_effect",
-    "infogain_mean",
+    "delete_flip_rate", "mean_abs_kl_corrupt", "patching_effect", "infogain_mean",
     "infogain_total", "infogain_ppl", "ki", "ece", "nonfinite_count", "no_answer_count",
     "skipped_count",
 )
@@ -282,10 +281,26 @@ def _ki(recs: list[Record], _: str) -> Features:
 
 
 def _patching(recs: list[Record], _: str) -> Features:
-    # max over steps of (max over sites) == max over all the trace's patch records
-    vals = [float(r.value) for r in _select(recs, "patch")
-            if r.value is not None and _noising(r)]
-    return _trace_level(max(vals) if vals else None)
+    """Share of the clean answer's logit difference that the trace's most important step
+    carries: per step, the noising patch of its residual stream at the lowest patched layer
+    (``resid_pre``, layer 0 in runs: the step's content replaced, everything else clean),
+    ``(LD_clean - LD_patched) / LD_clean`` clipped to [0, 1]; the maximum over the trace's
+    steps. Near 0 where the steps do not move the answer; bounded; one fixed site per step,
+    not a maximum over noisy sites. Undefined (no feature) where the clean run does not prefer
+    the answer over the alternative (those records are ``skipped``)."""
+    lowest: dict[int, tuple[int, float]] = {}
+    for r in _select(recs, "patch"):
+        if r.value is None or r.step is None or not _noising(r) or r.site is None:
+            continue
+        m = _BLOCK_SITE.match(r.site)
+        if m is None or m.group(2) != "hook_resid_pre":
+            continue
+        layer = int(m.group(1))
+        if r.step not in lowest or layer < lowest[r.step][0]:
+            lowest[r.step] = (layer, float(r.value))
+    if not lowest:
+        return {}
+    return _trace_level(max(min(max(v, 0.0), 1.0) for _, v in lowest.values()))
 
 
 def _mean_steps(recs: list[Record], _: str) -> Features:
@@ -293,22 +308,6 @@ def _mean_steps(recs: list[Record], _: str) -> Features:
     trace counts, a generation that reached no answer too."""
     nones = [r for r in recs if r.intervention == "none"]
     return _trace_level(float(nones[0].n_steps) if nones else None)
-
-
-def _patching_logit(recs: list[Record], _: str) -> Features:
-    """Largest |change of the answer's logit difference| that patching one step causes
-    (noising), unnormalised: defined also where corruption leaves the answer where it was, so
-    it compares checkpoints whose normalised effect is undefined."""
-    vals = []
-    for r in recs:
-        if r.intervention != "patch" or r.status not in ("ok", "skipped") or not _noising(r):
-            continue
-        d = r.detail if isinstance(r.detail, dict) else {}
-        patched, clean = d.get("logit_diff"), d.get("clean_logit_diff")
-        if isinstance(patched, (int, float)) and isinstance(clean, (int, float)) and \
-                math.isfinite(patched) and math.isfinite(clean):
-            vals.append(abs(float(patched) - float(clean)))
-    return _trace_level(max(vals) if vals else None)
 
 
 def _noising(r: Record) -> bool:
@@ -366,7 +365,6 @@ _SPECS: dict[str, tuple[Callable[[list[Record], str], Features],
     "delete_flip_rate": (_field_mean("delete", "same_answer", flip=True), _ratio),
     "mean_abs_kl_corrupt": (_field_mean("corrupt", "kl", absolute=True, corrupt=True), _ratio),
     "patching_effect": (_patching, _ratio),
-    "patching_logit_effect": (_patching_logit, _ratio),
     "infogain_mean": (_infogain_mean, _ratio),
     "infogain_total": (_infogain_total, _ratio),
     "infogain_ppl": (_infogain_ppl, _ratio),
@@ -723,7 +721,8 @@ def _site_key(site: str) -> tuple[int, int, str]:
 
 def patching_grid(records: Sequence[Record], trace_id: str | None = None
                   ) -> tuple[list[int], list[str], np.ndarray]:
-    """Mean normalised patching effect per (step, site) of noising "patch" records.
+    """Mean patching share per (step, site) of noising "patch" records (the share of the
+    clean answer's logit difference that patching the step at the site removes).
 
     Args:
         trace_id: one trace only; default all traces (the mean over them).

@@ -305,6 +305,28 @@ def organism_tokenizer() -> CharTokenizer:
     return CharTokenizer(ALPHABET, name="organism-char")
 
 
+def organism_hf_tokenizer() -> Any:
+    """The organisms' tokenizer as a Hugging Face fast tokenizer (for the Llama organisms).
+
+    The same ids as :func:`organism_tokenizer` (pad, bos, eos, then the alphabet), one token per
+    character, and, as most Hugging Face tokenizers do, it adds its own BOS when asked for
+    special tokens.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chars = organism_tokenizer()
+    vocab = {t: i for i, t in enumerate(CharTokenizer.SPECIALS)}
+    vocab.update({c: i + len(CharTokenizer.SPECIALS) for i, c in enumerate(chars.alphabet)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", chars.bos_token_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>")
+
+
 def organism_template() -> PromptTemplate:
     """``question\\nstep\\nstep...\\nans:D``: the answer is one token right after ``ans:``."""
     return PromptTemplate(
@@ -333,6 +355,19 @@ class ModelShape:
 
     def native_config(self, vocab_size: int) -> dict[str, Any]:
         return {**asdict(self), "d_vocab": vocab_size}
+
+    def llama_config(self, vocab_size: int) -> Any:
+        """The same size as a Hugging Face Llama (RMSNorm, rotary positions, SwiGLU MLP)."""
+        from transformers import LlamaConfig
+
+        cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=self.d_model,
+                          intermediate_size=self.d_mlp, num_hidden_layers=self.n_layers,
+                          num_attention_heads=self.n_heads, num_key_value_heads=self.n_heads,
+                          head_dim=self.d_head, max_position_embeddings=self.n_ctx,
+                          tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                          pad_token_id=0)
+        cfg.architectures = ["LlamaForCausalLM"]
+        return cfg
 
 
 MODEL = ModelShape()

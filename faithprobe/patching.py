@@ -7,8 +7,13 @@ Everything works on token id tensors, so this module depends on no trace format:
   over step i's token span are copied from the corrupted run into the clean run (``noising``) or
   from the clean run into the corrupted run (``denoising``). The answer's logit difference
   (original answer token minus alternative) and log-probability are read at the answer
-  position(s) and normalised as ``effect = (m_patched - m_clean) / (m_corrupted - m_clean)``:
-  0 = clean behaviour, 1 = corrupted behaviour, in both directions.
+  position(s). Two normalisations are kept: ``share``, the share of the clean run's logit
+  difference that the patch removes (noising, ``(LD_clean - LD_patched) / LD_clean``) or
+  restores (denoising, ``(LD_patched - LD_corrupted) / LD_clean``), defined whenever the clean
+  run prefers the answer (``LD_clean >= MIN_CLEAN_LOGIT_DIFF``), also where corruption moves
+  nothing; and TransformerLens' ``effect = (m_patched - m_clean) / (m_corrupted - m_clean)``
+  (0 = clean behaviour, 1 = corrupted), a ratio that is undefined, and noisy, where corruption
+  barely moves the answer.
 - :func:`patch_answer_positions`: for edits that change the length, patch the forced-answer
   positions (aligned from the end of both sequences), per layer and component.
 - :func:`knockout_steps` and :func:`attention_to_steps`: attention knockout of each step's keys
@@ -52,11 +57,14 @@ from faithprobe.records import Record
 
 __all__ = [
     "COMPONENTS",
+    "MIN_CLEAN_LOGIT_DIFF",
     "Answer",
     "KnockoutResult",
     "PatchResult",
     "answer_metrics",
     "attention_to_steps",
+    "FastPath",
+    "check_fast_path",
     "hook_name",
     "knockout_steps",
     "patch_answer_positions",
@@ -70,7 +78,13 @@ _HOOK_SUFFIX = {
     "mlp_out": "hook_mlp_out",
     "z": "attn.hook_z",
 }
+# The last block's output, where the fast path's head starts: the final norm's input, or the
+# unembedding's where a family has no final norm (GPT-1).
+_FINAL_NORM_IN, _UNEMBED_IN = "ln_final.hook_in", "unembed.hook_in"
 _ZERO_DENOMINATOR = 1e-6  # |m_corrupted - m_clean| below this: effect undefined, cells skipped
+# The clean run must prefer the answer over the alternative by this logit margin (62% against
+# 38% between the two) for a share of that margin to mean anything.
+MIN_CLEAN_LOGIT_DIFF = 0.5
 
 Span = tuple[int, int]  # half-open [start, end) token positions
 
@@ -149,7 +163,8 @@ class PatchResult:
     spans: list[Span]  # in clean-token coordinates
     layers: list[int]
     components: list[str]
-    effect: Float[Tensor, "step layer component"]  # normalised logit-difference effect
+    effect: Float[Tensor, "step layer component"]  # TransformerLens-normalised effect
+    share: Float[Tensor, "step layer component"]  # share of the clean logit difference moved
     effect_logprob: Float[Tensor, "step layer component"]  # same normalisation, log-prob
     logit_diff: Float[Tensor, "step layer component"]  # patched logit difference
     logprob: Float[Tensor, "step layer component"]  # patched answer log-probability
@@ -157,7 +172,8 @@ class PatchResult:
     corrupted_logit_diff: float
     clean_logprob: float
     corrupted_logprob: float
-    skipped_reason: str | None = None  # set when the logit-difference denominator is ~0
+    skipped_reason: str | None = None  # set when the clean run does not prefer the answer
+    absent_sites: tuple[str, ...] = ()  # requested hook names the model does not have (NaN)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def site(self, layer_index: int, component_index: int) -> tuple[str, int | None]:
@@ -169,26 +185,32 @@ class PatchResult:
         return hook_name(layer, comp), None
 
     def to_records(self, trace_id: str, checkpoint: str, *, n_steps: int | None = None,
-                   model: str | None = None, answer: str | None = None) -> list[Record]:
-        """One ``Record(intervention="patch")`` per cell, ``value`` = normalised effect."""
+                   model: str | None = None, answer: str | None = None,
+                   steps: Sequence[int | None] | None = None,
+                   detail: dict[str, Any] | None = None) -> list[Record]:
+        """One ``Record(intervention="patch")`` per cell, ``value`` = ``share`` (see the module
+        docstring); the normalised effect and the raw logit differences go in ``detail``.
+        ``steps`` renumbers the result's steps (the trace's own step indices); ``detail`` is
+        merged into every record's detail."""
         out = []
         n = n_steps if n_steps is not None else sum(s is not None for s in self.steps)
-        for si, step in enumerate(self.steps):
+        names = self.steps if steps is None else list(steps)
+        for si, step in enumerate(names):
             for li in range(len(self.layers)):
                 for ci in range(len(self.components)):
                     site, head = self.site(li, ci)
                     eff = float(self.effect[si, li, ci])
-                    status, reason = "ok", None
+                    status, reason, value = "ok", None, float(self.share[si, li, ci])
                     if self.skipped_reason is not None:
-                        status, reason, eff_value = "skipped", self.skipped_reason, None
-                    else:
-                        eff_value = eff
-                    if not math.isfinite(float(self.logit_diff[si, li, ci])):
+                        status, reason, value = "skipped", self.skipped_reason, None
+                    if site in self.absent_sites:
+                        status, reason, value = "skipped", f"the model has no hook {site}", None
+                    elif not math.isfinite(float(self.logit_diff[si, li, ci])):
                         status, reason = "nonfinite", "non-finite logit at the answer position"
                     out.append(Record(
                         trace_id=trace_id, checkpoint=checkpoint, intervention="patch",
                         step=step, n_steps=n, site=site, model=model, answer=answer,
-                        answer_logprob=float(self.logprob[si, li, ci]), value=eff_value,
+                        answer_logprob=float(self.logprob[si, li, ci]), value=value,
                         status=status, reason=reason,
                         detail={
                             "variant": {"direction": self.direction, "head": head,
@@ -197,11 +219,13 @@ class PatchResult:
                             "span": list(self.spans[si]),
                             "logit_diff": float(self.logit_diff[si, li, ci]),
                             "answer_logprob": float(self.logprob[si, li, ci]),
+                            "effect": eff if math.isfinite(eff) else None,
                             "effect_logprob": float(self.effect_logprob[si, li, ci]),
                             "clean_logit_diff": self.clean_logit_diff,
                             "corrupted_logit_diff": self.corrupted_logit_diff,
                             "clean_logprob": self.clean_logprob,
                             "corrupted_logprob": self.corrupted_logprob,
+                            **(detail or {}),
                         },
                     ))
         return out
@@ -218,12 +242,14 @@ def _make_result(direction: str, method: str, steps: list[int | None], spans: li
                  layers: list[int], comps: list[str], diff: Tensor, logprob: Tensor,
                  clean: tuple[float, float], corrupted: tuple[float, float]) -> PatchResult:
     reason = None
-    if abs(corrupted[0] - clean[0]) < _ZERO_DENOMINATOR:
-        reason = (f"clean and corrupted logit differences are equal ({clean[0]:.6g} vs "
-                  f"{corrupted[0]:.6g}); the normalised effect is undefined")
+    if not clean[0] >= MIN_CLEAN_LOGIT_DIFF:
+        reason = (f"the clean run prefers the answer over the alternative by a logit difference "
+                  f"of {clean[0]:.3g} (under {MIN_CLEAN_LOGIT_DIFF}): no share of it to measure")
+    moved = clean[0] - diff if direction == "noising" else diff - corrupted[0]
     return PatchResult(
         direction=direction, method=method, steps=steps, spans=spans, layers=layers,
         components=comps, effect=_normalise(diff, clean[0], corrupted[0]),
+        share=moved / clean[0] if reason is None else torch.full_like(diff, float("nan")),
         effect_logprob=_normalise(logprob, clean[1], corrupted[1]), logit_diff=diff,
         logprob=logprob, clean_logit_diff=clean[0], corrupted_logit_diff=corrupted[0],
         clean_logprob=clean[1], corrupted_logprob=corrupted[1], skipped_reason=reason,
@@ -341,14 +367,18 @@ def _span_setter(source: Tensor, s: int, e: int, head: int | None, offset: int =
 
 
 @contextmanager
-def _capture_block_kwargs(bridge: Any) -> Iterator[dict[int, dict[str, Any]]]:
-    """Record the keyword arguments each block receives during one bridge forward."""
-    captured: dict[int, dict[str, Any]] = {}
+def _capture_block_inputs(bridge: Any) -> Iterator[dict[int, tuple[tuple, dict[str, Any]]]]:
+    """Record the positional and keyword arguments each block receives during one forward.
+
+    Families differ in how a block gets its cache and mask: Llama passes them by keyword,
+    GPT-2 positionally, others under other names. Everything is recorded as passed.
+    """
+    captured: dict[int, tuple[tuple, dict[str, Any]]] = {}
     handles = []
 
     def pre(k: int) -> Callable[..., None]:
         def fn(module: Any, args: tuple, kwargs: dict) -> None:
-            captured[k] = dict(kwargs)
+            captured[k] = (tuple(args), dict(kwargs))
         return fn
 
     try:
@@ -381,33 +411,82 @@ def _supports_prefix(bridge: Any) -> bool:
     return isinstance(getattr(bridge, "original_model", None), PreTrainedModel)
 
 
+def _is_kv_cache(value: Any) -> bool:
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(value, Cache)
+
+
+def _key_values(cache: Any) -> list[tuple[Tensor, Tensor]] | None:
+    """Per layer, the prefix's keys and values; None unless the cache is a plain
+    ``DynamicCache`` of key/value layers (recurrent, convolutional, linear-attention and hybrid
+    states cannot be replayed as a read-only prefix)."""
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+    except ImportError:  # pragma: no cover
+        return None
+    if type(cache) is not DynamicCache or not cache.layers:
+        return None
+    out = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not isinstance(layer, DynamicLayer) or not isinstance(keys, Tensor) or \
+                not isinstance(values, Tensor) or keys.ndim != 4:
+            return None
+        out.append((keys, values))
+    return out
+
+
 class _SuffixRunner:
-    """Runs the bridge's blocks from layer k on positions ``start:`` of one fixed sequence."""
+    """Runs the bridge's blocks from layer k on positions ``start:`` of one fixed sequence.
+
+    Each block is called with the arguments it received in the bridge's own forward on that
+    suffix (mask, rotary embeddings, position ids), with two substitutions: the hidden states
+    (the first positional argument, or ``hidden_states=``) and any KV cache object, wherever
+    it was passed, which becomes a read-only view of the prefix's keys and values.
+    """
 
     def __init__(self, bridge: Any, tokens: Tensor, start: int) -> None:
         self.bridge, self.start = bridge, start
         self.kv: list[tuple[Tensor, Tensor]] | None = None
+        cache = None
         if start > 0:
             _, cache = bridge(tokens[:, :start], return_type="logits_and_cache")
-            self.kv = [(layer.keys, layer.values) for layer in cache.layers]
-            with _capture_block_kwargs(bridge) as captured:
+            self.kv = _key_values(cache)
+        if self.kv is not None:
+            with _capture_block_inputs(bridge) as captured:
                 bridge(tokens[:, start:], past_key_values=cache)
-        else:
-            with _capture_block_kwargs(bridge) as captured:
+        else:  # no prefix, or a cache that is not plain keys and values: every position runs
+            self.start = 0
+            with _capture_block_inputs(bridge) as captured:
                 bridge(tokens)
-        self.kwargs = captured
+        self.inputs = captured
+        for k, (args, kwargs) in captured.items():
+            if not args and "hidden_states" not in kwargs:
+                raise FaithprobeError(f"block {k} receives no hidden states the fast path can "
+                                      "replace", source="patching")
+
+    def __len__(self) -> int:
+        return len(self.inputs)
 
     def block(self, k: int, x: Float[Tensor, "batch pos d_model"]) -> Tensor:
-        kwargs = dict(self.kwargs[k])
-        if "past_key_values" in kwargs:
-            kwargs["past_key_values"] = None if self.kv is None else _PrefixKV(*self.kv[k])
-        out = self.bridge.blocks[k](x, **kwargs)
-        return out[0] if isinstance(out, tuple) else out
+        args, kwargs = self.inputs[k]
+        prefix = None if self.kv is None else _PrefixKV(*self.kv[k])
+        args = tuple(prefix if _is_kv_cache(a) else a for a in args)
+        kwargs = {n: prefix if _is_kv_cache(v) else v for n, v in kwargs.items()}
+        if args:
+            args = (x, *args[1:])
+        else:
+            kwargs["hidden_states"] = x
+        out = self.bridge.blocks[k](*args, **kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
     def logits(self, x: Float[Tensor, "batch pos d_model"], positions: Sequence[int]
                ) -> Float[Tensor, "batch n_answer vocab"]:
         rel = [p - self.start for p in positions]
-        return self.bridge.unembed(self.bridge.ln_final(x[:, rel]))
+        return _head(self.bridge, x[:, rel])
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,31 +544,40 @@ def patch_steps(
     comps = _components(bridge, components, heads)
     base, src = ((clean_tokens, corrupted_tokens) if direction == "noising"
                  else (corrupted_tokens, clean_tokens))
-    names = sorted({_site_name(lyr, c) for lyr in layers for c in comps}
-                   | {hook_name(k, "resid_pre") for k in range(bridge.cfg.n_layers)})
+    available = set(bridge.hook_dict)
+    absent = sorted({_site_name(lyr, c) for lyr in layers for c in comps} - available)
+    cells = [(li, ci) for li in range(len(layers)) for ci in range(len(comps))
+             if _site_name(layers[li], comps[ci]) in available]
+    names = sorted({_site_name(layers[li], comps[ci]) for li, ci in cells}
+                   | ({hook_name(k, "resid_pre") for k in range(bridge.cfg.n_layers)}
+                      if method == "fast" else set()))
+    final = _FINAL_NORM_IN if _FINAL_NORM_IN in available else _UNEMBED_IN
+    if method == "fast" and final in available:
+        names.append(final)
     with torch.no_grad():
         base_logits, base_cache = _collect(bridge, base, names)
         src_logits, src_cache = _collect(bridge, src, names)
         m_base = [float(v[0]) for v in _metrics_full(base_logits, answer)]
         m_src = [float(v[0]) for v in _metrics_full(src_logits, answer)]
         clean, corrupted = (m_base, m_src) if direction == "noising" else (m_src, m_base)
-        grid = torch.zeros(2, len(spans), len(layers), len(comps))  # [metric, step, layer, comp]
+        # [metric, step, layer, comp]; a site the model does not have stays NaN
+        grid = torch.full((2, len(spans), len(layers), len(comps)), float("nan"))
         if method == "reference":
             for i, (s, e) in enumerate(spans):
-                for li, lyr in enumerate(layers):
-                    for ci, c in enumerate(comps):
-                        head = int(c[2:]) if c.startswith("z.") else None
-                        name = _site_name(lyr, c)
-                        fn = _span_setter(src_cache[name], s, e, head)
-                        logits = bridge.run_with_hooks(base, fwd_hooks=[(name, fn)])
-                        d, lp = _metrics_full(logits, answer)
-                        grid[:, i, li, ci] = torch.stack([d[0], lp[0]])
+                for li, ci in cells:
+                    c = comps[ci]
+                    head = int(c[2:]) if c.startswith("z.") else None
+                    name = _site_name(layers[li], c)
+                    fn = _span_setter(src_cache[name], s, e, head)
+                    logits = bridge.run_with_hooks(base, fwd_hooks=[(name, fn)])
+                    d, lp = _metrics_full(logits, answer)
+                    grid[:, i, li, ci] = torch.stack([d[0], lp[0]])
         else:
+            _check_head(bridge, base_cache, base_logits, answer)
             reuse = _supports_prefix(bridge) if prefix_reuse is None else prefix_reuse
+            cells.sort(key=lambda c: layers[c[0]])
             for i, (s, e) in enumerate(spans):
                 runner = _SuffixRunner(bridge, base, s if reuse else 0)
-                cells = [(li, ci) for li in range(len(layers)) for ci in range(len(comps))]
-                cells.sort(key=lambda c: layers[c[0]])
                 size = batch_size or len(cells)
                 for at in range(0, len(cells), size):
                     chunk = cells[at:at + size]
@@ -497,8 +585,104 @@ def patch_steps(
                                            (s, e), answer)
                     for (li, ci), dv, lv in zip(chunk, d, lp):
                         grid[:, i, li, ci] = torch.stack([dv, lv])
-    return _make_result(direction, method, list(range(len(spans))), spans, layers, comps,
-                        grid[0], grid[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]))
+    result = _make_result(direction, method, list(range(len(spans))), spans, layers, comps,
+                          grid[0], grid[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]))
+    result.absent_sites = tuple(absent)
+    return result
+
+
+def _head(bridge: Any, x: Float[Tensor, "batch pos d_model"]) -> Tensor:
+    """The final norm (where the family has one) and the unembedding."""
+    if _FINAL_NORM_IN in bridge.hook_dict:
+        x = bridge.ln_final(x)
+    return bridge.unembed(x)
+
+
+def _check_head(bridge: Any, base_cache: dict[str, Tensor], base_logits: Tensor,
+                answer: Answer) -> None:
+    """The fast path ends with the final norm and the unembedding: refuse a model whose output
+    head is more than that (a logit scale, an extra projection), where it would be silently
+    off."""
+    final = base_cache.get(_FINAL_NORM_IN, base_cache.get(_UNEMBED_IN))
+    if final is None:
+        raise FaithprobeError(f"the model has neither {_FINAL_NORM_IN} nor {_UNEMBED_IN}: the "
+                              "fast path cannot finish the forward", source="patching")
+    positions = list(answer.positions)
+    ours = _head(bridge, final[:, positions]).float()
+    theirs = base_logits[:, positions].float()
+    tol = _tolerance(bridge) * max(1.0, float(theirs.abs().max()))
+    if not torch.allclose(ours, theirs, atol=tol, rtol=0.0):
+        raise FaithprobeError(
+            "the model's output head is more than its final norm and unembedding (logits "
+            f"differ by {float((ours - theirs).abs().max()):.3g}): the fast path cannot finish "
+            "the forward", source="patching")
+
+
+def _tolerance(bridge: Any) -> float:
+    """Relative agreement expected between two exact computations in the model's dtype."""
+    dtype = next(bridge.parameters()).dtype
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
+
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How to patch one model, decided by :func:`check_fast_path`."""
+
+    method: str  # "fast" or "reference"
+    batch_size: int | None  # cells per batch for the fast path (None: all cells of a step)
+    reason: str | None  # why not the batched fast path; None when it agreed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "batch_size": self.batch_size, "reason": self.reason}
+
+
+def check_fast_path(bridge: Any, *, n_tokens: int = 16, seed: int = 0,
+                    tol: float | None = None) -> FastPath:
+    """Compare the fast path with the reference loop on a short random input.
+
+    Patches two spans at the first, middle and last layer, every component the model has, both
+    directions, and compares the patched logit differences and log-probabilities (within
+    ``tol`` relative to the largest reference value, at least 1; default 1e-4 in float32, 5e-2
+    in half precision). The batched fast path is tried first, then one cell at a time (some
+    blocks take arguments whose shapes are tied to a batch of one); where neither agrees, or
+    the blocks cannot be run from the middle at all, the answer is the reference loop, with
+    the reason.
+    """
+    n = max(8, min(int(n_tokens), int(bridge.cfg.n_ctx)))
+    tol = _tolerance(bridge) if tol is None else tol
+    g = torch.Generator().manual_seed(seed)
+    device = next(bridge.parameters()).device
+    clean = torch.randint(0, int(bridge.cfg.d_vocab), (1, n), generator=g).to(device)
+    corrupted = clean.roll(1, dims=1)
+    spans = [(2, 4), (n // 2, n // 2 + 2)]
+    answer = Answer.of(n - 1, 0, 1)
+    layers = sorted({0, bridge.cfg.n_layers // 2, bridge.cfg.n_layers - 1})
+    refs = [patch_steps(bridge, clean, corrupted, spans, answer, layers=layers,
+                        direction=d, method="reference") for d in ("noising", "denoising")]
+    problem = ""
+    for batch_size in (None, 1):
+        worst = 0.0
+        try:
+            for ref in refs:
+                fast = patch_steps(bridge, clean, corrupted, spans, answer, layers=layers,
+                                   direction=ref.direction, method="fast",
+                                   batch_size=batch_size)
+                for a, b in ((fast.logit_diff, ref.logit_diff), (fast.logprob, ref.logprob)):
+                    gap = (a - b).abs()
+                    gap[a.isnan() & b.isnan()] = 0.0  # a site the model does not have
+                    scale = max(1.0, float(b.nan_to_num().abs().max()))
+                    worst = max(worst, float(gap.nan_to_num(nan=math.inf).max()) / scale)
+        except Exception as exc:  # noqa: BLE001 - any failure of the fast path means fall back
+            first = str(exc).splitlines()[0][:160] if str(exc) else ""
+            problem = problem or f"the fast path cannot run this model ({type(exc).__name__}: " \
+                f"{first})"
+            continue
+        if worst <= tol:
+            return FastPath("fast", batch_size, problem or None)
+        problem = problem or (f"the fast path disagrees with the reference loop on a random "
+                              f"input (relative difference {worst:.3g}, tolerance {tol:.3g})")
+    return FastPath("reference", None, problem)
 
 
 def _run_staggered(runner: _SuffixRunner, chunk: list[tuple[int, int]], layers: list[int],
@@ -509,7 +693,7 @@ def _run_staggered(runner: _SuffixRunner, chunk: list[tuple[int, int]], layers: 
     off = runner.start
     first = min(layers[li] for li, _ in chunk)
     x: Tensor | None = None
-    for k in range(first, len(runner.kwargs)):
+    for k in range(first, len(runner)):
         joining = [(li, ci) for li, ci in chunk if layers[li] == k]
         hooks = []
         if joining:

@@ -209,8 +209,9 @@ def _reliability(graded: list[tuple[float, float]], n_bins: int = 10
 
 def patching_plot(groups: Mapping[str, Sequence[Record]], *, max_sites_labelled: int = 24
                   ) -> Plot:
-    """Step x site heatmaps of the mean normalised patching effect, side by side per label."""
-    name, title = "patching", "Activation patching: mean normalised effect (step x site)"
+    """Step x site heatmaps of the mean patching share, side by side per label."""
+    name, title = "patching", ("Activation patching: share of the clean logit difference "
+                               "removed (step x site)")
     grids = {}
     for label, recs in groups.items():
         steps, sites, matrix = metrics.patching_grid(recs)
@@ -243,7 +244,7 @@ def patching_plot(groups: Mapping[str, Sequence[Record]], *, max_sites_labelled:
             ax.set_xlabel("hook site")
             ax.set_ylabel("step patched")
             ax.set_title(label)
-        fig.colorbar(image, ax=list(axes), label="effect (0 = clean, 1 = corrupted)",
+        fig.colorbar(image, ax=list(axes), label="share removed (0 = none, 1 = all)",
                      shrink=0.9)
         fig.suptitle(title)
         return Plot(name, title, _png(fig),

@@ -67,14 +67,12 @@ _METRIC_INFO: dict[str, tuple[str, str, str]] = {
                          "single-step deletions that change the answer"),
     "mean_abs_kl_corrupt": ("mean |KL| after corruption", "value",
                             "KL of the answer distribution after one step is corrupted (nats)"),
-    "patching_effect": ("patching effect", "value",
-                        "per trace, the largest normalised patching effect of any step and site "
-                        "(0 = clean, 1 = corrupted)"),
+    "patching_effect": ("patching effect", "points",
+                        "per trace, the share of the clean answer's logit difference that its "
+                        "most important step's residual stream carries (noising at layer 0, "
+                        "clipped to [0, 1])"),
     "mean_steps": ("reasoning steps", "value",
                    "mean number of steps in the chain of thought (0: no reasoning written)"),
-    "patching_logit_effect": ("patching logit effect", "value",
-                              "per trace, the largest change of the answer's logit difference "
-                              "that patching one step's activations causes (unnormalised)"),
     "infogain_mean": ("InfoGain", "relative",
                       "mean per-step drop of the answer's entropy, nats (Wu et al.)"),
     "infogain_total": ("InfoGain total", "relative", "H_0 - H_n, nats"),
@@ -89,7 +87,7 @@ _METRIC_INFO: dict[str, tuple[str, str, str]] = {
 # The measures the verdict sentence names, in its order, when the summary has them.
 _HEADLINE = ("accuracy", "mean_steps", "early_answering_aoc", "adding_mistakes_aoc",
              "step_flip_rate", "delete_flip_rate", "paraphrase_same_answer", "filler_accuracy",
-             "patching_effect", "patching_logit_effect", "infogain_mean", "ki")
+             "patching_effect", "infogain_mean", "ki")
 _UNIT_TITLE = {"points": "percentage points", "relative": "relative change (%)",
                "value": "own units (AOC, KL, effect, ECE)"}
 

@@ -216,7 +216,7 @@ def run_study(cfg: dict[str, Any], out: Path, *, argv: Sequence[str] = (), resum
         done = _restore(out) if resume else set()
         if cfg["data"]["traces"] == "file" and not (out / TRACES).exists():
             write_traces(out / TRACES, base_traces)
-        _probe_all(cfg, out, base_traces, done, quiet, tqdm)
+        _probe_all(cfg, out, header, base_traces, done, quiet, tqdm)
         finish_run(out, header, mark_success=True)
     except BaseException as exc:
         header.update(status="error", ended=_now(),
@@ -232,7 +232,7 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
             for label, m in summary.get("checkpoints", {}).items()}
 
 
-def _probe_all(cfg, out, base_traces, done, quiet, tqdm) -> None:
+def _probe_all(cfg, out, header, base_traces, done, quiet, tqdm) -> None:
     from faithprobe.checkpoints import check_same_tokenizer, load_checkpoint
     from faithprobe.probe import iter_probe
     from faithprobe.prompts import PromptTemplate
@@ -250,6 +250,13 @@ def _probe_all(cfg, out, base_traces, done, quiet, tqdm) -> None:
             first = ckpt
         elif cfg["patching"]["enabled"]:
             check_same_tokenizer(first, ckpt)
+        fast_path = None
+        if cfg["patching"]["enabled"]:
+            from faithprobe.patching import check_fast_path
+
+            fast_path = check_fast_path(ckpt.bridge)
+            header.setdefault("patching", {})[label] = fast_path.to_json()
+            write_json(out / HEADER, header)
         template = ckpt.template
         if cfg["template"]:
             template = PromptTemplate.from_json({**ckpt.template.to_json(), **cfg["template"]},
@@ -264,7 +271,8 @@ def _probe_all(cfg, out, base_traces, done, quiet, tqdm) -> None:
         for trace, records in zip(todo_all, iter_probe(
                 ckpt, label, todo_all, probe_cfg, template=template, scorer=scorer)):
             if cfg["patching"]["enabled"] and trace.id in patch_ids:
-                records = records + _patch_records(cfg, ckpt, label, trace, template)
+                records = records + _patch_records(cfg, ckpt, label, trace, template,
+                                                   fast_path)
             _append(out, label, trace.id, records)
             bar.update(1)
         bar.close()
@@ -302,14 +310,14 @@ def _generated(cfg, out, label, ckpt, template, problems, quiet) -> list[Trace]:
     return traces
 
 
-def _patch_records(cfg, ckpt, label, trace, template) -> list[Record]:
+def _patch_records(cfg, ckpt, label, trace, template, fast_path) -> list[Record]:
     from faithprobe.steppatch import patch_trace
 
     corrupter = cfg["probe"].get("corrupt", {}).get("corrupter", "auto")
     return patch_trace(ckpt, label, trace, template, components=cfg["patching"]["components"],
                        directions=cfg["patching"]["directions"],
                        knockout=cfg["patching"]["knockout"], corrupter=corrupter,
-                       seed=cfg["seed"])
+                       seed=cfg["seed"], fast_path=fast_path)
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], list[Record]]:

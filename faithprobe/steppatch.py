@@ -19,7 +19,13 @@ import torch
 
 from faithprobe.checkpoints import Checkpoint
 from faithprobe.interventions import EditContext, make_intervention
-from faithprobe.patching import Answer, attention_to_steps, knockout_steps, patch_steps
+from faithprobe.patching import (
+    Answer,
+    FastPath,
+    attention_to_steps,
+    knockout_steps,
+    patch_steps,
+)
 from faithprobe.probe import item_of
 from faithprobe.prompts import PromptTemplate, step_segment
 from faithprobe.records import Record
@@ -27,9 +33,7 @@ from faithprobe.scoring import answer_span, score
 from faithprobe.tokens import align
 from faithprobe.traces import Trace
 
-__all__ = ["MIN_DELTA", "patch_trace"]
-
-MIN_DELTA = 0.5  # logit-difference change below which a normalised patching effect is noise
+__all__ = ["patch_trace"]
 
 
 def _skip(trace: Trace, label: str, ckpt: Checkpoint, reason: str) -> list[Record]:
@@ -55,13 +59,13 @@ def patch_trace(
     knockout: bool = True,
     corrupter: str | Any = "auto",
     seed: int = 0,
-    min_delta: float = MIN_DELTA,
+    fast_path: FastPath | None = None,
 ) -> list[Record]:
     """Patching, knockout and attention records of one trace (see the module docstring).
 
-    Where corrupting the steps moves the answer's logit difference by less than ``min_delta``,
-    the normalised effect (a ratio over that change) is undefined: the patch records are kept
-    with their raw logit differences but marked ``skipped`` with the reason.
+    ``fast_path``: how to patch this checkpoint (:func:`faithprobe.patching.check_fast_path`;
+    default the batched fast path); where it is not the batched fast path, the records carry
+    the reason as ``detail["fallback_reason"]``.
     """
     if not trace.n_steps:
         return _skip(trace, label, ckpt, "trace has no steps")
@@ -102,22 +106,16 @@ def patch_trace(
     clean_t = torch.tensor([clean.ids])
     bad_t = torch.tensor([corrupted.ids])
     records: list[Record] = []
+    fast_path = fast_path or FastPath("fast", None, None)
+    fallback = {} if fast_path.reason is None else {"fallback_reason": fast_path.reason}
     for direction in directions:
         result = patch_steps(ckpt.bridge, clean_t, bad_t, spans, read,
                              corrupted_spans=bad_spans, components=components,
-                             direction=direction)
-        recs = result.to_records(trace.id, label, n_steps=trace.n_steps, model=ckpt.spec,
-                                 answer=trace.answer)
-        delta = result.corrupted_logit_diff - result.clean_logit_diff
-        for r in recs:  # the result numbers spans 0..k-1; records carry the trace's step index
-            if r.step is not None:
-                r.step = patched[r.step]
-            r.detail["alternative"] = alt
-            if abs(delta) < min_delta and r.status == "ok":
-                r.status, r.value = "skipped", None
-                r.reason = (f"corrupting the steps moves the logit difference by {delta:+.3g} "
-                            f"(under {min_delta}): the normalised effect is undefined")
-        records += recs
+                             direction=direction, method=fast_path.method,
+                             batch_size=fast_path.batch_size)
+        records += result.to_records(trace.id, label, n_steps=trace.n_steps, model=ckpt.spec,
+                                     answer=trace.answer, steps=patched,
+                                     detail={"alternative": alt, **fallback})
     if knockout:
         ko = knockout_steps(ckpt.bridge, clean_t, spans, read)
         recs = ko.to_records(trace.id, label, model=ckpt.spec)

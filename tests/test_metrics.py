@@ -158,7 +158,14 @@ def test_ki_and_patching_effect() -> None:
              rec("a", "patch", step=1, n_steps=2, site="blocks.2.hook_resid_pre", value=0.1),
              rec("b", "patch", step=0, n_steps=1, site="blocks.0.hook_resid_pre", value=0.3),
              rec("b", "patch", step=0, n_steps=1, site="hook_embed", value=0.0)]
-    assert METRIC_FNS["patching_effect"](patch) == pytest.approx(0.6)  # (0.9 + 0.3) / 2
+    # per step the lowest patched resid_pre layer (a: step 0 -> 0.2, step 1 -> layer 2's 0.1;
+    # b: 0.3), the trace's most important step, then the mean over traces
+    assert METRIC_FNS["patching_effect"](patch) == pytest.approx(0.25)  # (0.2 + 0.3) / 2
+    clipped = [rec("a", "patch", step=0, n_steps=2, site="blocks.0.hook_resid_pre", value=1.7),
+               rec("b", "patch", step=0, n_steps=1, site="blocks.0.hook_resid_pre", value=-0.4),
+               rec("c", "patch", step=0, n_steps=1, site="blocks.0.hook_attn_out", value=0.9)]
+    # shares clipped to [0, 1]; a trace without a resid_pre patch does not enter
+    assert METRIC_FNS["patching_effect"](clipped) == pytest.approx(0.5)  # (1 + 0) / 2
     steps, sites, grid = patching_grid(patch)
     assert steps == [0, 1]
     assert sites == ["hook_embed", "blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre",

@@ -21,7 +21,9 @@ from faithprobe.attribution import (  # noqa: E402
 from faithprobe.errors import FaithprobeError  # noqa: E402
 from faithprobe.patching import (  # noqa: E402
     Answer,
+    FastPath,
     attention_to_steps,
+    check_fast_path,
     knockout_steps,
     patch_answer_positions,
     patch_steps,
@@ -114,15 +116,38 @@ def assert_no_hooks(bridge):
     assert state == _BASELINE[id(bridge)]
 
 
+def preferred_answer(bridge, clean):
+    """An answer the clean run prefers by a wide margin: its top token against its bottom one."""
+    with torch.no_grad():
+        logits = bridge(clean)[0, T - 1]
+    return Answer.of(T - 1, int(logits.argmax()), int(logits.argmin()))
+
+
 def test_clean_into_clean_changes_nothing(native, tokens):
     clean, _ = tokens
+    strong = preferred_answer(native, clean)
     for method in ("fast", "reference"):
-        r = patch_steps(native, clean, clean, SPANS, ANSWER, heads=True, method=method)
+        r = patch_steps(native, clean, clean, SPANS, strong, heads=True, method=method)
         assert torch.equal(r.logit_diff, torch.full_like(r.logit_diff, r.clean_logit_diff))
         assert torch.equal(r.logprob, torch.full_like(r.logprob, r.clean_logprob))
-        assert r.skipped_reason is not None and torch.isnan(r.effect).all()
+        # the TransformerLens ratio is undefined (0 / 0); the share is exactly 0
+        assert torch.isnan(r.effect).all() and r.skipped_reason is None
+        assert torch.equal(r.share, torch.zeros_like(r.share))
         recs = r.to_records("t0", "base")
-        assert {x.status for x in recs} == {"skipped"} and all(x.value is None for x in recs)
+        assert {x.status for x in recs} == {"ok"} and {x.value for x in recs} == {0.0}
+        assert all(x.detail["effect"] is None for x in recs)
+
+
+def test_share_undefined_where_clean_run_does_not_prefer_the_answer(native, tokens):
+    clean, corrupted = tokens
+    strong = preferred_answer(native, clean)
+    flipped = Answer(strong.positions, strong.alt_ids, strong.answer_ids)
+    r = patch_steps(native, clean, corrupted, SPANS, flipped)
+    assert r.clean_logit_diff < 0 and r.skipped_reason is not None
+    assert "prefers the answer" in r.skipped_reason and torch.isnan(r.share).all()
+    recs = r.to_records("t0", "base")
+    assert {x.status for x in recs} == {"skipped"} and all(x.value is None for x in recs)
+    assert all(x.reason == r.skipped_reason for x in recs)
 
 
 def test_whole_sequence_at_layer0_reproduces_corrupted(native, tokens):
@@ -174,14 +199,16 @@ def test_fast_equals_reference_and_batching(model, direction, tokens, request):
 
 def test_records_carry_full_hook_names(native, tokens):
     clean, corrupted = tokens
-    r = patch_steps(native, clean, corrupted, SPANS, ANSWER, heads=True)
+    r = patch_steps(native, clean, corrupted, SPANS, preferred_answer(native, clean), heads=True)
     recs = r.to_records("t0", "sft", model="tiny")
     assert len(recs) == 3 * 3 * (3 + 4)
     sites = {x.site for x in recs}
     assert {"blocks.2.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.1.hook_mlp_out",
             "blocks.1.attn.hook_z"} <= sites
     x = next(x for x in recs if x.step == 1 and x.site == "blocks.1.hook_mlp_out")
-    assert x.intervention == "patch" and x.value == pytest.approx(float(r.effect[1, 1, 2]))
+    share = (r.clean_logit_diff - float(r.logit_diff[1, 1, 2])) / r.clean_logit_diff
+    assert x.intervention == "patch" and x.value == pytest.approx(share, rel=1e-5)
+    assert x.detail["effect"] == pytest.approx(float(r.effect[1, 1, 2]))
     assert x.detail["logit_diff"] == pytest.approx(float(r.logit_diff[1, 1, 2]))
     assert x.detail["variant"] == {"direction": "noising", "head": None, "kind": "step"}
 
@@ -271,3 +298,68 @@ def test_answer_position_patching(native, tokens):
     assert r.logit_diff.shape == (1, 3, 3) and torch.isfinite(r.logit_diff).all()
     assert r.spans == [(T - 4, T)] and r.to_records("t0", "base")[0].step is None
     assert_no_hooks(native)
+
+
+def batch_noise(module, args, output):
+    """A block whose output depends on the batch size: batched cells see other numbers."""
+    return output if output.shape[0] == 1 else output + shift(output)
+
+
+def shift(x):
+    """Not a constant (LayerNorm would remove one)."""
+    return torch.linspace(-1.0, 1.0, x.shape[-1])
+
+
+@pytest.mark.parametrize("model", ["native", "llama"])
+def test_self_check_falls_back_where_the_fast_path_disagrees(model, tokens, request):
+    bridge = request.getfixturevalue(model)
+    assert check_fast_path(bridge) == FastPath("fast", None, None)
+    inside = []  # blocks that behave only inside the model's own forward
+    # module hooks on the block's output hook point (a plain module in both bridges)
+    handles = [bridge.blocks[1].hook_out.register_forward_hook(batch_noise)]
+    try:
+        one = check_fast_path(bridge)
+        assert one.method == "fast" and one.batch_size == 1
+        assert "disagrees with the reference" in one.reason
+        handles.append(bridge.register_forward_pre_hook(lambda m, a: inside.append(1)))
+        handles.append(bridge.register_forward_hook(lambda m, a, o: inside.clear()))
+
+        def outside_noise(module, args, output):
+            return output if inside else output + shift(output)
+
+        handles.append(bridge.blocks[1].hook_out.register_forward_hook(outside_noise))
+        ref = check_fast_path(bridge)
+        assert ref.method == "reference" and "disagrees with the reference" in ref.reason
+        clean, corrupted = tokens
+        # what the fallback gives is the reference, whatever the blocks do outside a forward
+        got = patch_steps(bridge, clean, corrupted, SPANS, ANSWER, method=ref.method,
+                          batch_size=ref.batch_size)
+        want = patch_steps(bridge, clean, corrupted, SPANS, ANSWER, method="reference")
+        assert torch.equal(got.logit_diff, want.logit_diff)
+        fast = patch_steps(bridge, clean, corrupted, SPANS, ANSWER, method="fast")
+        assert not torch.allclose(fast.logit_diff, want.logit_diff, atol=1e-2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert check_fast_path(bridge) == FastPath("fast", None, None)
+    assert_no_hooks(bridge)
+
+
+def test_patch_trace_records_the_fallback():
+    from faithprobe.checkpoints import load_checkpoint
+    from faithprobe.organism import generate
+    from faithprobe.steppatch import patch_trace
+
+    ckpt = load_checkpoint("organism:base")
+    trace = generate("id", 1, 0)[0]
+    forced = FastPath("reference", None, "the fast path disagrees (forced in a test)")
+    fast = patch_trace(ckpt, "base", trace, ckpt.template, knockout=False)
+    slow = patch_trace(ckpt, "base", trace, ckpt.template, knockout=False, fast_path=forced)
+    assert len(fast) == len(slow) > 0
+    assert {r.detail["method"] for r in fast} == {"fast"}
+    assert all("fallback_reason" not in r.detail for r in fast)
+    assert {r.detail["method"] for r in slow} == {"reference"}
+    assert {r.detail["fallback_reason"] for r in slow} == {forced.reason}
+    for a, b in zip(fast, slow):
+        assert (a.step, a.site) == (b.step, b.site)
+        assert a.detail["logit_diff"] == pytest.approx(b.detail["logit_diff"], abs=1e-4)

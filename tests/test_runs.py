@@ -180,3 +180,28 @@ def test_compare_two_runs(study, tmp_path):
     assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
     html = (out / "report.html").read_text()
     assert "a/base" in html and "b/sft" in html
+
+
+def test_header_and_records_say_how_patching_ran(study, tmp_path, monkeypatch):
+    from faithprobe import patching
+
+    text = study.read_text().replace("[patching]\nenabled = false",
+                                     "[patching]\nenabled = true\nmax_traces = 1")
+    study.write_text(text)
+    out = tmp_path / "fast"
+    assert main(["run", str(study), "--out", str(out), "--quiet"]) == 0
+    header = json.loads((out / "header.json").read_text())
+    assert header["patching"]["base"] == {"method": "fast", "batch_size": None, "reason": None}
+    patches = [r for r in read_records(out / "records.jsonl") if r.intervention == "patch"]
+    assert patches and {r.detail["method"] for r in patches} == {"fast"}
+
+    forced = patching.FastPath("reference", None, "forced by the test")
+    monkeypatch.setattr(patching, "check_fast_path", lambda bridge: forced)
+    out = tmp_path / "forced"
+    assert main(["run", str(study), "--out", str(out), "--quiet"]) == 0
+    header = json.loads((out / "header.json").read_text())
+    assert header["patching"]["sft"] == forced.to_json()
+    slow = [r for r in read_records(out / "records.jsonl") if r.intervention == "patch"]
+    assert {r.detail["method"] for r in slow} == {"reference"}
+    assert {r.detail["fallback_reason"] for r in slow} == {"forced by the test"}
+    assert len(slow) == len(patches)
