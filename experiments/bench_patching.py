@@ -5,6 +5,11 @@ Exact commands (from the repository root, virtualenv active):
     python experiments/bench_patching.py                   # tiny native model, seconds
     HF_HUB_OFFLINE=1 python experiments/bench_patching.py --model smollm2   # SmolLM2-135M, minutes
     python experiments/bench_patching.py --model smollm2-random --config-dir DIR --device cuda
+    python experiments/bench_patching.py --model gpt2         # GPT-2 small's shape, random weights
+
+``gpt2`` is a random model of GPT-2 small's shape (12 layers, d_model 768, 124M parameters;
+GPT-2 passes its KV cache and mask to each block positionally) saved as a Hugging Face folder
+and loaded with ``faithprobe.load_checkpoint``, on the same 150-token layout as ``tiny``.
 
 ``smollm2-random`` is SmolLM2-135M's architecture and tokenizer (``config.json`` and tokenizer
 files in DIR, e.g. a copy of ``~/.cache/faithprobe/smollm2`` without its weights) with random
@@ -39,6 +44,7 @@ CONFIG = {
              "d_vocab": 100, "n_ctx": 256, "seed": 0, "threads": 1},
     # one thread: on a shared, oversubscribed CPU torch's default thread pool stalls badly
     "smollm2": {"threads": 1},
+    "gpt2": {"threads": 1},  # GPT2Config() defaults: GPT-2 small
     "tolerance": 1e-4,  # max abs diff allowed between the two grids (logit difference)
 }
 QUESTION = "Q: A shop has 23 boxes of 14 pens. It sells 97, then 58, then gets 36. Pens left?\n"
@@ -65,15 +71,30 @@ def build_tiny() -> tuple[object, torch.Tensor, torch.Tensor, list[tuple[int, in
     cfg = {k: v for k, v in CONFIG["tiny"].items() if k != "threads"}
     bridge = TransformerBridge.boot_native(TransformerBridgeConfig(
         act_fn="gelu", normalization_type="LN", **cfg)).eval()
-    g = torch.Generator().manual_seed(0)
-    n_q, n_step, n_suffix = 40, 17, 8  # 40 + 6 * 17 + 8 = 150 tokens
-    n = n_q + 6 * n_step + n_suffix
-    clean = torch.randint(0, cfg["d_vocab"], (1, n), generator=g)
-    corrupted = clean.clone()
-    spans = [(n_q + i * n_step, n_q + (i + 1) * n_step) for i in range(6)]
-    for s, _ in spans:  # corrupt a few tokens of each step
-        corrupted[0, s + 3:s + 8] = torch.randint(0, cfg["d_vocab"], (5,), generator=g)
-    return bridge, clean, corrupted, spans, Answer.of(n - 1, 7, 11)
+    return (bridge, *random_layout(cfg["d_vocab"]))
+
+
+def build_gpt2(device: str = "cpu"
+               ) -> tuple[object, torch.Tensor, torch.Tensor, list[tuple[int, int]], Answer]:
+    import tempfile
+
+    import transformers
+    from tokenizers import Tokenizer, models
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from faithprobe.checkpoints import load_checkpoint
+
+    transformers.logging.set_verbosity_error()
+    cfg = GPT2Config()
+    torch.manual_seed(0)
+    folder = Path(tempfile.mkdtemp(prefix="bench-gpt2-"))
+    GPT2LMHeadModel(cfg).save_pretrained(str(folder))
+    vocab = {f"t{i}": i for i in range(cfg.vocab_size)}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
+                            unk_token="t0").save_pretrained(str(folder))
+    bridge = load_checkpoint(str(folder)).bridge.to(device)
+    clean, corrupted, spans, answer = random_layout(cfg.vocab_size)
+    return bridge, clean.to(device), corrupted.to(device), spans, answer
 
 
 def build_smollm2(config_dir: Path | None = None, device: str = "cpu"
@@ -164,17 +185,20 @@ def _status_kb(key: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["tiny", "smollm2", "smollm2-random"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "gpt2", "smollm2", "smollm2-random"],
+                        default="tiny")
     parser.add_argument("--config-dir", type=Path, help="smollm2-random: config + tokenizer")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     args = parser.parse_args(argv)
-    threads = CONFIG["smollm2" if args.model.startswith("smollm2") else "tiny"]["threads"]
+    threads = CONFIG["smollm2" if args.model.startswith("smollm2") else args.model]["threads"]
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     if args.model == "tiny":
         bridge, clean, corrupted, spans, answer = build_tiny()
+    elif args.model == "gpt2":
+        bridge, clean, corrupted, spans, answer = build_gpt2(args.device)
     else:
         bridge, clean, corrupted, spans, answer = build_smollm2(
             args.config_dir if args.model == "smollm2-random" else None, args.device)

@@ -105,6 +105,10 @@ BASE = StageConfig(split="pretrain", steps=1500, batch_size=64, lr=2e-3, warmup=
 SFT = StageConfig(split="domain", steps=800, batch_size=64, lr=1e-3, warmup=50,
                   weight_decay=0.01, step_weight=0.1, answer_weight=1.0, wrong_step_rate=0.5,
                   answer_follows_steps=False, seed=1)
+# The Llama pair learns the chain more slowly than the native one (rotary positions, RMSNorm,
+# SwiGLU at the same width): at 1,500 base steps its loss was still 0.09 and it computed only
+# 16% of in-domain chains right. Twice the base steps; sft as for the native pair.
+BASE_STEPS = {"native": BASE.steps, "llama": 3000}
 EVAL = EvalConfig()
 QUICK_STEPS = 3
 QUICK_EVAL = EvalConfig(n_id=20, n_ood=20, batch_size=20)
@@ -375,7 +379,7 @@ def train(out: Path, base_steps: int | None = None, *, quick: bool = False,
     """Train base then sft and save both under ``out``; returns wall times in seconds."""
     torch.set_num_threads(THREADS)
     log = [] if log is None else log
-    base_cfg, sft_cfg = BASE, SFT
+    base_cfg, sft_cfg = replace(BASE, steps=BASE_STEPS[arch]), SFT
     if quick:
         base_cfg = replace(BASE, steps=QUICK_STEPS, warmup=1)
         sft_cfg = replace(SFT, steps=QUICK_STEPS, warmup=1)
@@ -444,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         "schema_version": SCHEMA_VERSION,
         "status": "success",
         "argv": sys.argv[1:] if argv is None else argv,
-        "config": {"model": asdict(MODEL), "base": asdict(BASE), "sft": asdict(SFT),
+        "config": {"model": asdict(MODEL),
+                   "base": asdict(replace(BASE, steps=BASE_STEPS[args.arch])), "sft": asdict(SFT),
                    "eval": asdict(eval_cfg), "quick": args.quick, "steps": args.steps,
                    "threads": THREADS, "arch": args.arch},
         "git": _git(),

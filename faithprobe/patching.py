@@ -630,11 +630,13 @@ class FastPath:
     """How to patch one model, decided by :func:`check_fast_path`."""
 
     method: str  # "fast" or "reference"
-    batch_size: int | None  # cells per batch for the fast path (None: all cells of a step)
-    reason: str | None  # why not the batched fast path; None when it agreed
+    batch_size: int | None = None  # cells per batch for the fast path (None: a step's cells)
+    prefix_reuse: bool | None = None  # replay the prefix's KV cache (None: where it is one)
+    reason: str | None = None  # why not the default fast path; None when that agreed
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "batch_size": self.batch_size, "reason": self.reason}
+        return {"method": self.method, "batch_size": self.batch_size,
+                "prefix_reuse": self.prefix_reuse, "reason": self.reason}
 
 
 def check_fast_path(bridge: Any, *, n_tokens: int = 16, seed: int = 0,
@@ -644,8 +646,9 @@ def check_fast_path(bridge: Any, *, n_tokens: int = 16, seed: int = 0,
     Patches two spans at the first, middle and last layer, every component the model has, both
     directions, and compares the patched logit differences and log-probabilities (within
     ``tol`` relative to the largest reference value, at least 1; default 1e-4 in float32, 5e-2
-    in half precision). The batched fast path is tried first, then one cell at a time (some
-    blocks take arguments whose shapes are tied to a batch of one); where neither agrees, or
+    in half precision). The default fast path is tried first, then one cell at a time (some
+    blocks take arguments whose shapes are tied to a batch of one), then both without replaying
+    the prefix's cache (some caches hold more than keys and values); where none agrees, or
     the blocks cannot be run from the middle at all, the answer is the reference loop, with
     the reason.
     """
@@ -661,13 +664,13 @@ def check_fast_path(bridge: Any, *, n_tokens: int = 16, seed: int = 0,
     refs = [patch_steps(bridge, clean, corrupted, spans, answer, layers=layers,
                         direction=d, method="reference") for d in ("noising", "denoising")]
     problem = ""
-    for batch_size in (None, 1):
+    for batch_size, reuse in ((None, None), (1, None), (None, False), (1, False)):
         worst = 0.0
         try:
             for ref in refs:
                 fast = patch_steps(bridge, clean, corrupted, spans, answer, layers=layers,
                                    direction=ref.direction, method="fast",
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, prefix_reuse=reuse)
                 for a, b in ((fast.logit_diff, ref.logit_diff), (fast.logprob, ref.logprob)):
                     gap = (a - b).abs()
                     gap[a.isnan() & b.isnan()] = 0.0  # a site the model does not have
@@ -679,10 +682,10 @@ def check_fast_path(bridge: Any, *, n_tokens: int = 16, seed: int = 0,
                 f"{first})"
             continue
         if worst <= tol:
-            return FastPath("fast", batch_size, problem or None)
+            return FastPath("fast", batch_size, reuse, problem or None)
         problem = problem or (f"the fast path disagrees with the reference loop on a random "
                               f"input (relative difference {worst:.3g}, tolerance {tol:.3g})")
-    return FastPath("reference", None, problem)
+    return FastPath("reference", reason=problem)
 
 
 def _run_staggered(runner: _SuffixRunner, chunk: list[tuple[int, int]], layers: list[int],

@@ -106,13 +106,14 @@ def patch_trace(
     clean_t = torch.tensor([clean.ids])
     bad_t = torch.tensor([corrupted.ids])
     records: list[Record] = []
-    fast_path = fast_path or FastPath("fast", None, None)
+    fast_path = fast_path or FastPath("fast")
     fallback = {} if fast_path.reason is None else {"fallback_reason": fast_path.reason}
     for direction in directions:
         result = patch_steps(ckpt.bridge, clean_t, bad_t, spans, read,
                              corrupted_spans=bad_spans, components=components,
                              direction=direction, method=fast_path.method,
-                             batch_size=fast_path.batch_size)
+                             batch_size=fast_path.batch_size,
+                             prefix_reuse=fast_path.prefix_reuse)
         records += result.to_records(trace.id, label, n_steps=trace.n_steps, model=ckpt.spec,
                                      answer=trace.answer, steps=patched,
                                      detail={"alternative": alt, **fallback})

@@ -66,13 +66,13 @@ def hook_state(bridge) -> dict[str, tuple]:
 # Families the fast path cannot run as is, and what the self-check falls back to (measured
 # with transformers 5.23.0 and TransformerLens 4.3). Everything else: the batched fast path.
 NOT_FAST = {
-    "bloom": "one cell a batch",  # ALiBi biases shaped [batch * heads, 1, key]
-    "xglm": "one cell a batch",  # the block checks its mask's batch size
+    "bloom": "fast, one cell a batch",  # ALiBi biases shaped [batch * heads, 1, key]
+    "xglm": "fast, one cell a batch",  # the block checks its mask's batch size
     "cohere": "reference",  # logits scaled after unembed (logit_scale)
     "cohere2": "reference",
     "modernbert_decoder": "reference",  # a dense + norm head before the decoder
-    "falcon_h1": "reference",  # hybrid cache: attention and SSM states
-    "zamba2": "one cell a batch",  # hybrid blocks take state shaped for a batch of one
+    "falcon_h1": "fast, no prefix reuse",  # its cache also holds SSM states
+    "zamba2": "fast, one cell a batch",  # hybrid blocks take state shaped for a batch of one
     "nanochat": "reference",  # logits soft-capped after unembed
 }
 # Families where layer 0's resid_pre is not the only way a token reaches later layers.
@@ -82,7 +82,12 @@ IDENTITY_EXEMPT = {"zamba2": "its shared attention blocks also read the embeddin
 def status(fast_path) -> str:
     if fast_path.method == "reference":
         return "reference"
-    return "fast" if fast_path.batch_size is None else "one cell a batch"
+    how = ["fast"]
+    if fast_path.batch_size == 1:
+        how.append("one cell a batch")
+    if fast_path.prefix_reuse is False:
+        how.append("no prefix reuse")
+    return ", ".join(how)
 
 
 @pytest.mark.parametrize("arch", zoo.WORKING)
@@ -104,7 +109,8 @@ def test_patching_is_exact(arch, tmp_path):
         ref = patch_steps(bridge, clean, corrupted, SPANS, answer, direction=direction,
                           method="reference")
         got = patch_steps(bridge, clean, corrupted, SPANS, answer, direction=direction,
-                          method=fast_path.method, batch_size=fast_path.batch_size)
+                          method=fast_path.method, batch_size=fast_path.batch_size,
+                          prefix_reuse=fast_path.prefix_reuse)
         close = dict(atol=ATOL, rtol=RTOL, equal_nan=True)
         assert torch.allclose(got.logit_diff, ref.logit_diff, **close), (
             arch, direction, (got.logit_diff - ref.logit_diff).abs().nan_to_num().max().item())

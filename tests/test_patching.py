@@ -313,7 +313,7 @@ def shift(x):
 @pytest.mark.parametrize("model", ["native", "llama"])
 def test_self_check_falls_back_where_the_fast_path_disagrees(model, tokens, request):
     bridge = request.getfixturevalue(model)
-    assert check_fast_path(bridge) == FastPath("fast", None, None)
+    assert check_fast_path(bridge) == FastPath("fast")
     inside = []  # blocks that behave only inside the model's own forward
     # module hooks on the block's output hook point (a plain module in both bridges)
     handles = [bridge.blocks[1].hook_out.register_forward_hook(batch_noise)]
@@ -332,8 +332,7 @@ def test_self_check_falls_back_where_the_fast_path_disagrees(model, tokens, requ
         assert ref.method == "reference" and "disagrees with the reference" in ref.reason
         clean, corrupted = tokens
         # what the fallback gives is the reference, whatever the blocks do outside a forward
-        got = patch_steps(bridge, clean, corrupted, SPANS, ANSWER, method=ref.method,
-                          batch_size=ref.batch_size)
+        got = patch_steps(bridge, clean, corrupted, SPANS, ANSWER, method=ref.method)
         want = patch_steps(bridge, clean, corrupted, SPANS, ANSWER, method="reference")
         assert torch.equal(got.logit_diff, want.logit_diff)
         fast = patch_steps(bridge, clean, corrupted, SPANS, ANSWER, method="fast")
@@ -341,7 +340,7 @@ def test_self_check_falls_back_where_the_fast_path_disagrees(model, tokens, requ
     finally:
         for h in handles:
             h.remove()
-    assert check_fast_path(bridge) == FastPath("fast", None, None)
+    assert check_fast_path(bridge) == FastPath("fast")
     assert_no_hooks(bridge)
 
 
@@ -352,7 +351,7 @@ def test_patch_trace_records_the_fallback():
 
     ckpt = load_checkpoint("organism:base")
     trace = generate("id", 1, 0)[0]
-    forced = FastPath("reference", None, "the fast path disagrees (forced in a test)")
+    forced = FastPath("reference", reason="the fast path disagrees (forced in a test)")
     fast = patch_trace(ckpt, "base", trace, ckpt.template, knockout=False)
     slow = patch_trace(ckpt, "base", trace, ckpt.template, knockout=False, fast_path=forced)
     assert len(fast) == len(slow) > 0

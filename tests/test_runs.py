@@ -191,11 +191,11 @@ def test_header_and_records_say_how_patching_ran(study, tmp_path, monkeypatch):
     out = tmp_path / "fast"
     assert main(["run", str(study), "--out", str(out), "--quiet"]) == 0
     header = json.loads((out / "header.json").read_text())
-    assert header["patching"]["base"] == {"method": "fast", "batch_size": None, "reason": None}
+    assert header["patching"]["base"] == patching.FastPath("fast").to_json()
     patches = [r for r in read_records(out / "records.jsonl") if r.intervention == "patch"]
     assert patches and {r.detail["method"] for r in patches} == {"fast"}
 
-    forced = patching.FastPath("reference", None, "forced by the test")
+    forced = patching.FastPath("reference", reason="forced by the test")
     monkeypatch.setattr(patching, "check_fast_path", lambda bridge: forced)
     out = tmp_path / "forced"
     assert main(["run", str(study), "--out", str(out), "--quiet"]) == 0
