@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from faithprobe.checkpoints import load_checkpoint
-from faithprobe.interventions import EditContext, make_intervention
-from faithprobe.probe import item_of
-from faithprobe.scoring import score
+from faithprobe.edits.interventions import EditContext, make_intervention
+from faithprobe.models.checkpoints import load_checkpoint
+from faithprobe.models.scoring import score
+from faithprobe.stages.probe import item_of
 
 N_TRACES = 4
 BATCH_SIZE = 16
@@ -47,14 +47,14 @@ class _Counting:
 
 def _traces(model: str, n: int, path: str | None = None):
     if path is not None:
-        from faithprobe.traces import read_traces
+        from faithprobe.data.traces import read_traces
 
         return [t for t in read_traces(path) if t.n_steps >= 4][:n]
     if model.startswith("organism"):
-        from faithprobe.organism import generate
+        from faithprobe.organisms.task import generate
 
         return [t for t in generate("id", 4 * n, seed=5) if t.n_steps >= 4][:n]
-    from faithprobe.data import load_traces
+    from faithprobe.data.sources import load_traces
 
     pool = load_traces({"source": "reasoning_gym", "task": "gsm_symbolic", "count": 40,
                         "seed": 0})
@@ -74,14 +74,14 @@ def main() -> None:
     if args.device == "cpu":
         torch.set_num_threads(2)
     if args.write_traces:
-        from faithprobe.traces import write_traces
+        from faithprobe.data.traces import write_traces
 
         write_traces(args.write_traces, _traces(args.model, args.traces))
         return
     if args.model == "smollm2-random":
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        from faithprobe.checkpoints import _wrap_hf
+        from faithprobe.models.checkpoints import _wrap_hf
 
         torch.manual_seed(0)
         hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.config_dir))

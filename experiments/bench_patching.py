@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from faithprobe.patching import Answer, patch_steps
+from faithprobe.activation.patching import Answer, patch_steps
 
 CONFIG = {
     "tiny": {"d_model": 64, "n_layers": 6, "n_heads": 4, "d_head": 16, "d_mlp": 256,
@@ -64,6 +64,20 @@ def corrupt_digits(text: str) -> str:
     return "".join(str((int(c) + 3) % 10) if c.isdigit() else c for c in text)
 
 
+def random_layout(vocab: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], Answer]:
+    """150 random tokens: a 40-token question, six 17-token steps (5 tokens of each corrupted),
+    an 8-token suffix; the answer is read at the last position."""
+    g = torch.Generator().manual_seed(0)
+    n_q, n_step, n_suffix = 40, 17, 8
+    n = n_q + 6 * n_step + n_suffix
+    clean = torch.randint(0, vocab, (1, n), generator=g)
+    corrupted = clean.clone()
+    spans = [(n_q + i * n_step, n_q + (i + 1) * n_step) for i in range(6)]
+    for s, _ in spans:
+        corrupted[0, s + 3:s + 8] = torch.randint(0, vocab, (5,), generator=g)
+    return clean, corrupted, spans, Answer.of(n - 1, 7, 11)
+
+
 def build_tiny() -> tuple[object, torch.Tensor, torch.Tensor, list[tuple[int, int]], Answer]:
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
@@ -82,7 +96,7 @@ def build_gpt2(device: str = "cpu"
     from tokenizers import Tokenizer, models
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    from faithprobe.checkpoints import load_checkpoint
+    from faithprobe.models.checkpoints import load_checkpoint
 
     transformers.logging.set_verbosity_error()
     cfg = GPT2Config()

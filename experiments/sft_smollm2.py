@@ -77,7 +77,7 @@ def main() -> None:
     torch.set_num_threads(2)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from faithprobe.checkpoints import _cache_root, load_checkpoint
+    from faithprobe.models.checkpoints import _cache_root, load_checkpoint
 
     load_checkpoint("smollm2")  # converts the packaged GGUF once into the cache folder
     base = _cache_root() / "smollm2"

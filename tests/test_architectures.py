@@ -21,13 +21,13 @@ pytest.importorskip("transformers")
 
 import zoo  # noqa: E402
 
-from faithprobe.checkpoints import load_checkpoint  # noqa: E402
-from faithprobe.patching import (  # noqa: E402
+from faithprobe.activation.patching import (  # noqa: E402
     Answer,
     answer_metrics,
     check_fast_path,
     patch_steps,
 )
+from faithprobe.models.checkpoints import load_checkpoint  # noqa: E402
 
 T = 24
 # steps 0-2 lie past a 4-token sliding window of the answer position; step 3 lies inside it

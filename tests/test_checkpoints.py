@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from faithprobe.checkpoints import Checkpoint, check_same_tokenizer, load_checkpoint
+from faithprobe.data.tokens import CharTokenizer
 from faithprobe.errors import FaithprobeError
-from faithprobe.tokens import CharTokenizer
+from faithprobe.models.checkpoints import Checkpoint, check_same_tokenizer, load_checkpoint
 
 
 def test_native_round_trip(tiny, tiny_folder):

@@ -37,7 +37,7 @@ def hf_folder(tmp_path):
 
 
 def test_hf_folder_loads_and_matches_transformers(hf_folder):
-    from faithprobe.checkpoints import load_checkpoint
+    from faithprobe.models.checkpoints import load_checkpoint
 
     ckpt = load_checkpoint(str(hf_folder))
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(hf_folder))
@@ -47,9 +47,9 @@ def test_hf_folder_loads_and_matches_transformers(hf_folder):
 
 
 def test_answer_tokenized_in_context_not_alone(hf_folder):
-    from faithprobe.checkpoints import load_checkpoint
-    from faithprobe.prompts import PromptTemplate
-    from faithprobe.scoring import ScoreItem, score
+    from faithprobe.data.prompts import PromptTemplate
+    from faithprobe.models.checkpoints import load_checkpoint
+    from faithprobe.models.scoring import ScoreItem, score
 
     ckpt = load_checkpoint(str(hf_folder))
     alone = ckpt.tokenizer.encode("12")[0]
@@ -70,7 +70,7 @@ def test_answer_tokenized_in_context_not_alone(hf_folder):
 
 def test_lora_adapter_over_its_base(hf_folder, tmp_path):
     peft = pytest.importorskip("peft")
-    from faithprobe.checkpoints import load_checkpoint
+    from faithprobe.models.checkpoints import load_checkpoint
 
     base = transformers.AutoModelForCausalLM.from_pretrained(str(hf_folder))
     lora = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
@@ -90,12 +90,12 @@ def test_lora_adapter_over_its_base(hf_folder, tmp_path):
 
 def test_prefix_reuse_equals_full_recompute(hf_folder):
     """Edits scored from the unedited trace's KV cache equal edits run from scratch."""
-    from faithprobe.checkpoints import load_checkpoint
-    from faithprobe.interventions import EditContext, make_intervention
-    from faithprobe.probe import item_of
-    from faithprobe.prompts import PromptTemplate
-    from faithprobe.scoring import score
-    from faithprobe.traces import Trace
+    from faithprobe.data.prompts import PromptTemplate
+    from faithprobe.data.traces import Trace
+    from faithprobe.edits.interventions import EditContext, make_intervention
+    from faithprobe.models.checkpoints import load_checkpoint
+    from faithprobe.models.scoring import score
+    from faithprobe.stages.probe import item_of
 
     ckpt = load_checkpoint(str(hf_folder))
     ckpt.template = PromptTemplate(suffix=" Therefore, the answer is")

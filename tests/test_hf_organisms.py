@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from faithprobe.checkpoints import load_checkpoint  # noqa: E402
 from faithprobe.cli import main  # noqa: E402
+from faithprobe.models.checkpoints import load_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

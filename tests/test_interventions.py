@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from faithprobe.errors import FaithprobeError
-from faithprobe.interventions import (
+from faithprobe.data.traces import Trace
+from faithprobe.edits.interventions import (
     CORRUPTERS,
     EditContext,
     corrupt_generic,
@@ -15,8 +15,8 @@ from faithprobe.interventions import (
     make_intervention,
     register_intervention,
 )
-from faithprobe.probe import ProbeConfig, probe
-from faithprobe.traces import Trace
+from faithprobe.errors import FaithprobeError
+from faithprobe.stages.probe import ProbeConfig, probe
 
 DIGITS = tuple("0123456789")
 
@@ -108,7 +108,7 @@ def test_user_registered_intervention(tiny):
     @register_intervention("reverse")
     class Reverse:
         def edits(self, trace, ctx):
-            from faithprobe.interventions import Edit
+            from faithprobe.edits.interventions import Edit
 
             return [Edit("reverse", None, tuple(reversed(trace.steps)))]
 
@@ -149,7 +149,7 @@ def test_probe_records_are_consistent(tiny):
 def test_infogain_with_fixed_scorer_names_it(tiny, tiny_tokenizer):
     from conftest import TINY_TEMPLATE, tiny_config
 
-    from faithprobe.checkpoints import Checkpoint, build_native
+    from faithprobe.models.checkpoints import Checkpoint, build_native
 
     cfg = tiny_config(tiny_tokenizer.vocab_size, seed=7)
     scorer = Checkpoint(build_native(cfg), tiny_tokenizer, "scorer-7", TINY_TEMPLATE, cfg)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from faithprobe.errors import FaithprobeError
-from faithprobe.metrics import (
+from faithprobe.metrics.summary import (
     METRIC_FNS,
     METRICS,
     Estimate,

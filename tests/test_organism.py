@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from faithprobe.checkpoints import load_checkpoint
 from faithprobe.errors import FaithprobeError
-from faithprobe.organism import (
+from faithprobe.models.checkpoints import load_checkpoint
+from faithprobe.organisms.task import (
     ALPHABET,
     OPTIONS,
     SPLITS,

@@ -12,14 +12,13 @@ from transformer_lens.hook_points import HookPoint  # noqa: E402
 from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 from transformer_lens.patching import get_act_patch_resid_pre  # noqa: E402
 
-from faithprobe import patching  # noqa: E402
-from faithprobe.attribution import (  # noqa: E402
+from faithprobe.activation import patching as patching  # noqa: E402
+from faithprobe.activation.attribution import (  # noqa: E402
     attribution_correlation,
     attribution_patch_steps,
     pearson,
 )
-from faithprobe.errors import FaithprobeError  # noqa: E402
-from faithprobe.patching import (  # noqa: E402
+from faithprobe.activation.patching import (  # noqa: E402
     Answer,
     FastPath,
     attention_to_steps,
@@ -28,6 +27,7 @@ from faithprobe.patching import (  # noqa: E402
     patch_answer_positions,
     patch_steps,
 )
+from faithprobe.errors import FaithprobeError  # noqa: E402
 
 VOCAB, T = 20, 24
 SPANS = [(2, 6), (7, 10), (12, 17)]
@@ -345,9 +345,9 @@ def test_self_check_falls_back_where_the_fast_path_disagrees(model, tokens, requ
 
 
 def test_patch_trace_records_the_fallback():
-    from faithprobe.checkpoints import load_checkpoint
-    from faithprobe.organism import generate
-    from faithprobe.steppatch import patch_trace
+    from faithprobe.models.checkpoints import load_checkpoint
+    from faithprobe.organisms.task import generate
+    from faithprobe.stages.patching import patch_trace
 
     ckpt = load_checkpoint("organism:base")
     trace = generate("id", 1, 0)[0]

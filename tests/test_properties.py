@@ -7,10 +7,10 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.tokens import CharTokenizer, align
+from faithprobe.data.traces import Trace, split_steps
 from faithprobe.errors import FaithprobeError
-from faithprobe.prompts import PromptTemplate
-from faithprobe.tokens import CharTokenizer, align
-from faithprobe.traces import Trace, split_steps
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from faithprobe.metrics import summarize
-from faithprobe.probe import ProbeConfig, probe
-from faithprobe.traces import Trace, write_traces
+from faithprobe.data.traces import Trace, write_traces
+from faithprobe.metrics.summary import summarize
+from faithprobe.stages.probe import ProbeConfig, probe
 
 DIGITS = tuple("0123456789")
 

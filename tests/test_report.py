@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from faithprobe import report as report_mod
-from faithprobe.metrics import summarize
+from faithprobe.data.traces import Trace
+from faithprobe.metrics.summary import summarize
 from faithprobe.records import Record
-from faithprobe.report import verdict_lines, write_comparison, write_report
-from faithprobe.traces import Trace
+from faithprobe.report import document as report_mod
+from faithprobe.report.document import verdict_lines, write_comparison, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SITES = ("hook_embed", "blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre",

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from faithprobe.cli import main
-from faithprobe.config import validate_config
+from faithprobe.data.traces import Trace, write_traces
 from faithprobe.errors import FaithprobeError
 from faithprobe.records import read_records
-from faithprobe.traces import Trace, write_traces
+from faithprobe.run.config import validate_config
 
 DIGITS = list("0123456789")
 
@@ -137,12 +137,12 @@ def test_missing_checkpoint_is_refused_before_writing(tmp_path, capsys, study):
 
 
 def test_failure_during_a_run_is_recorded_in_the_header(tmp_path, capsys, study, monkeypatch):
-    import faithprobe.probe
+    import faithprobe.stages.probe
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(faithprobe.probe, "_probe_one", boom)
+    monkeypatch.setattr(faithprobe.stages.probe, "_probe_one", boom)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
         main(["run", str(study), "--out", str(out), "--quiet"])
@@ -183,7 +183,7 @@ def test_compare_two_runs(study, tmp_path):
 
 
 def test_header_and_records_say_how_patching_ran(study, tmp_path, monkeypatch):
-    from faithprobe import patching
+    from faithprobe.activation import patching as patching
 
     text = study.read_text().replace("[patching]\nenabled = false",
                                      "[patching]\nenabled = true\nmax_traces = 1")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from faithprobe.errors import FaithprobeError
-from faithprobe.scoring import ScoreItem, normalize_answer, score
+from faithprobe.models.scoring import ScoreItem, normalize_answer, score
 
 DIGITS = tuple("0123456789")
 

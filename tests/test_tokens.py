@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from faithprobe.data.prompts import PromptTemplate, step_segment
+from faithprobe.data.tokens import CharTokenizer, align
 from faithprobe.errors import FaithprobeError
-from faithprobe.prompts import PromptTemplate, step_segment
-from faithprobe.tokens import CharTokenizer, align
 
 
 def _check_alignment(tok, template, question, steps, answer):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from faithprobe.data.traces import Trace
 from faithprobe.errors import FaithprobeError
-from faithprobe.probe import ProbeConfig, probe
-from faithprobe.tracegen import NO_ANSWER, generate_traces
-from faithprobe.traces import Trace
+from faithprobe.models.generate import NO_ANSWER, generate_traces
+from faithprobe.stages.probe import ProbeConfig, probe
 
 GEN = {"max_new_tokens": 12, "temperature": 0.0, "split": "lines", "max_steps": 4}
 
@@ -38,14 +38,14 @@ def test_generation_without_an_answer_is_recorded_not_a_crash(tiny):
     assert all(t.metadata.get("no_answer") and t.answer == NO_ANSWER for t in traces)
     recs = probe(tiny, "base", traces, ProbeConfig(max_new_tokens=3))
     assert [r.status for r in recs] == ["no_answer"] * 3
-    from faithprobe.metrics import summarize
+    from faithprobe.metrics.summary import summarize
 
     assert summarize(recs, n_boot=10)["checkpoints"]["base"]["no_answer_count"]["value"] == 3
 
 
 def test_generated_reasoning_is_what_the_model_wrote(tiny):
-    from faithprobe.forward import generate
-    from faithprobe.tokens import align
+    from faithprobe.data.tokens import align
+    from faithprobe.models.forward import generate
 
     t = generate_traces(tiny, _problems()[:1], tiny.template, GEN)[0]
     r = tiny.template.render(t.question, (), tokenizer=tiny.tokenizer)
@@ -58,8 +58,8 @@ def test_generated_reasoning_is_what_the_model_wrote(tiny):
 
 def test_cached_and_uncached_generation_agree_on_a_hf_model():
     """The KV-cache path (Hugging Face models) writes what full recomputation writes."""
-    from faithprobe.checkpoints import Checkpoint
-    from faithprobe.forward import generate
+    from faithprobe.models.checkpoints import Checkpoint
+    from faithprobe.models.forward import generate
 
     ckpt = _tiny_llama(seed=0)
     prompts = [[5, 6, 7, 8], [9, 10]]
@@ -73,7 +73,7 @@ def test_cached_and_uncached_generation_agree_on_a_hf_model():
 def _tiny_llama(seed: int):
     """A two-layer Llama with the word-level tokenizer, wrapped in a bridge (has a KV cache)."""
     transformers = pytest.importorskip("transformers")
-    from faithprobe.checkpoints import _wrap_hf
+    from faithprobe.models.checkpoints import _wrap_hf
 
     hf = _tiny_hf_tokenizer()
     cfg = transformers.LlamaConfig(vocab_size=hf.vocab_size, hidden_size=32,
@@ -97,7 +97,7 @@ def _tiny_hf_tokenizer():
 
 def test_unsupported_architecture_is_named(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from faithprobe.checkpoints import load_checkpoint
+    from faithprobe.models.checkpoints import load_checkpoint
 
     cfg = transformers.BioGptConfig(vocab_size=13, hidden_size=16, num_hidden_layers=1,
                                     num_attention_heads=2, intermediate_size=32)
@@ -108,7 +108,7 @@ def test_unsupported_architecture_is_named(tmp_path):
 
 
 def test_generation_reusing_a_prefix_equals_plain_generation():
-    from faithprobe.forward import generate
+    from faithprobe.models.forward import generate
 
     ckpt = _tiny_llama(seed=1)
     prefix = [5, 6, 7, 8, 9, 10, 11, 12, 5, 6, 7, 8, 9, 10, 11, 12, 5, 6, 7, 8, 9, 10]

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from faithprobe.data.traces import Trace, read_traces, split_steps, trace_from_text, write_traces
 from faithprobe.errors import FaithprobeError
-from faithprobe.traces import Trace, read_traces, split_steps, trace_from_text, write_traces
 
 
 def _trace(**kw) -> dict:

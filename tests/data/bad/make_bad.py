@@ -74,9 +74,9 @@ def main() -> None:
 
     # checkpoints: built from a tiny model by tests/test_bad_inputs.py at run time would hide
     # the files from a reader; they are small, so they are written here from a real model.
-    from faithprobe.checkpoints import build_native, save_native
-    from faithprobe.prompts import PromptTemplate
-    from faithprobe.tokens import CharTokenizer
+    from faithprobe.data.prompts import PromptTemplate
+    from faithprobe.data.tokens import CharTokenizer
+    from faithprobe.models.checkpoints import build_native, save_native
 
     tok = CharTokenizer("ab=1;?\n ")
     cfg = dict(d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=16, d_vocab=tok.vocab_size,

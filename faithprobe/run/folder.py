@@ -28,9 +28,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from faithprobe.data.traces import Trace, read_traces, write_traces
 from faithprobe.errors import FaithprobeError
 from faithprobe.records import Record, dumps_record, read_records, record_key, write_records
-from faithprobe.traces import Trace, read_traces, write_traces
 
 __all__ = ["HEADER", "RECORDS", "SUMMARY", "TRACES", "open_run", "run_study", "score_runs"]
 
@@ -69,7 +69,7 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def _git() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], text=True,
                                 capture_output=True, timeout=10, check=True).stdout.strip()
@@ -195,8 +195,8 @@ def run_study(cfg: dict[str, Any], out: Path, *, argv: Sequence[str] = (), resum
     the config in errors."""
     from tqdm.auto import tqdm
 
-    from faithprobe.checkpoints import preflight
-    from faithprobe.data import load_traces
+    from faithprobe.data.sources import load_traces
+    from faithprobe.models.checkpoints import preflight
 
     out = Path(out)
     # bad input is refused before anything is written
@@ -233,9 +233,9 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _probe_all(cfg, out, header, base_traces, done, quiet, tqdm) -> None:
-    from faithprobe.checkpoints import check_same_tokenizer, load_checkpoint
-    from faithprobe.probe import iter_probe
-    from faithprobe.prompts import PromptTemplate
+    from faithprobe.data.prompts import PromptTemplate
+    from faithprobe.models.checkpoints import check_same_tokenizer, load_checkpoint
+    from faithprobe.stages.probe import iter_probe
 
     probe_cfg = _probe_config(cfg)
     scorer_spec = cfg["infogain"]["scorer"]
@@ -252,7 +252,7 @@ def _probe_all(cfg, out, header, base_traces, done, quiet, tqdm) -> None:
             check_same_tokenizer(first, ckpt)
         fast_path = None
         if cfg["patching"]["enabled"]:
-            from faithprobe.patching import check_fast_path
+            from faithprobe.activation.patching import check_fast_path
 
             fast_path = check_fast_path(ckpt.bridge)
             header.setdefault("patching", {})[label] = fast_path.to_json()
@@ -279,7 +279,7 @@ def _probe_all(cfg, out, header, base_traces, done, quiet, tqdm) -> None:
 
 
 def _probe_config(cfg: dict[str, Any]):
-    from faithprobe.probe import ProbeConfig
+    from faithprobe.stages.probe import ProbeConfig
 
     p = cfg["probe"]
     options = {name: dict(p[name]) for name in ("corrupt", "paraphrase", "filler")
@@ -302,7 +302,7 @@ def _generated(cfg, out, label, ckpt, template, problems, quiet) -> list[Trace]:
     path = out / f"traces-{label}.jsonl"
     if path.is_file():
         return read_traces(path)
-    from faithprobe.tracegen import generate_traces
+    from faithprobe.models.generate import generate_traces
 
     traces = generate_traces(ckpt, problems, template, cfg["generation"], seed=cfg["seed"],
                              batch_size=cfg["probe"]["batch_size"], quiet=quiet)
@@ -311,7 +311,7 @@ def _generated(cfg, out, label, ckpt, template, problems, quiet) -> list[Trace]:
 
 
 def _patch_records(cfg, ckpt, label, trace, template, fast_path) -> list[Record]:
-    from faithprobe.steppatch import patch_trace
+    from faithprobe.stages.patching import patch_trace
 
     corrupter = cfg["probe"].get("corrupt", {}).get("corrupter", "auto")
     return patch_trace(ckpt, label, trace, template, components=cfg["patching"]["components"],
@@ -364,8 +364,8 @@ def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None =
                mark_success: bool = False) -> dict[str, Any]:
     """Summary and report of a run folder from its records; with ``mark_success`` the header
     says ``success`` (with the headline numbers) before the report is written from it."""
-    from faithprobe.metrics import summarize
-    from faithprobe.report import write_report
+    from faithprobe.metrics.summary import summarize
+    from faithprobe.report.document import write_report
 
     if records is None:
         records = read_records(out / RECORDS)

@@ -37,10 +37,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.tokens import CharTokenizer
+from faithprobe.data.traces import Trace
 from faithprobe.errors import FaithprobeError
-from faithprobe.prompts import PromptTemplate
-from faithprobe.tokens import CharTokenizer
-from faithprobe.traces import Trace
 
 __all__ = [
     "ALPHABET",
@@ -376,7 +376,7 @@ MODEL = ModelShape()
 # --- the task-aware corrupter and paraphraser, registered for the interventions ------------------
 
 def _register() -> None:
-    from faithprobe.interventions import register_corrupter, register_paraphraser
+    from faithprobe.edits.interventions import register_corrupter, register_paraphraser
 
     @register_corrupter("organism")
     def corrupt_organism(trace: Trace, i: int, rng: random.Random) -> str | None:

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faithprobe import plots as P
+from faithprobe.data.traces import Trace
 from faithprobe.errors import FaithprobeError
 from faithprobe.records import Record
-from faithprobe.traces import Trace
+from faithprobe.report import plots as P
 
 __all__ = ["REPORT_HTML", "REPORT_MD", "PLOTS_DIR", "verdict_lines", "write_comparison",
            "write_report"]

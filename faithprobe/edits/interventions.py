@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from faithprobe.data.prompts import PromptTemplate, step_segment
+from faithprobe.data.tokens import Tokenizer, align
+from faithprobe.data.traces import Trace
 from faithprobe.errors import FaithprobeError
-from faithprobe.prompts import PromptTemplate, step_segment
-from faithprobe.tokens import Tokenizer, align
-from faithprobe.traces import Trace
 
 __all__ = [
     "CORRUPTERS",
@@ -132,7 +132,7 @@ def _load_plugins() -> None:
     # the organism task registers its task-aware corrupter and paraphraser on import
     import importlib
 
-    importlib.import_module("faithprobe.organism")
+    importlib.import_module("faithprobe.organisms.task")
 
 
 # --- corrupters ---------------------------------------------------------------------------------

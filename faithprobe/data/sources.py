@@ -13,8 +13,8 @@ import operator
 import re
 from typing import Any
 
+from faithprobe.data.traces import Trace, read_traces, split_steps
 from faithprobe.errors import FaithprobeError
-from faithprobe.traces import Trace, read_traces, split_steps
 
 __all__ = ["arithmetic_step_truth", "load_traces"]
 
@@ -98,7 +98,7 @@ def load_traces(data: dict[str, Any]) -> list[Trace]:
         traces = read_traces(data["path"])
         return traces[: data["count"]] if "count" in data else traces
     if source == "organism":
-        from faithprobe.organism import generate
+        from faithprobe.organisms.task import generate
 
         return generate(data["split"], data.get("count", DEFAULT_COUNT), data["seed"])
     if source == "reasoning_gym":

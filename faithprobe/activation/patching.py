@@ -19,7 +19,7 @@ Everything works on token id tensors, so this module depends on no trace format:
 - :func:`knockout_steps` and :func:`attention_to_steps`: attention knockout of each step's keys
   through ``hook_pattern``, and the attention the answer position pays each step (a
   correlational baseline).
-- Attribution patching lives in :mod:`faithprobe.attribution`.
+- Attribution patching lives in :mod:`faithprobe.activation.attribution`.
 
 Speed (``method="fast"``, the default). Patching step i at layer l changes nothing before step
 i's first token and nothing below layer l. The fast path caches both runs' activations once, then

@@ -15,20 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from faithprobe.checkpoints import Checkpoint
+from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.traces import Trace
+from faithprobe.edits.interventions import Edit, EditContext, make_intervention
 from faithprobe.errors import FaithprobeError
-from faithprobe.forward import forward_logprobs, generate
-from faithprobe.interventions import Edit, EditContext, make_intervention
-from faithprobe.prompts import PromptTemplate
-from faithprobe.records import Record
-from faithprobe.scoring import (
+from faithprobe.models.checkpoints import Checkpoint
+from faithprobe.models.forward import forward_logprobs, generate
+from faithprobe.models.scoring import (
     AnswerScore,
     ScoreItem,
     continuation_ids,
     normalize_answer,
     score,
 )
-from faithprobe.traces import Trace
+from faithprobe.records import Record
 
 __all__ = ["ProbeConfig", "item_of", "iter_probe", "probe"]
 

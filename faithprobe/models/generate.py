@@ -14,12 +14,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from faithprobe.checkpoints import Checkpoint
-from faithprobe.data import arithmetic_step_truth
-from faithprobe.forward import generate
-from faithprobe.prompts import PromptTemplate
-from faithprobe.scoring import ScoreItem, continuation_ids, normalize_answer, score
-from faithprobe.traces import MAX_FIELD_CHARS, Trace, split_steps
+from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.sources import arithmetic_step_truth
+from faithprobe.data.traces import MAX_FIELD_CHARS, Trace, split_steps
+from faithprobe.models.checkpoints import Checkpoint
+from faithprobe.models.forward import generate
+from faithprobe.models.scoring import ScoreItem, continuation_ids, normalize_answer, score
 
 __all__ = ["NO_ANSWER", "generate_traces"]
 

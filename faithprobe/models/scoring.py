@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from faithprobe.checkpoints import Checkpoint
+from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.tokens import Aligned, align
 from faithprobe.errors import FaithprobeError
-from faithprobe.forward import forward_logprobs, generate
-from faithprobe.prompts import PromptTemplate
-from faithprobe.tokens import Aligned, align
+from faithprobe.models.checkpoints import Checkpoint
+from faithprobe.models.forward import forward_logprobs, generate
 
 __all__ = [
     "AnswerScore",

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from faithprobe import metrics
+from faithprobe.data.traces import Trace
+from faithprobe.metrics import summary as metrics
 from faithprobe.records import Record
-from faithprobe.traces import Trace
 
 __all__ = [
     "Plot", "StepImportance", "adding_mistakes_plot", "coverage_plot", "early_answering_plot",

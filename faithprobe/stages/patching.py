@@ -17,21 +17,21 @@ from typing import Any
 
 import torch
 
-from faithprobe.checkpoints import Checkpoint
-from faithprobe.interventions import EditContext, make_intervention
-from faithprobe.patching import (
+from faithprobe.activation.patching import (
     Answer,
     FastPath,
     attention_to_steps,
     knockout_steps,
     patch_steps,
 )
-from faithprobe.probe import item_of
-from faithprobe.prompts import PromptTemplate, step_segment
+from faithprobe.data.prompts import PromptTemplate, step_segment
+from faithprobe.data.tokens import align
+from faithprobe.data.traces import Trace
+from faithprobe.edits.interventions import EditContext, make_intervention
+from faithprobe.models.checkpoints import Checkpoint
+from faithprobe.models.scoring import answer_span, score
 from faithprobe.records import Record
-from faithprobe.scoring import answer_span, score
-from faithprobe.tokens import align
-from faithprobe.traces import Trace
+from faithprobe.stages.probe import item_of
 
 __all__ = ["patch_trace"]
 

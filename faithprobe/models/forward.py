@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from faithprobe.checkpoints import Checkpoint
+from faithprobe.models.checkpoints import Checkpoint
 
 __all__ = ["forward_logprobs", "generate", "has_kv_cache"]
 

@@ -1,0 +1,1 @@
+"""Stage 3b: tensor-level activation patching (knows nothing of traces or records)."""

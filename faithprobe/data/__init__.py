@@ -1,0 +1,1 @@
+"""Stage 1: traces, prompt templates, tokenizers and alignment, trace sources."""

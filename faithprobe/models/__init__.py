@@ -1,0 +1,1 @@
+"""Stage 2: checkpoints, forward passes, answer scoring, trace generation."""

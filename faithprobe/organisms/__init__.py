@@ -1,0 +1,1 @@
+"""The model organisms: a planted task and its checkpoints (a plugin)."""

@@ -1,0 +1,1 @@
+"""A run: its config and its folder."""

@@ -1,0 +1,1 @@
+"""The model stage: runs edits and patching on a checkpoint, writes records."""
