@@ -81,11 +81,11 @@ def main() -> None:
     if args.model == "smollm2-random":
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        from faithprobe.models.checkpoints import _wrap_hf
+        from faithprobe.models.checkpoints import wrap_hf
 
         torch.manual_seed(0)
         hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.config_dir))
-        ckpt = _wrap_hf(hf.to(args.device), AutoTokenizer.from_pretrained(args.config_dir),
+        ckpt = wrap_hf(hf.to(args.device), AutoTokenizer.from_pretrained(args.config_dir),
                         "smollm2-random", "smollm2-random")
     else:
         ckpt = load_checkpoint(args.model)

