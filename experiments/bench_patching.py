@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from faithprobe.activation.patching import Answer, patch_steps
+from faithprobe.activation import Answer, patch_steps
 
 CONFIG = {
     "tiny": {"d_model": 64, "n_layers": 6, "n_heads": 4, "d_head": 16, "d_mlp": 256,

@@ -240,7 +240,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> dict[str, Any]:
             "high": round(min(1.0, centre + half), 4)}
 
 
-def _prefix_text(question: str, steps: tuple[str, ...]) -> str:
+def prefix_text(question: str, steps: tuple[str, ...]) -> str:
     """The prompt text before the answer suffix: question and the given steps."""
     rendered = organism_template().render(question, steps)
     return rendered.text[: rendered.char_span("suffix")[0]]
@@ -291,7 +291,7 @@ def _parse(text: str, suffix: str) -> tuple[tuple[str, ...], str]:
     return tuple(s for s in body.split("\n") if s), answer if answer in OPTIONS else ""
 
 
-def _max_new(trace: Trace) -> int:
+def max_new_tokens_for(trace: Trace) -> int:
     return 4 * (trace.n_steps + 2) + len(organism_template().suffix) + 2
 
 
@@ -300,8 +300,8 @@ def evaluate(ckpt: Checkpoint, cfg: EvalConfig) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for split, n in (("id", cfg.n_id), ("ood", cfg.n_ood)):
         traces = generate(split, n, cfg.seed)
-        gen = greedy_finish(ckpt, [_prefix_text(t.question, ()) for t in traces],
-                            max(_max_new(t) for t in traces), cfg.batch_size)
+        gen = greedy_finish(ckpt, [prefix_text(t.question, ()) for t in traces],
+                            max(max_new_tokens_for(t) for t in traces), cfg.batch_size)
         correct = sum(a == t.gold for (_, a), t in zip(gen, traces))
         steps_right = sum(s == t.steps for (s, _), t in zip(gen, traces))
         scored = score(ckpt, [ScoreItem(t.question, t.steps, t.gold, t.options, t.id)
@@ -327,10 +327,10 @@ def corruption_eval(ckpt: Checkpoint, traces: list[Trace], cfg: EvalConfig) -> d
     for t in traces:
         step = rng.randrange(t.n_steps - 1)  # intermediate: never the last step
         c = corrupt_step(t, step, rng=rng)
-        clean.append(_prefix_text(t.question, t.steps[: step + 1]))
-        corrupt.append(_prefix_text(t.question, c.steps[: step + 1]))
+        clean.append(prefix_text(t.question, t.steps[: step + 1]))
+        corrupt.append(prefix_text(t.question, c.steps[: step + 1]))
         plan.append(c)
-    max_new = max(_max_new(t) for t in traces)
+    max_new = max(max_new_tokens_for(t) for t in traces)
     clean_out = greedy_finish(ckpt, clean, max_new, cfg.batch_size)
     corrupt_out = greedy_finish(ckpt, corrupt, max_new, cfg.batch_size)
     should = [i for i, c in enumerate(plan) if c.answer_should_change]

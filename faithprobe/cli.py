@@ -30,10 +30,31 @@ DEMO_CONFIG = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit code 2 (as for every bad input)."""
+    """argparse, but a usage error is the usage line and one error line, exit code 2."""
 
     def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("faithprobe")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown (not installed)"
+
+
+def _finish(run: Path, quiet: bool) -> None:
+    """How ``run`` and ``demo`` end: the verdict (unless quiet), then the report's path."""
+    if not quiet:
+        from faithprobe.io import read_json
+        from faithprobe.report.document import verdict_lines
+
+        for line in verdict_lines(read_json(run / "summary.json", "summary")):
+            print(line)
+    print(f"report: {run / 'report.html'}")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -47,7 +68,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out = out.with_name(f"{out.name}-shard{shard[0]}of{shard[1]}")
     run = run_study(cfg, out, argv=sys.argv, resume=args.resume, shard=shard, quiet=args.quiet,
                     config_source=args.config)
-    print(run / "report.html")
+    _finish(run, args.quiet)
     return 0
 
 
@@ -58,16 +79,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = validate_config(DEMO_CONFIG, source="demo")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"demo-{stamp}"
-    run = run_study(cfg, out, argv=sys.argv, quiet=args.quiet, config_source="demo")
-    if not args.quiet:
-        import json
-
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        from faithprobe.report.document import verdict_lines
-
-        for line in verdict_lines(summary):
-            print(line)
-    print(f"report: {run / 'report.html'}")
+    run = run_study(cfg, out, argv=sys.argv, resume=args.resume, quiet=args.quiet,
+                    config_source="demo")
+    _finish(run, args.quiet)
     return 0
 
 
@@ -81,8 +95,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from faithprobe.data.traces import read_traces
+    from faithprobe.io import read_json
     from faithprobe.report.document import write_report
-    from faithprobe.run.folder import SUMMARY, TRACES, load_run, read_json
+    from faithprobe.run.folder import SUMMARY, TRACES, load_run
 
     run = Path(args.run_dir)
     header, records = load_run(run)
@@ -93,17 +108,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from faithprobe.io import read_json
     from faithprobe.report.document import write_comparison
-    from faithprobe.run.folder import SUMMARY, load_run, read_json
+    from faithprobe.run.folder import SUMMARY, load_run
 
     runs = []
     for d in args.run_dirs:
         header, records = load_run(Path(d))
         summary = read_json(Path(d) / SUMMARY, "summary (run 'faithprobe score' first)")
         runs.append((Path(d).name, records, summary, header))
-    out = Path(args.out) if args.out else Path("runs") / "comparison"
-    if out.exists() and any(out.iterdir()) and not (out / "report.html").is_file():
-        raise FaithprobeError("output folder exists and is not a comparison", source=str(out))
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / f"comparison-{stamp}"
+    if any(out.resolve() == Path(d).resolve() for d in args.run_dirs):
+        raise FaithprobeError("is one of the runs being compared; choose another --out",
+                              source=str(out), field="--out")
+    if out.exists() and any(out.iterdir()):
+        if not (out / "report.html").is_file() or (out / "header.json").is_file():
+            raise FaithprobeError("output folder exists and is not a comparison",
+                                  source=str(out), field="--out")
+        if not args.overwrite:
+            raise FaithprobeError("output folder holds a comparison already (pass --overwrite "
+                                  "to replace it)", source=str(out), field="--out")
     out.mkdir(parents=True, exist_ok=True)
     print(write_comparison(out, runs))
     return 0
@@ -115,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Does a model's chain of thought still carry its answer? Causal step "
         "interventions, base vs fine-tuned.",
     )
+    parser.add_argument("--version", action="version", version=f"faithprobe {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -125,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="complete a killed run in --out")
     p.add_argument("--shard", metavar="K/N", help="run the K-th of N disjoint trace slices")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no verdict, no progress bars")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="run the embedded organism study (base vs sft)",
@@ -133,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "vs shortcut-fine-tuned sft) end to end on CPU; prints its verdict and "
                        "the path of its report.")
     p.add_argument("--out", help="run folder (default: runs/demo-<time>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--resume", action="store_true", help="complete a killed demo in --out")
+    p.add_argument("--quiet", action="store_true", help="no verdict, no progress bars")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("score", help="recompute metrics and summary from records",
@@ -146,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="one comparison report across run folders",
                        description="One comparison report across scored run folders.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", help="comparison folder (default: runs/comparison)")
+    p.add_argument("--out", help="comparison folder (default: runs/comparison-<time>); "
+                   "never one of the runs compared")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the comparison already in --out")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("report", help="regenerate a run folder's report",

@@ -46,19 +46,23 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from faithprobe.errors import FaithprobeError
+from faithprobe.io import atomic_write
 
 __all__ = ["FLOAT_FIELDS", "STATUSES", "Record", "read_records", "record_key", "write_records"]
 
 RECORD_SCHEMA_VERSION = 1
-STATUSES = ("ok", "skipped", "no_answer", "nonfinite")
+Status = Literal["ok", "skipped", "no_answer", "nonfinite"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 FLOAT_FIELDS = ("answer_logprob", "pred_prob", "logit_diff", "kl", "value")  # may be non-finite
 
 
-@dataclass
+@dataclass(frozen=True)
 class Record:
+    """One measurement (see the module docstring); built once, never mutated."""
+
     trace_id: str
     checkpoint: str
     intervention: str
@@ -77,7 +81,7 @@ class Record:
     logit_diff: float | None = None
     kl: float | None = None
     value: float | None = None
-    status: str = "ok"
+    status: Status = "ok"
     reason: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -144,12 +148,9 @@ def dumps_record(r: Record) -> str:
 
 def write_records(path: str | os.PathLike[str], records: Iterable[Record]) -> None:
     """Write all records at once, atomically."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:
         for r in records:
             handle.write(dumps_record(r) + "\n")
-    os.replace(tmp, p)
 
 
 def iter_records(path: str | os.PathLike[str], *, tolerate_torn_tail: bool = False

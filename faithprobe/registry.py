@@ -54,24 +54,34 @@ class Registry(Generic[T]):
     def register_lazy(self, name: str, target: str) -> None:
         """Register ``"module:object"``, imported when ``name`` is first asked for."""
         self._claim(name)
-        if target.count(":") != 1:
+        module, sep, attr = target.partition(":") if isinstance(target, str) else ("", "", "")
+        if not (sep and module and attr) or ":" in attr:
             raise FaithprobeError(f"a lazy {self.kind} is named 'module:object', got {target!r}",
                                   field=name)
         self._lazy[name] = target
 
     def get(self, name: str) -> T:
-        if name in self._lazy:
-            module, _, attr = self._lazy.pop(name).partition(":")
+        """The object registered as ``name`` (a lazy one is imported now, once)."""
+        target = self._lazy.get(name)
+        if target is not None:
+            module, _, attr = target.partition(":")
             try:
-                self._objects[name] = getattr(importlib.import_module(module), attr)
+                obj = getattr(importlib.import_module(module), attr)
             except (ImportError, AttributeError) as exc:
+                # the name stays registered (lazily): asking again says the same
                 raise FaithprobeError(f"{self.kind} {name!r} cannot be loaded ({exc})",
                                       field=name) from None
+            del self._lazy[name]
+            self._objects[name] = obj
         try:
             return self._objects[name]
         except KeyError:
             raise FaithprobeError(f"unknown {self.kind} (known: {', '.join(self.names())})",
                                   field=name) from None
+
+    def is_loaded(self, name: str) -> bool:
+        """Whether ``name`` is registered and no longer waits for its import."""
+        return name in self._objects
 
     def names(self) -> list[str]:
         return sorted({*self._objects, *self._lazy})

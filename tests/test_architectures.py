@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 
 import zoo  # noqa: E402
 
-from faithprobe.activation.patching import (  # noqa: E402
+from faithprobe.activation import (  # noqa: E402
     Answer,
     answer_metrics,
     check_fast_path,

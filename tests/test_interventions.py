@@ -2,20 +2,26 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 
 import pytest
 
 from faithprobe.data.traces import Trace
+from faithprobe.edits.corrupters import corrupt_generic, corrupt_number, corrupt_operator
 from faithprobe.edits.interventions import (
     CORRUPTERS,
+    INTERVENTIONS,
+    PARAPHRASERS,
+    Edit,
     EditContext,
-    corrupt_generic,
-    corrupt_number,
-    corrupt_operator,
     make_intervention,
+    register_corrupter,
     register_intervention,
+    register_paraphraser,
 )
 from faithprobe.errors import FaithprobeError
+from faithprobe.registry import Registry
 from faithprobe.stages.probe import ProbeConfig, probe
 
 DIGITS = tuple("0123456789")
@@ -108,10 +114,9 @@ def test_user_registered_intervention(tiny):
     @register_intervention("reverse")
     class Reverse:
         def edits(self, trace, ctx):
-            from faithprobe.edits.interventions import Edit
-
             return [Edit("reverse", None, tuple(reversed(trace.steps)))]
 
+    assert INTERVENTIONS.get("reverse") is Reverse and Reverse.name == "reverse"
     recs = probe(tiny, "base", [_trace()], ProbeConfig(interventions=("reverse",),
                                                        infogain=False, infogain_ppl=False))
     assert [r.intervention for r in recs] == ["none", "reverse", "ki", "ki", "ki"]
@@ -177,3 +182,101 @@ def test_ki_through_a_judge(tiny):
     with pytest.raises(FaithprobeError, match="not 0 or 1"):
         probe(tiny, "base", [t], ProbeConfig(interventions=(), infogain=False,
                                              infogain_ppl=False), judge=lambda tr, i: 0.5)
+
+
+def test_a_name_registered_twice_raises():
+    with pytest.raises(FaithprobeError, match="corrupter 'number' is already registered"):
+        register_corrupter("number")(lambda trace, i, rng: None)
+    with pytest.raises(FaithprobeError, match="paraphraser 'trace' is already registered"):
+        register_paraphraser("trace")(lambda trace, i: None)
+    with pytest.raises(FaithprobeError, match="intervention 'truncate' is already registered"):
+
+        @register_intervention("truncate")
+        class Again:
+            def edits(self, trace, ctx):
+                return []
+
+    # lazily registered plugins hold their names too, loaded or not
+    with pytest.raises(FaithprobeError, match="already registered"):
+        register_corrupter("organism")(lambda trace, i, rng: None)
+    reg: Registry[int] = Registry("thing")
+    reg.add("one", 1)
+    with pytest.raises(FaithprobeError, match="thing 'one' is already registered"):
+        reg.register_lazy("one", "json:loads")
+    assert reg.get("one") == 1  # the first registration stands
+
+
+def test_a_lazy_plugin_loads_on_first_use(tmp_path, monkeypatch):
+    (tmp_path / "fp_lazy_plugin.py").write_text("LOADS = []\nLOADS.append(1)\nVALUE = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fp_lazy_plugin", raising=False)
+    reg: Registry[int] = Registry("thing")
+    reg.register_lazy("answer", "fp_lazy_plugin:VALUE")
+    reg.register_lazy("broken", "fp_lazy_plugin:MISSING")
+    assert "answer" in reg and reg.names() == ["answer", "broken"]
+    assert not reg.is_loaded("answer") and "fp_lazy_plugin" not in sys.modules
+    assert reg.get("answer") == 42 and reg.get("answer") == 42
+    assert reg.is_loaded("answer") and sys.modules["fp_lazy_plugin"].LOADS == [1]
+    for _ in range(2):  # a plugin that cannot load says so, every time
+        with pytest.raises(FaithprobeError, match="thing 'broken' cannot be loaded"):
+            reg.get("broken")
+    with pytest.raises(FaithprobeError, match=r"unknown thing \(known: answer, broken\)"):
+        reg.get("nope")
+    with pytest.raises(FaithprobeError, match="module:object"):
+        reg.register_lazy("bad", "fp_lazy_plugin.VALUE")
+
+
+def _python(code: str) -> None:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_organism_plugin_is_registered_lazily():
+    """The edits registries name the organism task's corrupter and paraphraser without
+    importing it; the first use imports it."""
+    _python("""
+import sys
+from faithprobe.edits.interventions import CORRUPTERS, PARAPHRASERS
+assert "faithprobe.organisms.task" not in sys.modules
+assert "organism" in CORRUPTERS and "chain-mod10" in PARAPHRASERS
+fn = CORRUPTERS.get("organism")
+from faithprobe.organisms import task
+assert fn is task.corrupt_organism and PARAPHRASERS.get(task.TASK_NAME) is task.paraphrase_organism
+""")
+    from faithprobe.organisms import task
+
+    assert CORRUPTERS.get("organism") is task.corrupt_organism
+    assert PARAPHRASERS.get(task.TASK_NAME) is task.paraphrase_organism
+
+
+def test_importing_the_organism_task_registers_nothing():
+    # the task imports nothing from faithprobe.edits (no import cycle)
+    _python("""
+import sys
+import faithprobe.organisms.task
+assert not [m for m in sys.modules if m.startswith("faithprobe.edits")], "task imported edits"
+""")
+    # and importing it changes no registry (its names stay registered lazily, not loaded)
+    _python("""
+from faithprobe.edits.interventions import CORRUPTERS, INTERVENTIONS, PARAPHRASERS
+def state():
+    return [(r.names(), [r.is_loaded(n) for n in r.names()])
+            for r in (INTERVENTIONS, CORRUPTERS, PARAPHRASERS)]
+before = state()
+import faithprobe.organisms.task
+assert state() == before, (before, state())
+assert not CORRUPTERS.is_loaded("organism")
+""")
+
+
+def test_organism_corrupter_and_paraphraser_through_the_interventions(tiny):
+    from faithprobe.organisms.task import generate
+
+    t = generate("id", 1, seed=0)[0]
+    ctx = EditContext(tiny.tokenizer, tiny.template)
+    corrupt = make_intervention("corrupt", corrupter="organism", continuations=["keep"])
+    edits = corrupt.edits(t, ctx)
+    assert all(e.skipped is None and e.detail["corrupter"] == "organism" for e in edits)
+    para = make_intervention("paraphrase", source="chain-mod10").edits(t, ctx)
+    assert para[-1].steps == t.paraphrases

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 
 from faithprobe.errors import FaithprobeError
-from faithprobe.metrics.summary import (
+from faithprobe.metrics import (
+    CATALOGUE,
+    ECE_BINS,
+    HEADLINE_METRICS,
     METRIC_FNS,
     METRICS,
+    TABLE_METRICS,
+    UNIT_TITLES,
+    VERDICT_METRICS,
     Estimate,
     adding_mistakes_curve,
     bootstrap,
@@ -19,9 +25,13 @@ from faithprobe.metrics.summary import (
     compute_metrics,
     coverage_curve,
     early_answering_curve,
+    ece_bin,
+    get_metric,
     infogain_by_step,
     infogain_drop,
+    is_usable,
     patching_grid,
+    reliability_bins,
     step_effects,
     summarize,
 )
@@ -189,6 +199,43 @@ def test_ece_hand_example() -> None:
     curve = coverage_curve(records, thresholds=(0.0, 0.5, 0.99))
     assert curve == [(0.0, 1.0, pytest.approx(0.6)), (0.5, 0.8, pytest.approx(0.75)),
                      (0.99, 0.0, None)]
+
+
+def test_reliability_bins_share_the_ece_binning() -> None:
+    assert [ece_bin(p) for p in (-0.3, 0.0, 0.05, 0.1, 0.95, 1.0, 1.7)] == [0, 0, 0, 1, 9, 9, 9]
+    assert ECE_BINS == 10
+    graded = [(0.95, 1.0), (0.95, 0.0), (0.85, 1.0), (0.62, 1.0), (0.31, 0.0)]
+    bins = reliability_bins(graded)
+    assert [n for *_, n in bins] == [1, 1, 1, 2]
+    # the ECE is the count-weighted gap of the reliability diagram's bins
+    records = [rec(str(i), "none", gold="A", pred_prob=p, correct=bool(c))
+               for i, (p, c) in enumerate(graded)]
+    gap = sum(n * abs(acc - conf) for conf, acc, n in bins) / len(graded)
+    assert METRIC_FNS["ece"](records) == pytest.approx(gap)
+
+
+def test_is_usable_needs_ok_and_finite_values() -> None:
+    assert is_usable(rec("a", "none", kl=1.0, value=2))
+    assert not is_usable(rec("a", "none", status="skipped"))
+    for name in ("answer_logprob", "pred_prob", "logit_diff", "kl", "value"):
+        assert not is_usable(rec("a", "none", **{name: float("inf")}))
+
+
+# --- the catalogue ---------------------------------------------------------------------------
+
+
+def test_catalogue_is_the_one_list_of_metrics() -> None:
+    assert METRICS == tuple(m.name for m in CATALOGUE) == tuple(METRIC_FNS)
+    assert sorted(TABLE_METRICS) == sorted(METRICS)
+    assert HEADLINE_METRICS == ("accuracy", "step_flip_rate", "early_answering_aoc",
+                                "infogain_mean")
+    assert VERDICT_METRICS[:3] == ("accuracy", "mean_steps", "early_answering_aoc")
+    assert set(VERDICT_METRICS) >= set(HEADLINE_METRICS)
+    for m in CATALOGUE:
+        assert m.unit == "count" or m.unit in UNIT_TITLES
+        assert m.label and m.description and get_metric(m.name) is m
+    with pytest.raises(FaithprobeError, match="unknown metric"):
+        get_metric("nope")
 
 
 # --- comparisons and bootstrap -------------------------------------------------------------------

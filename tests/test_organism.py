@@ -185,9 +185,9 @@ def test_shipped_organisms_still_show_their_card_figures():
         ckpt = load_checkpoint(f"organism:{name}")
         for split in ("id", "ood"):
             traces = generate(split, n, cfg.seed)
-            prefixes = [script._prefix_text(t.question, ()) for t in traces]
-            out = script.greedy_finish(ckpt, prefixes, max(script._max_new(t) for t in traces),
-                                       cfg.batch_size)
+            prefixes = [script.prefix_text(t.question, ()) for t in traces]
+            max_new = max(script.max_new_tokens_for(t) for t in traces)
+            out = script.greedy_finish(ckpt, prefixes, max_new, cfg.batch_size)
             acc = sum(a == t.gold for (_, a), t in zip(out, traces)) / n
             expected = card[name][split]["accuracy_generated"]["rate"]
             assert abs(acc - expected) <= _tolerance(expected, n), (name, split, acc, expected)

@@ -12,22 +12,20 @@ from transformer_lens.hook_points import HookPoint  # noqa: E402
 from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 from transformer_lens.patching import get_act_patch_resid_pre  # noqa: E402
 
-from faithprobe.activation import patching as patching  # noqa: E402
-from faithprobe.activation.attribution import (  # noqa: E402
-    attribution_correlation,
-    attribution_patch_steps,
-    pearson,
-)
-from faithprobe.activation.patching import (  # noqa: E402
+from faithprobe.activation import (  # noqa: E402
     Answer,
     FastPath,
     attention_to_steps,
+    attribution_correlation,
+    attribution_patch_steps,
     check_fast_path,
     knockout_steps,
     patch_answer_positions,
     patch_steps,
+    pearson,
 )
 from faithprobe.errors import FaithprobeError  # noqa: E402
+from faithprobe.stages.patching import knockout_records, patch_records  # noqa: E402
 
 VOCAB, T = 20, 24
 SPANS = [(2, 6), (7, 10), (12, 17)]
@@ -133,7 +131,7 @@ def test_clean_into_clean_changes_nothing(native, tokens):
         # the TransformerLens ratio is undefined (0 / 0); the share is exactly 0
         assert torch.isnan(r.effect).all() and r.skipped_reason is None
         assert torch.equal(r.share, torch.zeros_like(r.share))
-        recs = r.to_records("t0", "base")
+        recs = patch_records(r, "t0", "base")
         assert {x.status for x in recs} == {"ok"} and {x.value for x in recs} == {0.0}
         assert all(x.detail["effect"] is None for x in recs)
 
@@ -145,7 +143,7 @@ def test_share_undefined_where_clean_run_does_not_prefer_the_answer(native, toke
     r = patch_steps(native, clean, corrupted, SPANS, flipped)
     assert r.clean_logit_diff < 0 and r.skipped_reason is not None
     assert "prefers the answer" in r.skipped_reason and torch.isnan(r.share).all()
-    recs = r.to_records("t0", "base")
+    recs = patch_records(r, "t0", "base")
     assert {x.status for x in recs} == {"skipped"} and all(x.value is None for x in recs)
     assert all(x.reason == r.skipped_reason for x in recs)
 
@@ -200,7 +198,7 @@ def test_fast_equals_reference_and_batching(model, direction, tokens, request):
 def test_records_carry_full_hook_names(native, tokens):
     clean, corrupted = tokens
     r = patch_steps(native, clean, corrupted, SPANS, preferred_answer(native, clean), heads=True)
-    recs = r.to_records("t0", "sft", model="tiny")
+    recs = patch_records(r, "t0", "sft", model="tiny")
     assert len(recs) == 3 * 3 * (3 + 4)
     sites = {x.site for x in recs}
     assert {"blocks.2.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.1.hook_mlp_out",
@@ -213,27 +211,31 @@ def test_records_carry_full_hook_names(native, tokens):
     assert x.detail["variant"] == {"direction": "noising", "head": None, "kind": "step"}
 
 
-def test_no_hooks_left_after_exception(native, llama, tokens, monkeypatch):
+def test_no_hooks_left_after_exception(native, llama, tokens):
     clean, corrupted = tokens
 
-    def boom(*args, **kwargs):
-        def fn(act, *, hook):
-            raise RuntimeError("boom")
-        return fn
+    def boom(module, args, output):
+        raise RuntimeError("boom")
 
-    monkeypatch.setattr(patching, "_span_setter", boom)
     for bridge in (native, llama):
         for method in ("fast", "reference"):
-            with pytest.raises(RuntimeError, match="boom"):
-                patch_steps(bridge, clean, corrupted, SPANS, ANSWER, components=("attn_out",),
-                            method=method)
+            handle = bridge.blocks[1].hook_out.register_forward_hook(boom)
+            try:
+                with pytest.raises(RuntimeError, match="boom"):
+                    patch_steps(bridge, clean, corrupted, SPANS, ANSWER, components=("attn_out",),
+                                method=method)
+            finally:
+                handle.remove()
             assert_no_hooks(bridge)
-    monkeypatch.undo()
+
+
+def test_no_hooks_left_when_the_forward_that_captures_block_arguments_raises(llama, tokens,
+                                                                              monkeypatch):
+    clean, corrupted = tokens
 
     def bad_final(*args, **kwargs):
         raise RuntimeError("late")
 
-    # raises inside the bridge forward that captures the block arguments
     monkeypatch.setattr(type(llama.ln_final), "forward", bad_final)
     with pytest.raises(RuntimeError, match="late"):
         patch_steps(llama, clean, corrupted, SPANS, ANSWER)
@@ -281,7 +283,7 @@ def test_attention_knockout_changes_output(native, tokens):
         assert (k.kl > 0).all()
     only_last = knockout_steps(native, clean, SPANS, ANSWER, layers=[2])
     assert not torch.allclose(only_last.logit_diff, k.logit_diff)
-    recs = only_last.to_records("t0", "base")
+    recs = knockout_records(only_last, "t0", "base")
     assert recs[0].site == "blocks.2.attn.hook_pattern"
     assert_no_hooks(native)
 
@@ -296,7 +298,7 @@ def test_answer_position_patching(native, tokens):
     shorter = torch.cat([corrupted[:, :2], corrupted[:, 5:]], dim=1)
     r = patch_answer_positions(native, clean, shorter, ANSWER, n_positions=4)
     assert r.logit_diff.shape == (1, 3, 3) and torch.isfinite(r.logit_diff).all()
-    assert r.spans == [(T - 4, T)] and r.to_records("t0", "base")[0].step is None
+    assert r.spans == [(T - 4, T)] and patch_records(r, "t0", "base")[0].step is None
     assert_no_hooks(native)
 
 

@@ -12,7 +12,7 @@ import time
 import torch
 
 from faithprobe.data.traces import Trace, write_traces
-from faithprobe.metrics.summary import summarize
+from faithprobe.metrics import summarize
 from faithprobe.stages.probe import ProbeConfig, probe
 
 DIGITS = tuple("0123456789")

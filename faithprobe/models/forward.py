@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -18,7 +19,9 @@ from torch import Tensor
 
 from faithprobe.models.checkpoints import Checkpoint
 
-__all__ = ["forward_logprobs", "generate", "has_kv_cache"]
+__all__ = ["PaddingSide", "forward_logprobs", "generate", "has_kv_cache"]
+
+PaddingSide = Literal["left", "right"]  # where a batch's shorter sequences are padded
 
 
 def has_kv_cache(ckpt: Checkpoint) -> bool:
@@ -27,7 +30,7 @@ def has_kv_cache(ckpt: Checkpoint) -> bool:
 
 
 def _pad(
-    seqs: Sequence[Sequence[int]], pad_id: int, side: str
+    seqs: Sequence[Sequence[int]], pad_id: int, side: PaddingSide
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], list[int]]:
     """Pad to one length; returns ids, attention mask and each sequence's offset."""
     width = max(len(s) for s in seqs)
@@ -53,7 +56,7 @@ def forward_logprobs(
     reads: Sequence[Sequence[int]],
     *,
     batch_size: int = 16,
-    padding_side: str = "right",
+    padding_side: PaddingSide = "right",
     reuse_prefix: Sequence[int] | None = None,
 ) -> list[Float[Tensor, "n_read vocab"]]:
     """Log-softmax of the logits at positions ``reads[k]`` of sequence ``k`` (unpadded index).

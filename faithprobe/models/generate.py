@@ -16,7 +16,7 @@ from typing import Any
 
 from faithprobe.data.prompts import PromptTemplate
 from faithprobe.data.sources import arithmetic_step_truth
-from faithprobe.data.traces import MAX_FIELD_CHARS, Trace, split_steps
+from faithprobe.data.traces import MAX_FIELD_CHARS, SplitMode, Trace, split_steps
 from faithprobe.models.checkpoints import Checkpoint
 from faithprobe.models.forward import generate
 from faithprobe.models.scoring import ScoreItem, continuation_ids, normalize_answer, score
@@ -27,8 +27,8 @@ NO_ANSWER = "no_answer"
 _STOPS = ("The answer is", "the answer is", "####", "Final answer", "final answer")
 
 
-def _steps_of(text: str, mode: str, max_steps: int) -> tuple[str, ...]:
-    steps = [s.text[:MAX_FIELD_CHARS] for s in split_steps(text, mode)]  # type: ignore[arg-type]
+def _steps_of(text: str, mode: SplitMode, max_steps: int) -> tuple[str, ...]:
+    steps = [s.text[:MAX_FIELD_CHARS] for s in split_steps(text, mode)]
     return tuple(s for s in steps if s.strip())[:max_steps]
 
 
@@ -53,7 +53,8 @@ def generate_traces(
     if not quiet:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc=f"{ckpt.spec}: generating", unit="batch")
+        # disable=None: no bar where stderr is not a terminal (a log file)
+        iterator = tqdm(iterator, desc=f"{ckpt.spec}: generating", unit="batch", disable=None)
     for lo in iterator:
         outs += generate(ckpt, prompts[lo: lo + step], max_new_tokens=gen["max_new_tokens"],
                          stop=stops, temperature=gen["temperature"], seed=seed + lo,
@@ -70,11 +71,8 @@ def generate_traces(
     traces = []
     for (p, steps, stopped, text), sc in zip(drafts, scores):
         pred = sc.pred if not sc.nonfinite else ""
-        meta = dict(p.metadata)
-        meta.update(generated_by=ckpt.spec, generation_stopped=stopped,
-                    generated_text=text[:4000])
-        if not pred:
-            meta["no_answer"] = True
+        meta = {**p.metadata, "generated_by": ckpt.spec, "generation_stopped": stopped,
+                "generated_text": text[:4000], **({} if pred else {"no_answer": True})}
         truth = None
         if steps and meta.get("source") == "reasoning_gym":
             truth = tuple(arithmetic_step_truth(s) for s in steps)  # exact KI for arithmetic

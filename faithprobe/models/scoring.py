@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from faithprobe.data.prompts import PromptTemplate
 from faithprobe.data.tokens import Aligned, align
 from faithprobe.errors import FaithprobeError
 from faithprobe.models.checkpoints import Checkpoint
-from faithprobe.models.forward import forward_logprobs, generate
+from faithprobe.models.forward import PaddingSide, forward_logprobs, generate
 
 __all__ = [
     "AnswerScore",
@@ -103,13 +104,111 @@ def _render(
     return aligned
 
 
+# How an item's answer is read back from the forward passes:
+# "one_token": every option is one token after the same context (one sequence, one read);
+# "options": each option scored in its own sequence, token by token;
+# "free_form": no options: the answer teacher-forced, the greedy answer checked along the way.
+_ReadMode = Literal["one_token", "options", "free_form"]
+
+
+@dataclass(frozen=True)
+class _ItemPlan:
+    """One item's sequences in the batch and how to read its numbers back."""
+
+    mode: _ReadMode
+    candidates: tuple[str, ...]  # the options, or the answer alone (free form)
+    first: int  # index of the item's first sequence in the batch
+    tokens: tuple[tuple[int, ...], ...]  # each candidate's answer tokens
+    skip: int = 0  # free form: positions read before the answer's first token (separator)
+    segment: tuple[int, ...] = ()  # free form: the tokens from the separator to the answer's end
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """The per-token log-probabilities an item's plan reads."""
+
+    per_token: list[list[float]]  # each candidate's answer tokens' log-probabilities
+    first_dist: torch.Tensor  # log-probabilities at the first answer position
+
+
+def _plan(ckpt: Checkpoint, template: PromptTemplate, item: ScoreItem, first: int
+          ) -> tuple[_ItemPlan, list[tuple[int, ...]], list[list[int]]]:
+    """The item's plan, its sequences and the positions each one reads."""
+    candidates = tuple(item.options) if item.options else (item.answer,)
+    if item.options and item.answer not in item.options:
+        raise FaithprobeError(f"answer {item.answer!r} is not an option",
+                              source=f"trace {item.id}", field="answer")
+    aligned = [_render(ckpt, template, item, c) for c in candidates]
+    spans = [answer_span(ckpt, a) for a in aligned]
+    tokens = tuple(a.ids[s:e] for a, (s, e) in zip(aligned, spans))
+    if not item.options:
+        # free form: read from the separator on, and one past the answer, so the greedy
+        # answer can be checked against the teacher-forced one without generating
+        a, (s, e) = aligned[0], spans[0]
+        g = a.span("answer")[0]
+        plan = _ItemPlan("free_form", candidates, first, tokens, skip=s - g, segment=a.ids[g:e])
+        return plan, [a.ids], [list(range(g - 1, e))]
+    contexts = {a.ids[: s] for a, (s, _) in zip(aligned, spans)}
+    if len(contexts) == 1 and all(e - s == 1 for s, e in spans):
+        # every option is one token after the same context: one forward reads them all
+        return (_ItemPlan("one_token", candidates, first, tokens), [aligned[0].ids],
+                [[spans[0][0] - 1]])
+    return (_ItemPlan("options", candidates, first, tokens), [a.ids for a in aligned],
+            [list(range(s - 1, e - 1)) for s, e in spans])
+
+
+def _read(plan: _ItemPlan, logprobs: Sequence[torch.Tensor]) -> _Reads:
+    if plan.mode == "one_token":
+        lp = logprobs[plan.first][0]
+        return _Reads([[float(lp[t]) for t in toks] for toks in plan.tokens], lp)
+    if plan.mode == "options":
+        per_token = [[float(logprobs[plan.first + j][i, t]) for i, t in enumerate(toks)]
+                     for j, toks in enumerate(plan.tokens)]
+        return _Reads(per_token, logprobs[plan.first][0])
+    lp = logprobs[plan.first]
+    return _Reads([[float(lp[plan.skip + i, t]) for i, t in enumerate(plan.tokens[0])]],
+                  lp[plan.skip])
+
+
+def _option_score(item: ScoreItem, plan: _ItemPlan, reads: _Reads) -> AnswerScore:
+    """The score of an item with options: the argmax option, renormalised over the options."""
+    totals = [sum(v) for v in reads.per_token]
+    nonfinite = not all(math.isfinite(v) for v in totals)
+    answer_idx = plan.candidates.index(item.answer)
+    n_tokens = len(reads.per_token[answer_idx])
+    opt = torch.tensor(totals, dtype=torch.float64)
+    dist = torch.log_softmax(opt, dim=0).numpy()
+    best = int(torch.argmax(opt)) if not nonfinite else answer_idx
+    return AnswerScore(
+        totals[answer_idx], -totals[answer_idx] / n_tokens, n_tokens, plan.candidates[best],
+        float(math.exp(dist[best])) if not nonfinite else float("nan"),
+        dict(zip(plan.candidates, totals)), dist, nonfinite,
+    )
+
+
+def _free_form_score(ckpt: Checkpoint, item: ScoreItem, plan: _ItemPlan, reads: _Reads,
+                     lp: torch.Tensor) -> tuple[AnswerScore, bool]:
+    """The score of a free-form item, and whether its greedy answer is known (else ``pred`` is
+    "" until the answer is generated)."""
+    total = sum(reads.per_token[0])
+    n_tokens = len(reads.per_token[0])
+    nonfinite = not math.isfinite(total) or not bool(torch.isfinite(reads.first_dist).all())
+    greedy = _teacher_forced_greedy(ckpt, item, plan.segment, lp)
+    sc = AnswerScore(
+        total, -total / n_tokens, n_tokens, greedy[0] if greedy else "",
+        greedy[1] if greedy else float("nan"), None, reads.first_dist.double().numpy(),
+        nonfinite,
+    )
+    return sc, greedy is not None
+
+
 def score(
     ckpt: Checkpoint,
     items: Sequence[ScoreItem],
     template: PromptTemplate | None = None,
     *,
     batch_size: int = 16,
-    padding_side: str = "right",
+    padding_side: PaddingSide = "right",
     max_answer_tokens: int = 8,
     share_prefix: bool = False,
 ) -> list[AnswerScore]:
@@ -124,88 +223,32 @@ def score(
         raise FaithprobeError("must be 'left' or 'right'", field="padding_side")
     seqs: list[tuple[int, ...]] = []
     reads: list[list[int]] = []
-    plan: list[dict] = []  # per item: how to read its numbers back
+    plans: list[_ItemPlan] = []
     for item in items:
-        candidates = list(item.options) if item.options else [item.answer]
-        if item.options and item.answer not in item.options:
-            raise FaithprobeError(f"answer {item.answer!r} is not an option",
-                                  source=f"trace {item.id}", field="answer")
-        aligned = [_render(ckpt, template, item, c) for c in candidates]
-        spans = [answer_span(ckpt, a) for a in aligned]
-        contexts = {a.ids[: s[0]] for a, s in zip(aligned, spans)}
-        single = bool(item.options) and len(contexts) == 1 and all(e - s == 1 for s, e in spans)
-        entry = {"candidates": candidates, "start": len(seqs), "single": single}
-        if single:
-            # every option is one token after the same context: one forward reads them all
-            seqs.append(aligned[0].ids)
-            reads.append([spans[0][0] - 1])
-            entry["tokens"] = [a.ids[s[0]] for a, s in zip(aligned, spans)]
-        elif item.options:
-            for a, (s, e) in zip(aligned, spans):
-                seqs.append(a.ids)
-                reads.append(list(range(s - 1, e - 1)))
-            entry["tokens"] = [a.ids[s:e] for a, (s, e) in zip(aligned, spans)]
-        else:
-            # free form: read from the separator on, and one past the answer, so the greedy
-            # answer can be checked against the teacher-forced one without generating
-            a, (s, e) = aligned[0], spans[0]
-            g = a.span("answer")[0]
-            seqs.append(a.ids)
-            reads.append(list(range(g - 1, e)))
-            entry.update(tokens=[a.ids[s:e]], skip=s - g, segment=a.ids[g:e])
-        plan.append(entry)
+        plan, item_seqs, item_reads = _plan(ckpt, template, item, len(seqs))
+        plans.append(plan)
+        seqs += item_seqs
+        reads += item_reads
+    reuse_prefix = seqs[0] if share_prefix and seqs else None
     logprobs = forward_logprobs(ckpt, seqs, reads, batch_size=batch_size,
-                                padding_side=padding_side,
-                                reuse_prefix=seqs[0] if share_prefix and seqs else None)
-    results: list[AnswerScore | None] = []
-    free_form: list[int] = []
-    for k, (item, entry) in enumerate(zip(items, plan)):
-        start = entry["start"]
-        if entry["single"]:
-            lp = logprobs[start][0]
-            per_token = [[float(lp[t])] for t in entry["tokens"]]
-            first_dist = lp
-        elif item.options:
-            per_token = []
-            for j, toks in enumerate(entry["tokens"]):
-                lp = logprobs[start + j]
-                per_token.append([float(lp[i, t]) for i, t in enumerate(toks)])
-            first_dist = logprobs[start][0]
+                                padding_side=padding_side, reuse_prefix=reuse_prefix)
+    results: list[AnswerScore] = []
+    undecided: list[int] = []  # free-form items whose greedy answer must be generated
+    for k, (item, plan) in enumerate(zip(items, plans)):
+        item_reads = _read(plan, logprobs)
+        if plan.mode == "free_form":
+            sc, decided = _free_form_score(ckpt, item, plan, item_reads, logprobs[plan.first])
+            if not decided:
+                undecided.append(k)
         else:
-            lp, skip = logprobs[start], entry["skip"]
-            per_token = [[float(lp[skip + i, t]) for i, t in enumerate(entry["tokens"][0])]]
-            first_dist = lp[skip]
-        totals = [sum(v) for v in per_token]
-        nonfinite = not all(math.isfinite(v) for v in totals)
-        answer_idx = entry["candidates"].index(item.answer) if item.options else 0
-        ans_tokens = per_token[answer_idx]
-        answer_logprob = totals[answer_idx]
-        nll_mean = -answer_logprob / len(ans_tokens)
-        if item.options:
-            opt = torch.tensor(totals, dtype=torch.float64)
-            dist = torch.log_softmax(opt, dim=0).numpy()
-            best = int(torch.argmax(opt)) if not nonfinite else answer_idx
-            results.append(AnswerScore(
-                answer_logprob, nll_mean, len(ans_tokens), entry["candidates"][best],
-                float(math.exp(dist[best])) if not nonfinite else float("nan"),
-                dict(zip(entry["candidates"], totals)), dist, nonfinite,
-            ))
-        else:
-            nonfinite = nonfinite or not bool(torch.isfinite(first_dist).all())
-            greedy = _teacher_forced_greedy(ckpt, item, entry["segment"], logprobs[start])
-            results.append(AnswerScore(
-                answer_logprob, nll_mean, len(ans_tokens), greedy[0] if greedy else "",
-                greedy[1] if greedy else float("nan"), None, first_dist.double().numpy(),
-                nonfinite,
-            ))
-            if greedy is None:
-                free_form.append(k)
-    if free_form:
-        _greedy_answers(ckpt, template, [items[k] for k in free_form],
-                        [results[k] for k in free_form], free_form, results,
-                        max_answer_tokens, batch_size,
-                        reuse_prefix=seqs[0] if share_prefix and seqs else None)
-    return results  # type: ignore[return-value]
+            sc = _option_score(item, plan, item_reads)
+        results.append(sc)
+    if undecided:
+        answers = _greedy_answers(ckpt, template, [items[k] for k in undecided],
+                                  max_answer_tokens, batch_size, reuse_prefix=reuse_prefix)
+        for k, (pred, prob) in zip(undecided, answers):
+            results[k] = replace(results[k], pred=pred, pred_prob=prob)
+    return results
 
 
 def continuation_ids(ckpt: Checkpoint, template: PromptTemplate, question: str,
@@ -232,17 +275,15 @@ def _teacher_forced_greedy(ckpt: Checkpoint, item: ScoreItem, segment: Sequence[
     return said, float(math.exp(sum(float(lp[i, t]) for i, t in enumerate(segment))))
 
 
-def _greedy_answers(ckpt, template, items, scores, where, results, max_tokens, batch_size,
-                    reuse_prefix=None):
-    """Greedy-decode the answer after the suffix (free-form answers)."""
+def _greedy_answers(ckpt: Checkpoint, template: PromptTemplate, items: Sequence[ScoreItem],
+                    max_tokens: int, batch_size: int,
+                    reuse_prefix: Sequence[int] | None = None) -> list[tuple[str, float]]:
+    """Greedy-decode each free-form item's answer after the suffix: (answer, probability)."""
     prompts = [_render(ckpt, template, it, None).ids for it in items]
     outs = generate(ckpt, prompts, max_new_tokens=max_tokens, stop=("\n",),
                     batch_size=batch_size, return_logprob=True, reuse_prefix=reuse_prefix)
-    for i, (item, sc) in enumerate(zip(items, scores)):
-        text, _stopped, logp = outs[i]
+    answers = []
+    for item, (text, _stopped, logp) in zip(items, outs):
         numeric = bool(_NUMBER.fullmatch(normalize_answer(item.answer)))
-        pred = normalize_answer(text, numeric=numeric)
-        results[where[i]] = AnswerScore(
-            sc.answer_logprob, sc.answer_nll_mean, sc.n_answer_tokens, pred,
-            float(math.exp(logp)), None, sc.dist, sc.nonfinite,
-        )
+        answers.append((normalize_answer(text, numeric=numeric), float(math.exp(logp))))
+    return answers

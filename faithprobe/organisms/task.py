@@ -26,7 +26,9 @@ all questions chosen by a hash of the question text that the training splits nev
 every evaluation problem is unseen in training, whatever the seed.
 
 This module also fixes the organisms' tokenizer alphabet (:func:`organism_tokenizer`), prompt
-template (:func:`organism_template`), and model shape (:data:`MODEL`).
+template (:func:`organism_template`), and model shape (:data:`MODEL`), and holds the task's
+corrupter and paraphraser (:func:`corrupt_organism`, :func:`paraphrase_organism`), which
+:mod:`faithprobe.edits.interventions` registers lazily as ``organism`` and ``chain-mod10``.
 """
 
 from __future__ import annotations
@@ -54,11 +56,14 @@ __all__ = [
     "Problem",
     "TaskConfig",
     "chain_values",
+    "corrupt_organism",
     "corrupt_step",
     "generate",
     "is_heldout",
+    "organism_hf_tokenizer",
     "organism_template",
     "organism_tokenizer",
+    "paraphrase_organism",
     "paraphrase_step",
     "parse_step",
     "problem_of",
@@ -373,23 +378,19 @@ class ModelShape:
 MODEL = ModelShape()
 
 
-# --- the task-aware corrupter and paraphraser, registered for the interventions ------------------
-
-def _register() -> None:
-    from faithprobe.edits.interventions import register_corrupter, register_paraphraser
-
-    @register_corrupter("organism")
-    def corrupt_organism(trace: Trace, i: int, rng: random.Random) -> str | None:
-        """The organism's own corruption: step ``i``'s value changed, same token length."""
-        try:
-            return corrupt_step(trace, i, rng=rng).steps[i]
-        except FaithprobeError:
-            return None  # not an organism trace, or a step not of the form x=d
-
-    @register_paraphraser(TASK_NAME)
-    def paraphrase_organism(trace: Trace, i: int) -> str | None:
-        """``b=7`` -> ``b is 7``; None for a step of another form."""
-        return paraphrase_step(trace.steps[i]) if parse_step(trace.steps[i]) else None
+# --- the task-aware corrupter and paraphraser ---------------------------------------------------
+# faithprobe.edits.interventions registers these lazily by name ("organism" and TASK_NAME): this
+# module imports nothing from faithprobe.edits and registers nothing when imported.
 
 
-_register()
+def corrupt_organism(trace: Trace, i: int, rng: random.Random) -> str | None:
+    """The organism's own corruption: step ``i``'s value changed, same token length."""
+    try:
+        return corrupt_step(trace, i, rng=rng).steps[i]
+    except FaithprobeError:
+        return None  # not an organism trace, or a step not of the form x=d
+
+
+def paraphrase_organism(trace: Trace, i: int) -> str | None:
+    """``b=7`` -> ``b is 7``; None for a step of another form."""
+    return paraphrase_step(trace.steps[i]) if parse_step(trace.steps[i]) else None

@@ -20,18 +20,30 @@ from typing import Any
 import numpy as np
 
 from faithprobe.data.traces import Trace
-from faithprobe.metrics import summary as metrics
+from faithprobe.metrics import (
+    adding_mistakes_curve,
+    coverage_curve,
+    early_answering_curve,
+    infogain_by_step,
+    is_usable,
+    patching_grid,
+    reliability_bins,
+    step_effects,
+)
 from faithprobe.records import Record
 
 __all__ = [
-    "Plot", "StepImportance", "adding_mistakes_plot", "coverage_plot", "early_answering_plot",
-    "forest_plot", "infogain_plot", "is_usable", "patching_plot", "pick_step_importance",
-    "resolve_continuation", "step_importance_plot",
+    "PLOT_NAMES", "Plot", "StepImportance", "adding_mistakes_plot", "coverage_plot",
+    "early_answering_plot", "forest_plot", "infogain_plot", "patching_plot",
+    "pick_step_importance", "step_importance_plot",
 ]
 
 DPI = 100
 MAX_STEPS_SHOWN = 30  # the step-importance figure stops after this many steps (noted)
 _STEP_CHARS = 150  # characters of a step's text shown in its box
+# Every Plot.name this module draws (files under plots/); a report removes the ones it skipped.
+PLOT_NAMES = ("forest", "early_answering", "adding_mistakes", "infogain", "patching",
+              "step_importance", "coverage")
 
 
 @dataclass(frozen=True)
@@ -89,19 +101,6 @@ def _color(i: int) -> Any:
     return colormaps["tab10"](i % 10)
 
 
-def is_usable(r: Record) -> bool:
-    return r.status == "ok" and all(
-        v is None or np.isfinite(v)
-        for v in (r.answer_logprob, r.pred_prob, r.logit_diff, r.kl, r.value))
-
-
-def resolve_continuation(records: Sequence[Record]) -> str:
-    """The corrupt continuation the summary used: ``regenerate`` if any ok record has it."""
-    regen = any(r.intervention == "corrupt" and r.status == "ok"
-                and r.detail.get("continuation") == "regenerate" for r in records)
-    return "regenerate" if regen else "keep"
-
-
 # ---------------------------------------------------------------------------------------------
 # curves
 
@@ -132,7 +131,7 @@ def early_answering_plot(groups: Mapping[str, Sequence[Record]]) -> Plot:
     return _curve_plot(
         groups, name="early_answering", title="Early answering (truncated reasoning)",
         xlabel="fraction of reasoning kept (k / n)",
-        curves={label: metrics.early_answering_curve(recs) for label, recs in groups.items()},
+        curves={label: early_answering_curve(recs) for label, recs in groups.items()},
         missing="no usable truncate records: early answering was not measured")
 
 
@@ -142,7 +141,7 @@ def adding_mistakes_plot(groups: Mapping[str, Sequence[Record]], *,
     return _curve_plot(
         groups, name="adding_mistakes", title="Adding mistakes (one step corrupted)",
         xlabel="fraction of reasoning before the mistake (i / n)",
-        curves={label: metrics.adding_mistakes_curve(recs, continuation=continuation)
+        curves={label: adding_mistakes_curve(recs, continuation=continuation)
                 for label, recs in groups.items()},
         missing="no usable corrupt records: adding mistakes was not measured")
 
@@ -153,13 +152,13 @@ def coverage_plot(groups: Mapping[str, Sequence[Record]]) -> Plot:
     curves = {}
     bins: dict[str, list[tuple[float, float, int]]] = {}
     for label, recs in groups.items():
-        pts = [(cov, acc) for _, cov, acc in metrics.coverage_curve(recs) if acc is not None]
+        pts = [(cov, acc) for _, cov, acc in coverage_curve(recs) if acc is not None]
         graded = [(float(r.pred_prob), float(r.correct)) for r in recs
                   if r.intervention == "none" and is_usable(r) and r.pred_prob is not None
                   and r.correct is not None]
         if pts and graded:
             curves[label] = pts
-            bins[label] = _reliability(graded)
+            bins[label] = reliability_bins(graded)
     if not curves:
         return Plot(name, title, None, "no unedited records with both a confidence (pred_prob) "
                                        "and a gold answer: calibration was not measured")
@@ -190,19 +189,6 @@ def coverage_plot(groups: Mapping[str, Sequence[Record]]) -> Plot:
         return Plot(name, title, _png(fig))
 
 
-def _reliability(graded: list[tuple[float, float]], n_bins: int = 10
-                 ) -> list[tuple[float, float, int]]:
-    """(mean confidence, accuracy, count) of each non-empty equal-width confidence bin."""
-    out = []
-    for b in range(n_bins):
-        sel = [(p, c) for p, c in graded
-               if min(max(int(p * n_bins), 0), n_bins - 1) == b]
-        if sel:
-            out.append((sum(p for p, _ in sel) / len(sel), sum(c for _, c in sel) / len(sel),
-                        len(sel)))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # patching, InfoGain, forest
 
@@ -214,7 +200,7 @@ def patching_plot(groups: Mapping[str, Sequence[Record]], *, max_sites_labelled:
                                "removed (step x site)")
     grids = {}
     for label, recs in groups.items():
-        steps, sites, matrix = metrics.patching_grid(recs)
+        steps, sites, matrix = patching_grid(recs)
         if steps:
             grids[label] = (steps, sites, matrix)
     if not grids:
@@ -257,7 +243,7 @@ def infogain_plot(groups: Mapping[str, Sequence[Record]], *, n_boot: int = 1000,
     name, title = "infogain", "InfoGain per step (answer-only form)"
     data = {}
     for label, recs in groups.items():
-        rows = metrics.infogain_by_step(recs, n_boot=n_boot, seed=seed)
+        rows = infogain_by_step(recs, n_boot=n_boot, seed=seed)
         if rows:
             data[label] = rows
     if not data:
@@ -334,7 +320,7 @@ def _trace_effects(recs: Sequence[Record], measure: str, continuation: str
             by_trace.setdefault(r.trace_id, []).append(r)
         out = {}
         for tid, trs in sorted(by_trace.items()):
-            eff = metrics.step_effects(trs, continuation=continuation)
+            eff = step_effects(trs, continuation=continuation)
             if eff:
                 out[tid] = {k: float(np.mean(v)) for k, v in eff.items()}
         return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from faithprobe.errors import FaithprobeError
 
@@ -18,7 +18,74 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["DEFAULTS", "load_config", "validate_config"]
+__all__ = ["DEFAULTS", "RunConfig", "load_config", "validate_config"]
+
+
+# The validated config, as the run reads it. It stays a plain dict at run time (it is written
+# into the run header as JSON); these types say what each section holds once defaults are in.
+class DataConfig(TypedDict, total=False):
+    source: Literal["organism", "jsonl", "reasoning_gym"]
+    path: str
+    split: Literal["id", "ood"]
+    task: str
+    task_options: dict[str, str | int | float | bool]
+    count: int
+    seed: int
+    traces: Literal["file", "generate"]
+
+
+class GenerationConfig(TypedDict):
+    max_new_tokens: int
+    temperature: float
+    split: Literal["auto", "lines", "markers", "sentences"]
+    max_steps: int
+
+
+class ProbeSection(TypedDict, total=False):
+    interventions: list[str]
+    max_new_tokens: int
+    batch_size: int
+    padding_side: Literal["left", "right"]
+    corrupt: dict[str, Any]
+    paraphrase: dict[str, Any]
+    filler: dict[str, Any]
+
+
+class InfogainConfig(TypedDict):
+    enabled: bool
+    scorer: str  # "self" or a checkpoint spec
+    ppl: bool
+
+
+class KiConfig(TypedDict):
+    enabled: bool
+
+
+class PatchingConfig(TypedDict):
+    enabled: bool
+    components: list[Literal["resid_pre", "attn_out", "mlp_out"]]
+    directions: list[Literal["noising", "denoising"]]
+    max_traces: int
+    knockout: bool
+
+
+class MetricsConfig(TypedDict):
+    n_boot: int
+
+
+class RunConfig(TypedDict):
+    name: str
+    seed: int
+    allow_pickle: bool
+    checkpoints: dict[str, str]  # label -> spec
+    data: DataConfig
+    generation: GenerationConfig
+    template: dict[str, str | bool]
+    probe: ProbeSection
+    infogain: InfogainConfig
+    ki: KiConfig
+    patching: PatchingConfig
+    metrics: MetricsConfig
 
 _INTERVENTION_OPTIONS = {
     "truncate": {},
@@ -178,7 +245,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_config(raw: dict[str, Any], *, source: str = "config",
-                    base_dir: Path | None = None) -> dict[str, Any]:
+                    base_dir: Path | None = None) -> RunConfig:
     """Check ``raw`` against the schema and fill in defaults; returns the full config."""
     checked = _check(raw, SCHEMA, "", source)
     if "checkpoints" not in checked:
@@ -201,10 +268,10 @@ def validate_config(raw: dict[str, Any], *, source: str = "config",
     if data["source"] == "reasoning_gym" and "task" not in data:
         raise FaithprobeError("source reasoning_gym needs a task", source=source,
                               field="data.task")
-    return cfg
+    return cfg  # type: ignore[return-value]  # checked against SCHEMA above
 
 
-def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read and validate a TOML run config."""
     p = Path(path)
     if not p.is_file():

@@ -30,7 +30,9 @@ from typing import Any
 
 from faithprobe.data.traces import Trace, read_traces, write_traces
 from faithprobe.errors import FaithprobeError
+from faithprobe.io import atomic_write, read_json, write_json
 from faithprobe.records import Record, dumps_record, read_records, record_key, write_records
+from faithprobe.run.config import RunConfig
 
 __all__ = ["HEADER", "RECORDS", "SUMMARY", "TRACES", "open_run", "run_study", "score_runs"]
 
@@ -46,26 +48,6 @@ _PACKAGES = ("faithprobe", "torch", "transformer-lens", "transformers", "numpy",
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (no NaN: a non-finite number is a bug upstream)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise FaithprobeError(f"{what} is missing", source=str(path))
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FaithprobeError(f"{what} is damaged ({exc})", source=str(path)) from None
-    if not isinstance(obj, dict):
-        raise FaithprobeError(f"{what} is not a JSON object", source=str(path))
-    return obj
 
 
 def _git() -> dict[str, Any]:
@@ -111,7 +93,7 @@ def _shard(traces: list[Trace], shard: tuple[int, int] | None) -> list[Trace]:
     return [t for i, t in enumerate(traces) if i % n == k - 1]
 
 
-def open_run(out: Path, cfg: dict[str, Any], argv: Sequence[str], *, resume: bool,
+def open_run(out: Path, cfg: RunConfig, argv: Sequence[str], *, resume: bool,
              shard: tuple[int, int] | None) -> dict[str, Any]:
     """Create (or reopen, with ``resume``) a run folder; returns its header."""
     header_path = out / HEADER
@@ -171,9 +153,8 @@ def _restore(out: Path) -> set[tuple[str, str]]:
         have = {(r.checkpoint, r.trace_id) for r in kept}
         done &= have
     lines = [json.dumps({"checkpoint": c, "trace_id": t}) for c, t in sorted(done)]
-    tmp = out / f".{PROGRESS}.tmp"
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, out / PROGRESS)
+    with atomic_write(out / PROGRESS) as handle:
+        handle.write("".join(line + "\n" for line in lines))
     return done
 
 
@@ -188,7 +169,7 @@ def _append(out: Path, label: str, trace_id: str, records: list[Record]) -> None
         os.fsync(handle.fileno())
 
 
-def run_study(cfg: dict[str, Any], out: Path, *, argv: Sequence[str] = (), resume: bool = False,
+def run_study(cfg: RunConfig, out: Path, *, argv: Sequence[str] = (), resume: bool = False,
               shard: tuple[int, int] | None = None, quiet: bool = False,
               config_source: str = "config") -> Path:
     """Run a validated config into ``out``; returns the run folder. ``config_source`` names
@@ -227,12 +208,15 @@ def run_study(cfg: dict[str, Any], out: Path, *, argv: Sequence[str] = (), resum
 
 
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "step_flip_rate", "early_answering_aoc", "infogain_mean")
-    return {label: {k: m[k]["value"] for k in keys if k in m}
+    """Label -> the values of the catalogue's headline metrics the summary has."""
+    from faithprobe.metrics import HEADLINE_METRICS
+
+    return {label: {k: m[k]["value"] for k in HEADLINE_METRICS if k in m}
             for label, m in summary.get("checkpoints", {}).items()}
 
 
-def _probe_all(cfg, out, header, base_traces, done, quiet, tqdm) -> None:
+def _probe_all(cfg: RunConfig, out: Path, header: dict[str, Any], base_traces: list[Trace],
+               done: set[tuple[str, str]], quiet: bool, tqdm: Any) -> None:
     from faithprobe.data.prompts import PromptTemplate
     from faithprobe.models.checkpoints import check_same_tokenizer, load_checkpoint
     from faithprobe.stages.probe import iter_probe
@@ -266,7 +250,7 @@ def _probe_all(cfg, out, header, base_traces, done, quiet, tqdm) -> None:
             traces = _generated(cfg, out, label, ckpt, template, base_traces, quiet)
             todo_all = [t for t in traces if (label, t.id) not in done]
         bar = tqdm(total=len(traces), initial=len(traces) - len(todo_all), desc=label,
-                   disable=quiet, unit="trace")
+                   disable=True if quiet else None, unit="trace")
         patch_ids = {t.id for t in traces[: cfg["patching"]["max_traces"]]}
         for trace, records in zip(todo_all, iter_probe(
                 ckpt, label, todo_all, probe_cfg, template=template, scorer=scorer)):
@@ -278,7 +262,7 @@ def _probe_all(cfg, out, header, base_traces, done, quiet, tqdm) -> None:
         bar.close()
 
 
-def _probe_config(cfg: dict[str, Any]):
+def _probe_config(cfg: RunConfig):
     from faithprobe.stages.probe import ProbeConfig
 
     p = cfg["probe"]
@@ -297,7 +281,8 @@ def _probe_config(cfg: dict[str, Any]):
     )
 
 
-def _generated(cfg, out, label, ckpt, template, problems, quiet) -> list[Trace]:
+def _generated(cfg: RunConfig, out: Path, label: str, ckpt: Any, template: Any,
+               problems: list[Trace], quiet: bool) -> list[Trace]:
     """Each checkpoint's own chains of thought, generated once and saved in the run folder."""
     path = out / f"traces-{label}.jsonl"
     if path.is_file():
@@ -310,7 +295,8 @@ def _generated(cfg, out, label, ckpt, template, problems, quiet) -> list[Trace]:
     return traces
 
 
-def _patch_records(cfg, ckpt, label, trace, template, fast_path) -> list[Record]:
+def _patch_records(cfg: RunConfig, ckpt: Any, label: str, trace: Trace, template: Any,
+                   fast_path: Any) -> list[Record]:
     from faithprobe.stages.patching import patch_trace
 
     corrupter = cfg["probe"].get("corrupt", {}).get("corrupter", "auto")
@@ -364,7 +350,7 @@ def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None =
                mark_success: bool = False) -> dict[str, Any]:
     """Summary and report of a run folder from its records; with ``mark_success`` the header
     says ``success`` (with the headline numbers) before the report is written from it."""
-    from faithprobe.metrics.summary import summarize
+    from faithprobe.metrics import summarize
     from faithprobe.report.document import write_report
 
     if records is None:

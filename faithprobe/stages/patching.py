@@ -2,28 +2,30 @@
 
 For a trace, every step that the run's corrupter can change without changing its token length
 is corrupted at once; the clean and corrupted renderings then have equal step spans, and
-:func:`faithprobe.patching.patch_steps` copies each step's span from the corrupted run into the
-clean one (noising) or back (denoising) at every layer and component. The answer is read at the
-first answer token where the original answer and the alternative differ: the alternative is
-the corrupted run's answer, or, when corruption does not move it, the best other option.
+:func:`~faithprobe.activation.patching.patch_steps` copies each step's span from the corrupted
+run into the clean one (noising) or back (denoising) at every layer and component. The answer
+is read at the first answer token where the original answer and the alternative differ: the
+alternative is the corrupted run's answer, or, when corruption does not move it, the best
+other option.
 Attention knockout of each step and the attention the answer position pays to each step (a
 correlational baseline) are recorded beside it.
+
+The activation stage returns tensors (:class:`~faithprobe.activation.core.PatchResult`,
+:class:`~faithprobe.activation.knockout.KnockoutResult`); :func:`patch_records` and
+:func:`knockout_records` turn them into records, each built once.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from faithprobe.activation.patching import (
-    Answer,
-    FastPath,
-    attention_to_steps,
-    knockout_steps,
-    patch_steps,
-)
+from faithprobe.activation.core import Answer, PatchResult, hook_name
+from faithprobe.activation.knockout import KnockoutResult, attention_to_steps, knockout_steps
+from faithprobe.activation.patching import FastPath, patch_steps
 from faithprobe.data.prompts import PromptTemplate, step_segment
 from faithprobe.data.tokens import align
 from faithprobe.data.traces import Trace
@@ -33,7 +35,7 @@ from faithprobe.models.scoring import answer_span, score
 from faithprobe.records import Record
 from faithprobe.stages.probe import item_of
 
-__all__ = ["patch_trace"]
+__all__ = ["knockout_records", "patch_records", "patch_trace"]
 
 
 def _skip(trace: Trace, label: str, ckpt: Checkpoint, reason: str) -> list[Record]:
@@ -114,20 +116,89 @@ def patch_trace(
                              direction=direction, method=fast_path.method,
                              batch_size=fast_path.batch_size,
                              prefix_reuse=fast_path.prefix_reuse)
-        records += result.to_records(trace.id, label, n_steps=trace.n_steps, model=ckpt.spec,
-                                     answer=trace.answer, steps=patched,
-                                     detail={"alternative": alt, **fallback})
+        records += patch_records(result, trace.id, label, n_steps=trace.n_steps,
+                                 model=ckpt.spec, answer=trace.answer, steps=patched,
+                                 detail={"alternative": alt, **fallback})
     if knockout:
         ko = knockout_steps(ckpt.bridge, clean_t, spans, read)
-        recs = ko.to_records(trace.id, label, model=ckpt.spec)
+        records += knockout_records(ko, trace.id, label, n_steps=trace.n_steps,
+                                    model=ckpt.spec, steps=patched)
         attn = attention_to_steps(ckpt.bridge, clean_t, spans, read.positions).mean(0)
-        for r, i in zip(recs, patched):
-            r.step, r.n_steps = i, trace.n_steps
-        for k, i in enumerate(patched):
-            recs.append(Record(trace_id=trace.id, checkpoint=label, intervention="attention",
-                               step=i, n_steps=trace.n_steps, model=ckpt.spec,
-                               value=float(attn[k]),
-                               detail={"what": "attention from the answer position to the "
-                                       "step's tokens, mean over layers and heads"}))
-        records += recs
+        records += [Record(trace_id=trace.id, checkpoint=label, intervention="attention",
+                           step=i, n_steps=trace.n_steps, model=ckpt.spec, value=float(attn[k]),
+                           detail={"what": "attention from the answer position to the step's "
+                                   "tokens, mean over layers and heads"})
+                    for k, i in enumerate(patched)]
     return records
+
+
+def patch_records(result: PatchResult, trace_id: str, checkpoint: str, *,
+                  n_steps: int | None = None, model: str | None = None,
+                  answer: str | None = None, steps: Sequence[int | None] | None = None,
+                  detail: dict[str, Any] | None = None) -> list[Record]:
+    """One ``Record(intervention="patch")`` per cell of ``result``.
+
+    ``value`` is the cell's ``share`` (the share of the clean logit difference the patch moves);
+    the TransformerLens-normalised effect and the raw logit differences go in ``detail``. A cell
+    is ``skipped`` where the clean run does not prefer the answer or the model has no such hook,
+    ``nonfinite`` where a NaN or infinite logit reached the answer. ``steps`` renumbers the
+    result's steps (the trace's own step indices); ``detail`` is merged into every record's.
+    """
+    out = []
+    n = n_steps if n_steps is not None else sum(s is not None for s in result.steps)
+    names = result.steps if steps is None else list(steps)
+    for si, step in enumerate(names):
+        for li in range(len(result.layers)):
+            for ci in range(len(result.components)):
+                site, head = result.site(li, ci)
+                eff = float(result.effect[si, li, ci])
+                status, reason, value = "ok", None, float(result.share[si, li, ci])
+                if result.skipped_reason is not None:
+                    status, reason, value = "skipped", result.skipped_reason, None
+                if site in result.absent_sites:
+                    status, reason, value = "skipped", f"the model has no hook {site}", None
+                elif not math.isfinite(float(result.logit_diff[si, li, ci])):
+                    status, reason = "nonfinite", "non-finite logit at the answer position"
+                out.append(Record(
+                    trace_id=trace_id, checkpoint=checkpoint, intervention="patch", step=step,
+                    n_steps=n, site=site, model=model, answer=answer,
+                    answer_logprob=float(result.logprob[si, li, ci]), value=value,
+                    status=status, reason=reason,
+                    detail={
+                        "variant": {"direction": result.direction, "head": head,
+                                    "kind": "step" if step is not None else "answer_pos"},
+                        "method": result.method,
+                        "span": list(result.spans[si]),
+                        "logit_diff": float(result.logit_diff[si, li, ci]),
+                        "answer_logprob": float(result.logprob[si, li, ci]),
+                        "effect": eff if math.isfinite(eff) else None,
+                        "effect_logprob": float(result.effect_logprob[si, li, ci]),
+                        "clean_logit_diff": result.clean_logit_diff,
+                        "corrupted_logit_diff": result.corrupted_logit_diff,
+                        "clean_logprob": result.clean_logprob,
+                        "corrupted_logprob": result.corrupted_logprob,
+                        **(detail or {}),
+                    },
+                ))
+    return out
+
+
+def knockout_records(result: KnockoutResult, trace_id: str, checkpoint: str, *,
+                     n_steps: int | None = None, model: str | None = None,
+                     steps: Sequence[int] | None = None) -> list[Record]:
+    """``intervention="attn_knockout"`` records; ``value`` = change in logit difference.
+    ``steps`` renumbers the result's steps (the trace's own step indices)."""
+    sites = [hook_name(k, "z").replace("hook_z", "hook_pattern") for k in result.layers]
+    names = list(range(len(result.spans))) if steps is None else list(steps)
+    return [Record(
+        trace_id=trace_id, checkpoint=checkpoint, intervention="attn_knockout", step=names[i],
+        n_steps=len(result.spans) if n_steps is None else n_steps,
+        site=sites[0] if len(sites) == 1 else None, model=model,
+        answer_logprob=float(result.logprob[i]), kl=float(result.kl[i]),
+        value=float(result.logit_diff[i]) - result.clean_logit_diff,
+        detail={"variant": {"renormalise": result.renormalise, "layers": list(result.layers)},
+                "sites": sites, "span": list(result.spans[i]),
+                "logit_diff": float(result.logit_diff[i]),
+                "clean_logit_diff": result.clean_logit_diff,
+                "clean_logprob": result.clean_logprob},
+    ) for i in range(len(result.spans))]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from faithprobe.data.traces import Trace
 from faithprobe.edits.interventions import Edit, EditContext, make_intervention
 from faithprobe.errors import FaithprobeError
 from faithprobe.models.checkpoints import Checkpoint
-from faithprobe.models.forward import forward_logprobs, generate
+from faithprobe.models.forward import PaddingSide, forward_logprobs, generate
 from faithprobe.models.scoring import (
     AnswerScore,
     ScoreItem,
@@ -47,7 +47,7 @@ class ProbeConfig:
     ki: bool = True
     max_new_tokens: int = 48  # regeneration budget after a corrupted step
     batch_size: int = 16
-    padding_side: str = "right"
+    padding_side: PaddingSide = "right"
     share_prefix: bool = True  # reuse the unedited trace's KV cache for its edits (HF models)
     seed: int = 0
 
@@ -93,31 +93,30 @@ def _logit_diff(ckpt, template, edited: AnswerScore, orig_pred: str) -> float:
 def _record(trace: Trace, label: str, ckpt: Checkpoint, kind: str, step: int | None,
             sc: AnswerScore | None, orig: AnswerScore | None, *, template: PromptTemplate,
             detail: dict[str, Any] | None = None, skipped: str | None = None) -> Record:
+    """The record of one scored edit (``sc``) against the unedited trace (``orig``), or of an
+    edit not made (``skipped``); built once, with every field."""
     gold = None if trace.gold is None else (
         trace.gold if trace.options else normalize_answer(trace.gold))
-    rec = Record(trace_id=trace.id, checkpoint=label, intervention=kind, step=step,
-                 n_steps=trace.n_steps, model=ckpt.spec, answer=trace.answer, gold=gold,
-                 detail=dict(detail or {}))
+    fixed: dict[str, Any] = dict(trace_id=trace.id, checkpoint=label, intervention=kind,
+                                 step=step, n_steps=trace.n_steps, model=ckpt.spec,
+                                 answer=trace.answer, gold=gold, detail=dict(detail or {}))
     if skipped is not None or sc is None:
-        rec.status, rec.reason = "skipped", skipped
-        return rec
-    rec.pred = sc.pred
-    rec.orig_pred = orig.pred if orig is not None else sc.pred
-    rec.answer_logprob = sc.answer_logprob
-    rec.pred_prob = sc.pred_prob
+        return Record(**fixed, status="skipped", reason=skipped)
+    orig_pred = orig.pred if orig is not None else sc.pred
+    read: dict[str, Any] = dict(pred=sc.pred, orig_pred=orig_pred,
+                                answer_logprob=sc.answer_logprob, pred_prob=sc.pred_prob)
     if sc.nonfinite or (orig is not None and orig.nonfinite):
-        rec.status, rec.reason = "nonfinite", "a NaN or infinite logit reached the answer"
-        return rec
+        return Record(**fixed, **read, status="nonfinite",
+                      reason="a NaN or infinite logit reached the answer")
     if not sc.pred:
-        rec.status, rec.reason = "no_answer", "the model produced no answer"
-        return rec
-    rec.same_answer = sc.pred == rec.orig_pred
-    rec.correct = None if gold is None else sc.pred == gold
+        return Record(**fixed, **read, status="no_answer", reason="the model produced no answer")
+    logit_diff = kl = None
     if orig is not None and orig.pred:
-        rec.logit_diff = _logit_diff(ckpt, template, sc, orig.pred)
+        logit_diff = _logit_diff(ckpt, template, sc, orig.pred)
         if orig.dist.shape == sc.dist.shape:
-            rec.kl = _kl(orig.dist, sc.dist)
-    return rec
+            kl = _kl(orig.dist, sc.dist)
+    return Record(**fixed, **read, same_answer=sc.pred == orig_pred,
+                  correct=None if gold is None else sc.pred == gold, logit_diff=logit_diff, kl=kl)
 
 
 def _regenerate(ckpt: Checkpoint, template: PromptTemplate, trace: Trace,
@@ -140,6 +139,26 @@ def _regenerate(ckpt: Checkpoint, template: PromptTemplate, trace: Trace,
                 new.append(piece)
         result.append((e.steps + tuple(new), stopped))
     return result
+
+
+def _with_regeneration(ckpt: Checkpoint, template: PromptTemplate, trace: Trace,
+                       edits: list[Edit], config: ProbeConfig
+                       ) -> list[tuple[Edit, tuple[str, ...]]]:
+    """Each edit as recorded, with the reasoning to score after it: a regenerating edit that was
+    made becomes a new Edit whose detail also holds the steps the model wrote
+    (``generated_steps``) and whether it stopped (``stopped``); the others stay as they are."""
+    todo = [e for e in edits if e.regenerate and e.skipped is None]
+    written = iter(_regenerate(ckpt, template, trace, todo, config))
+    out: list[tuple[Edit, tuple[str, ...]]] = []
+    for e in edits:
+        if e.regenerate and e.skipped is None:
+            steps, stopped = next(written)
+            e = replace(e, detail={**e.detail, "generated_steps": list(steps[len(e.steps):]),
+                                   "stopped": stopped})
+            out.append((e, steps))
+        else:
+            out.append((e, e.steps))
+    return out
 
 
 def _ppl(ckpt: Checkpoint, texts: Sequence[str], batch_size: int) -> list[float]:
@@ -193,36 +212,28 @@ def _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge) 
         return [Record(trace_id=trace.id, checkpoint=label, intervention="none",
                        n_steps=trace.n_steps, model=ckpt.spec, gold=trace.gold,
                        status="no_answer", reason="the generated reasoning led to no answer")]
-    edits: list[Edit] = [e for k in kinds for e in k.edits(trace, ctx)]
-    regen = [e for e in edits if e.regenerate and e.skipped is None]
-    regenerated = dict(zip(map(id, regen), _regenerate(ckpt, template, trace, regen, config)))
-    final: list[tuple[Edit, tuple[str, ...]]] = []
-    for e in edits:
-        if e.skipped is None:
-            steps, stopped = regenerated.get(id(e), (e.steps, True))
-            if e.regenerate:
-                e.detail["generated_steps"] = list(steps[len(e.steps):])
-                e.detail["stopped"] = stopped
-            final.append((e, steps))
+    edits = _with_regeneration(ckpt, template, trace,
+                               [e for k in kinds for e in k.edits(trace, ctx)], config)
+    made = [(e, steps) for e, steps in edits if e.skipped is None]
     truncations = [trace.steps[:k] for k in range(trace.n_steps + 1)]
-    items = [item_of(trace, trace.steps)] + [item_of(trace, s) for _, s in final]
+    items = [item_of(trace, trace.steps)] + [item_of(trace, steps) for _, steps in made]
     if config.infogain and scorer is None:
         items += [item_of(trace, s) for s in truncations]
     scores = score(ckpt, items, template, batch_size=config.batch_size,
                    padding_side=config.padding_side, share_prefix=config.share_prefix)
     orig = scores[0]
     records = [_record(trace, label, ckpt, "none", None, orig, None, template=template)]
-    by_edit = dict(zip(map(id, (e for e, _ in final)), scores[1: 1 + len(final)]))
-    for e in edits:
+    edit_scores = iter(scores[1: 1 + len(made)])  # in the order of the edits made
+    for e, _ in edits:
         if e.skipped is not None:
             records.append(_record(trace, label, ckpt, e.kind, e.step, None, None,
                                    template=template, detail=e.detail, skipped=e.skipped))
         else:
-            records.append(_record(trace, label, ckpt, e.kind, e.step, by_edit[id(e)], orig,
+            records.append(_record(trace, label, ckpt, e.kind, e.step, next(edit_scores), orig,
                                    template=template, detail=e.detail))
     if config.infogain:
         if scorer is None:
-            ig_scores, who = scores[1 + len(final):], "self"
+            ig_scores, who = scores[1 + len(made):], "self"
         else:
             ig_scores = score(scorer, [item_of(trace, s) for s in truncations],
                               scorer.template, batch_size=config.batch_size)
@@ -247,7 +258,8 @@ def _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge) 
     return records
 
 
-def _step_values(trace: Trace, label: str, ckpt: Checkpoint, kind: str,
+def _step_values(trace: Trace, label: str, ckpt: Checkpoint,
+                 kind: Literal["infogain", "infogain_ppl"],
                  values: Sequence[float], detail: dict[str, Any]) -> list[Record]:
     """One record per truncation j = 0..n carrying a scalar (an entropy, a perplexity);
     a non-finite one is recorded as such."""

@@ -1,0 +1,308 @@
+"""Shared pieces of the activation stage: hook names, the answer read-out, the patch result,
+input checks and hook plumbing. Tensor-level: nothing here knows traces or records.
+
+The answer's logit difference LD (original answer token minus alternative) and log-probability
+are read at the answer position(s). A patch result keeps two normalisations: ``share``, the share
+of the clean run's logit difference that the patch removes (noising,
+``(LD_clean - LD_patched) / LD_clean``) or restores (denoising,
+``(LD_patched - LD_corrupted) / LD_clean``), defined whenever the clean run prefers the answer
+(``LD_clean >= MIN_CLEAN_LOGIT_DIFF``), also where corruption moves nothing; and
+TransformerLens' ``effect = (m_patched - m_clean) / (m_corrupted - m_clean)`` (0 = clean
+behaviour, 1 = corrupted), a ratio that is undefined, and noisy, where corruption barely moves
+the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from faithprobe.errors import FaithprobeError
+
+__all__ = [
+    "COMPONENTS",
+    "MIN_CLEAN_LOGIT_DIFF",
+    "Answer",
+    "Direction",
+    "Method",
+    "PatchResult",
+    "Span",
+    "answer_metrics",
+    "check_answer",
+    "check_spans",
+    "check_tokens",
+    "collect",
+    "hook_name",
+    "make_result",
+    "metrics_at",
+    "resolve_components",
+    "site_name",
+    "span_setter",
+    "tolerance",
+]
+
+COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
+HOOK_SUFFIX = {
+    "resid_pre": "hook_resid_pre",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+    "z": "attn.hook_z",
+}
+# The last block's output, where the fast path's head starts: the final norm's input, or the
+# unembedding's where a family has no final norm (GPT-1).
+FINAL_NORM_IN, UNEMBED_IN = "ln_final.hook_in", "unembed.hook_in"
+ZERO_DENOMINATOR = 1e-6  # |m_corrupted - m_clean| below this: effect undefined, cells skipped
+# The clean run must prefer the answer over the alternative by this logit margin (62% against
+# 38% between the two) for a share of that margin to mean anything.
+MIN_CLEAN_LOGIT_DIFF = 0.5
+
+Span = tuple[int, int]  # half-open [start, end) token positions
+
+
+Direction = Literal["noising", "denoising"]
+Method = Literal["fast", "reference", "attribution"]
+
+
+def hook_name(layer: int, component: str) -> str:
+    """Full hook name of a component (``resid_pre``, ``attn_out``, ``mlp_out``, ``z``)."""
+    return f"blocks.{layer}.{HOOK_SUFFIX[component]}"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Where and what to read: the logits at ``positions[j]`` predict ``answer_ids[j]``.
+
+    The logit difference is summed over positions of ``logit[answer] - logit[alt]``; the
+    log-probability is the summed log-probability of the answer tokens (teacher-forced).
+    """
+
+    positions: tuple[int, ...]  # logits at position p predict token p + 1
+    answer_ids: tuple[int, ...]  # the original answer's tokens
+    alt_ids: tuple[int, ...]  # the alternative's tokens, one per position
+
+    def __post_init__(self) -> None:
+        n = len(self.positions)
+        if n == 0 or len(self.answer_ids) != n or len(self.alt_ids) != n:
+            raise FaithprobeError(
+                f"answer positions, answer ids and alternative ids need the same non-zero length "
+                f"(got {n}, {len(self.answer_ids)}, {len(self.alt_ids)})",
+                source="answer",
+            )
+
+    @classmethod
+    def of(cls, positions: int | Sequence[int], answer_ids: int | Sequence[int],
+           alt_ids: int | Sequence[int]) -> Answer:
+        def tup(x: int | Sequence[int]) -> tuple[int, ...]:
+            return (int(x),) if isinstance(x, int) else tuple(int(v) for v in x)
+        return cls(tup(positions), tup(answer_ids), tup(alt_ids))
+
+    def shifted(self, offset: int) -> Answer:
+        return Answer(tuple(p + offset for p in self.positions), self.answer_ids, self.alt_ids)
+
+
+def answer_metrics(
+    logits: Float[Tensor, "batch n_answer vocab"], answer: Answer
+) -> tuple[Float[Tensor, " batch"], Float[Tensor, " batch"]]:
+    """Logit difference and log-probability from the logits AT the answer positions only."""
+    logits = logits.float()
+    ans = torch.tensor(answer.answer_ids, device=logits.device)
+    alt = torch.tensor(answer.alt_ids, device=logits.device)
+    idx = torch.arange(len(answer.positions), device=logits.device)
+    diff = (logits[:, idx, ans] - logits[:, idx, alt]).sum(-1)
+    logprob = torch.log_softmax(logits, dim=-1)[:, idx, ans].sum(-1)
+    return diff, logprob
+
+
+def metrics_at(logits: Float[Tensor, "batch pos vocab"], answer: Answer
+                  ) -> tuple[Tensor, Tensor]:
+    return answer_metrics(logits[:, list(answer.positions)], answer)
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class PatchResult:
+    """A patching grid and its baselines; ``effect[s, l, c]`` is NaN where skipped.
+
+    ``components`` labels the last axis: ``resid_pre``, ``attn_out``, ``mlp_out`` or ``z.<h>``
+    (head h of ``attn.hook_z``). ``steps`` holds step indices (``None`` for answer-position
+    patching).
+    """
+
+    direction: Direction  # noising: corrupted -> clean run; denoising: clean -> corrupted
+    method: Method
+    steps: list[int | None]
+    spans: list[Span]  # in clean-token coordinates
+    layers: list[int]
+    components: list[str]
+    effect: Float[Tensor, "step layer component"]  # TransformerLens-normalised effect
+    share: Float[Tensor, "step layer component"]  # share of the clean logit difference moved
+    effect_logprob: Float[Tensor, "step layer component"]  # same normalisation, log-prob
+    logit_diff: Float[Tensor, "step layer component"]  # patched logit difference
+    logprob: Float[Tensor, "step layer component"]  # patched answer log-probability
+    clean_logit_diff: float
+    corrupted_logit_diff: float
+    clean_logprob: float
+    corrupted_logprob: float
+    skipped_reason: str | None = None  # set when the clean run does not prefer the answer
+    absent_sites: tuple[str, ...] = ()  # requested hook names the model does not have (NaN)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def site(self, layer_index: int, component_index: int) -> tuple[str, int | None]:
+        """Full hook name and head (or None) of one grid cell."""
+        comp = self.components[component_index]
+        layer = self.layers[layer_index]
+        if comp.startswith("z."):
+            return hook_name(layer, "z"), int(comp[2:])
+        return hook_name(layer, comp), None
+
+
+def normalise(patched: Tensor, clean: float, corrupted: float) -> Tensor:
+    den = corrupted - clean
+    if abs(den) < ZERO_DENOMINATOR:
+        return torch.full_like(patched, float("nan"))
+    return (patched - clean) / den
+
+
+def make_result(direction: Direction, method: Method, steps: list[int | None], spans: list[Span],
+                 layers: list[int], comps: list[str], diff: Tensor, logprob: Tensor,
+                 clean: tuple[float, float], corrupted: tuple[float, float]) -> PatchResult:
+    reason = None
+    if not clean[0] >= MIN_CLEAN_LOGIT_DIFF:
+        reason = (f"the clean run prefers the answer over the alternative by a logit difference "
+                  f"of {clean[0]:.3g} (under {MIN_CLEAN_LOGIT_DIFF}): no share of it to measure")
+    moved = clean[0] - diff if direction == "noising" else diff - corrupted[0]
+    return PatchResult(
+        direction=direction, method=method, steps=steps, spans=spans, layers=layers,
+        components=comps, effect=normalise(diff, clean[0], corrupted[0]),
+        share=moved / clean[0] if reason is None else torch.full_like(diff, float("nan")),
+        effect_logprob=normalise(logprob, clean[1], corrupted[1]), logit_diff=diff,
+        logprob=logprob, clean_logit_diff=clean[0], corrupted_logit_diff=corrupted[0],
+        clean_logprob=clean[1], corrupted_logprob=corrupted[1], skipped_reason=reason,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+
+def check_tokens(tokens: Tensor, what: str) -> Tensor:
+    if tokens.ndim == 1:
+        tokens = tokens[None]  # [pos] -> [1, pos]
+    if tokens.ndim != 2 or tokens.shape[0] != 1:
+        raise FaithprobeError(
+            f"expected token ids of shape [1, pos] or [pos], got {tuple(tokens.shape)}", source=what
+        )
+    return tokens
+
+
+def check_spans(spans: Sequence[Span], corrupted_spans: Sequence[Span] | None, n_clean: int,
+                 n_corrupted: int) -> list[Span]:
+    spans = [(int(s), int(e)) for s, e in spans]
+    cspans = spans if corrupted_spans is None else [(int(s), int(e)) for s, e in corrupted_spans]
+    if len(cspans) != len(spans):
+        raise FaithprobeError(
+            f"clean trace has {len(spans)} step spans, corrupted trace {len(cspans)}",
+            source="corrupted_spans",
+        )
+    for i, ((s, e), (cs, ce)) in enumerate(zip(spans, cspans)):
+        if e - s != ce - cs:
+            raise FaithprobeError(
+                f"step {i} spans {e - s} tokens in the clean trace and {ce - cs} tokens in the "
+                "corrupted trace; span patching needs equal lengths (use patch_answer_positions "
+                "for edits that change the length)", source="spans", field=f"step {i}",
+            )
+        if not (0 <= s < e <= n_clean) or not (0 <= cs < ce <= n_corrupted):
+            raise FaithprobeError(
+                f"step {i} span [{s}, {e}) / [{cs}, {ce}) is empty or outside the sequence "
+                f"(lengths {n_clean} / {n_corrupted})", source="spans", field=f"step {i}",
+            )
+        if (s, e) != (cs, ce):
+            raise FaithprobeError(
+                f"step {i} sits at [{s}, {e}) in the clean trace and [{cs}, {ce}) in the "
+                "corrupted trace; span patching needs the same positions",
+                source="spans", field=f"step {i}",
+            )
+    if n_clean != n_corrupted:
+        raise FaithprobeError(
+            f"clean and corrupted token sequences differ in length ({n_clean} vs "
+            f"{n_corrupted}); use patch_answer_positions", source="corrupted_tokens",
+        )
+    return spans
+
+
+def check_answer(answer: Answer, n_pos: int, first_patched: int) -> None:
+    for p in answer.positions:
+        if not 0 <= p < n_pos:
+            raise FaithprobeError(f"answer position {p} is outside the sequence of {n_pos}",
+                                  source="answer")
+        if p < first_patched:
+            raise FaithprobeError(
+                f"answer position {p} lies before patched position {first_patched}: "
+                "the patch cannot reach it", source="answer")
+
+
+def resolve_components(bridge: Any, components: Sequence[str], heads: bool) -> list[str]:
+    for c in components:
+        if c not in COMPONENTS:
+            raise FaithprobeError(f"unknown component {c!r} (known: {', '.join(COMPONENTS)})",
+                                  source="components")
+    comps = list(components)
+    if heads:
+        comps += [f"z.{h}" for h in range(bridge.cfg.n_heads)]
+    return comps
+
+
+def site_name(layer: int, comp: str) -> str:
+    return hook_name(layer, "z" if comp.startswith("z.") else comp)
+
+
+# --------------------------------------------------------------------------------------------
+# Hook plumbing
+
+
+def collect(bridge: Any, tokens: Tensor, names: Sequence[str]
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+    """One forward; activations keyed by the names WE registered (``hook.name`` may alias)."""
+    store: dict[str, Tensor] = {}
+
+    def saver(name: str) -> Callable[..., Tensor]:
+        def fn(act: Tensor, *, hook: Any) -> Tensor:
+            store[name] = act.detach()
+            return act
+        return fn
+
+    with bridge.hooks(fwd_hooks=[(n, saver(n)) for n in names]):
+        logits = bridge(tokens)
+    return logits, store
+
+
+def span_setter(source: Tensor, s: int, e: int, head: int | None, offset: int = 0,
+                 rows: Sequence[int] | None = None) -> Callable[..., Tensor]:
+    """Hook writing ``source[:, s:e]`` (absolute positions) into positions ``s-offset:e-offset``."""
+    def fn(act: Tensor, *, hook: Any) -> Tensor:
+        act = act.clone()
+        sel = slice(None) if rows is None else list(rows)
+        src = source[:, s:e].to(act.dtype)
+        if head is None:
+            act[sel, s - offset:e - offset] = src
+        else:
+            act[sel, s - offset:e - offset, head] = src[:, :, head]
+        return act
+    return fn
+
+
+def tolerance(bridge: Any) -> float:
+    """Relative agreement expected between two exact computations in the model's dtype."""
+    dtype = next(bridge.parameters()).dtype
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
+
+
+

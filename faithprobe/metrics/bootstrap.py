@@ -1,0 +1,298 @@
+"""Point values, cluster-bootstrap intervals, paired comparisons and the run summary.
+
+A statistic over any multiset of traces is the metric's ``combine`` of the summed per-trace
+features, so a bootstrap replicate is one ``bincount @ features`` product. Replicates are drawn
+from ``numpy.random.default_rng(seed)`` over trace ids in sorted order, so the same records give
+the same summary whatever their order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from faithprobe.errors import FaithprobeError
+from faithprobe.metrics.catalogue import METRICS, Metric, get_metric
+from faithprobe.metrics.features import Features
+from faithprobe.metrics.selection import (
+    check_one_checkpoint,
+    checkpoint_labels,
+    group_by_trace,
+    resolve_continuation,
+)
+from faithprobe.records import Record
+
+__all__ = [
+    "METRIC_FNS", "SUMMARY_SCHEMA_VERSION", "Estimate", "bootstrap", "compare",
+    "compute_metrics", "percentile_interval", "replicate_sums", "summarize",
+]
+
+SUMMARY_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point value with its 95% percentile bootstrap interval."""
+
+    value: float  # the statistic over all records
+    ci_low: float  # 2.5th percentile of the replicates
+    ci_high: float  # 97.5th percentile of the replicates
+    n: int  # traces that entered the statistic (all records, for the *_count metrics)
+
+    def __post_init__(self) -> None:
+        for name in ("value", "ci_low", "ci_high"):
+            if not math.isfinite(getattr(self, name)):
+                raise FaithprobeError("an estimate must be finite", field=name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": float(self.value), "ci_low": float(self.ci_low),
+                "ci_high": float(self.ci_high), "n": int(self.n)}
+
+
+# ---------------------------------------------------------------------------------------------
+# features matrix, replicates, intervals
+
+
+def _features(metric: Metric, records: Sequence[Record], continuation: str
+              ) -> tuple[list[str], list[Hashable], np.ndarray]:
+    """Trace ids that entered ``metric`` (sorted), feature keys, and the (trace, key) matrix."""
+    ids: list[str] = []
+    rows: list[Features] = []
+    for tid, recs in group_by_trace(records).items():
+        f = metric.features(recs, continuation)
+        if f:
+            ids.append(tid)
+            rows.append(f)
+    keys = list(dict.fromkeys(k for f in rows for k in f))
+    index = {k: i for i, k in enumerate(keys)}
+    matrix = np.zeros((len(rows), len(keys)))  # (traces, features)
+    for i, f in enumerate(rows):
+        for k, v in f.items():
+            matrix[i, index[k]] = v
+    return ids, keys, matrix
+
+
+def _combine(metric: Metric, keys: list[Hashable], sums: np.ndarray) -> float | None:
+    v = metric.combine(dict(zip(keys, (float(x) for x in sums), strict=True)))
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _draws(n_traces: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Resampled trace positions, one array per replicate (shared by every bootstrap path)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise FaithprobeError(f"n_boot must be a non-negative integer, got {n_boot!r}",
+                              field="n_boot")
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield rng.integers(0, n_traces, size=n_traces)
+
+
+def replicate_sums(matrix: np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Feature sums (features,) of each bootstrap replicate of the rows (traces) of ``matrix``.
+
+    Args:
+        matrix: (traces, features), traces in sorted id order.
+        n_boot: number of replicates.
+        seed: seed of ``numpy.random.default_rng``.
+    """
+    for idx in _draws(matrix.shape[0], n_boot, seed):
+        yield np.bincount(idx, minlength=matrix.shape[0]) @ matrix
+
+
+def percentile_interval(point: float, reps: list[float | None]) -> tuple[float, float]:
+    """The 95% percentile interval of the replicates (None ones dropped); ``(point, point)``
+    when no replicate has a value."""
+    reps = [v for v in reps if v is not None]
+    if not reps:
+        return point, point
+    lo, hi = np.percentile(np.asarray(reps), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _point(metric: Metric, records: Sequence[Record], continuation: str | None
+           ) -> float | None:
+    check_one_checkpoint(records)
+    _, keys, matrix = _features(metric, records, resolve_continuation(records, continuation))
+    if matrix.shape[0] == 0:
+        return None
+    return _combine(metric, keys, matrix.sum(axis=0))
+
+
+def _estimate(metric: Metric, records: Sequence[Record], *, n_boot: int, seed: int,
+              continuation: str) -> Estimate | None:
+    ids, keys, matrix = _features(metric, records, continuation)
+    if not ids:
+        return None
+    point = _combine(metric, keys, matrix.sum(axis=0))
+    if point is None:
+        return None
+    if metric.unit == "count":
+        return Estimate(point, point, point, len(records))
+    reps = [_combine(metric, keys, sums) for sums in replicate_sums(matrix, n_boot, seed)]
+    lo, hi = percentile_interval(point, reps)
+    return Estimate(point, lo, hi, len(ids))
+
+
+def _make_metric(metric: Metric) -> Callable[..., float | None]:
+    def fn(records: Sequence[Record], *, continuation: str | None = None) -> float | None:
+        return _point(metric, records, continuation)
+
+    fn.__name__ = fn.__qualname__ = metric.name
+    fn.__doc__ = (f"``{metric.name}`` over the records of one checkpoint, or None without data. "
+                  "``continuation`` picks the corrupt records used (default: see module doc).")
+    return fn
+
+
+METRIC_FNS: dict[str, Callable[..., float | None]] = {
+    name: _make_metric(get_metric(name)) for name in METRICS}
+_FN_NAMES = {id(fn): name for name, fn in METRIC_FNS.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# public aggregation
+
+
+def bootstrap(records: Sequence[Record], fn: Callable[[list[Record]], float | None], *,
+              n_boot: int = 1000, seed: int = 0) -> Estimate | None:
+    """Cluster bootstrap of ``fn`` over the trace ids of ``records`` (one checkpoint).
+
+    A function from ``METRIC_FNS`` takes a fast path (per-trace features, resampling only the
+    traces that entered it). Any other ``fn`` is called on each replicate's records, with the
+    trace ids of repeated traces made distinct (``"<id>#<draw>"``) so they count as separate
+    clusters. Both paths draw the same replicates for the same traces and seed.
+
+    Returns:
+        The estimate, or None when ``fn`` has no value on ``records``.
+    """
+    records = list(records)
+    name = _FN_NAMES.get(id(fn))
+    if name is not None:
+        check_one_checkpoint(records)
+        return _estimate(get_metric(name), records, n_boot=n_boot, seed=seed,
+                         continuation=resolve_continuation(records, None))
+    point = fn(records)
+    if point is None:
+        return None
+    if not math.isfinite(point):
+        raise FaithprobeError(f"metric {getattr(fn, '__name__', fn)!r} returned {point}")
+    groups = group_by_trace(records)
+    ids = list(groups)
+    reps = []
+    for idx in _draws(len(ids), n_boot, seed):
+        sample = [replace(r, trace_id=f"{ids[i]}#{draw}")
+                  for draw, i in enumerate(idx) for r in groups[ids[i]]]
+        v = fn(sample)
+        if v is not None and math.isfinite(v):
+            reps.append(float(v))
+    lo, hi = percentile_interval(float(point), reps)
+    return Estimate(float(point), lo, hi, len(ids))
+
+
+def compute_metrics(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0
+                    ) -> dict[str, dict[str, Estimate]]:
+    """Every metric of every checkpoint: label -> metric -> Estimate (no-data metrics left out).
+
+    The corrupt continuation (``regenerate`` if any ok record has it, else ``keep``) is chosen
+    once over all records, so every checkpoint is measured on the same kind of edit.
+    """
+    records = list(records)
+    continuation = resolve_continuation(records, None)
+    out: dict[str, dict[str, Estimate]] = {}
+    for label in checkpoint_labels(records):
+        recs = [r for r in records if r.checkpoint == label]
+        ests = {m: _estimate(get_metric(m), recs, n_boot=n_boot, seed=seed,
+                             continuation=continuation)
+                for m in METRICS}
+        out[label] = {m: e for m, e in ests.items() if e is not None}
+    return out
+
+
+def compare(records: Sequence[Record], a: str, b: str, metric: str, *, n_boot: int = 1000,
+            seed: int = 0) -> dict[str, Any] | None:
+    """Paired bootstrap of ``metric`` between checkpoints ``a`` and ``b``.
+
+    Only traces that enter the metric on both sides are used; each replicate resamples those
+    trace ids once and computes the metric on both sides with the same ids.
+
+    Returns:
+        ``{"a", "b", "metric", "delta" (b - a), "ci_low", "ci_high", "relative_change"
+        (delta / |value_a|, None when value_a == 0), "n" (shared traces)}``, or None when the
+        metric has no value on the shared traces.
+    """
+    entry = get_metric(metric)
+    records = list(records)
+    rec_a = [r for r in records if r.checkpoint == a]
+    rec_b = [r for r in records if r.checkpoint == b]
+    continuation = resolve_continuation(rec_a + rec_b, None)
+    ids_a, keys_a, mat_a = _features(entry, rec_a, continuation)
+    ids_b, keys_b, mat_b = _features(entry, rec_b, continuation)
+    shared = sorted(set(ids_a) & set(ids_b))
+    if not shared:
+        return None
+    pos_a = {t: i for i, t in enumerate(ids_a)}
+    pos_b = {t: i for i, t in enumerate(ids_b)}
+    mat_a = mat_a[[pos_a[t] for t in shared]]
+    mat_b = mat_b[[pos_b[t] for t in shared]]
+    value_a = _combine(entry, keys_a, mat_a.sum(axis=0))
+    value_b = _combine(entry, keys_b, mat_b.sum(axis=0))
+    if value_a is None or value_b is None:
+        return None
+    delta = value_b - value_a
+    if entry.unit == "count":
+        lo = hi = delta
+    else:
+        reps: list[float | None] = []
+        width = mat_a.shape[1]
+        for sums in replicate_sums(np.hstack([mat_a, mat_b]), n_boot, seed):
+            va = _combine(entry, keys_a, sums[:width])
+            vb = _combine(entry, keys_b, sums[width:])
+            reps.append(None if va is None or vb is None else vb - va)
+        lo, hi = percentile_interval(delta, reps)
+    return {"a": a, "b": b, "metric": metric, "delta": delta, "ci_low": lo, "ci_high": hi,
+            "relative_change": delta / abs(value_a) if value_a != 0 else None,
+            "n": len(shared)}
+
+
+def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
+              pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The run summary: per-checkpoint estimates and paired comparisons, plain JSON, no NaN.
+
+    Args:
+        records: records of any number of checkpoints.
+        n_boot: bootstrap replicates per interval.
+        seed: seed of the replicates.
+        pairs: (a, b) label pairs to compare; default the first label (in order of first
+            appearance) against each other label.
+
+    Returns:
+        ``{"schema_version", "checkpoints": {label: {metric: estimate}}, "comparisons"}``,
+        metrics in catalogue order.
+    """
+    records = list(records)
+    labels = checkpoint_labels(records)
+    if pairs is None:
+        pairs = [(labels[0], other) for other in labels[1:]]
+    for pair in pairs:
+        for label in pair:
+            if label not in labels:
+                raise FaithprobeError(
+                    f"no records for checkpoint {label!r} (have: {', '.join(labels)})",
+                    field="pairs")
+    per = compute_metrics(records, n_boot=n_boot, seed=seed)
+    comparisons = []
+    for a, b in pairs:
+        for metric in METRICS:
+            if metric in per[a] and metric in per[b]:
+                c = compare(records, a, b, metric, n_boot=n_boot, seed=seed)
+                if c is not None:
+                    comparisons.append(c)
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "checkpoints": {label: {m: e.to_json() for m, e in ests.items()}
+                        for label, ests in per.items()},
+        "comparisons": comparisons,
+    }
