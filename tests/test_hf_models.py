@@ -111,3 +111,35 @@ def test_prefix_reuse_equals_full_recompute(hf_folder):
     for a, b in zip(shared, alone):
         assert abs(a.answer_logprob - b.answer_logprob) < 1e-5
         assert a.pred == b.pred
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "mistral"])
+def test_prefix_reuse_exact_on_sliding_windows_longer_than_the_trace(arch, tmp_path):
+    """A sliding window (4 tokens here) shorter than the trace: the text suite's cache reuse
+    must not crash (HF refuses to crop a sliding layer past its window) and must equal a run
+    without reuse, in scoring and in regeneration after a corrupted step."""
+    import zoo
+
+    from faithprobe.data.prompts import PromptTemplate
+    from faithprobe.data.traces import Trace
+    from faithprobe.models.checkpoints import load_checkpoint
+    from faithprobe.stages.probe import ProbeConfig, probe
+
+    ckpt = load_checkpoint(str(zoo.build(arch, tmp_path / arch)))
+    assert zoo.SLIDING_WINDOW < 20
+    ckpt.template = PromptTemplate(question_prefix="", reasoning_prefix=" ", step_prefix="",
+                                   step_sep=" ", suffix=" t39", answer_sep=" ")
+    steps = tuple(zoo.words([3 + k, 4 + k, 5 + k]) for k in range(5))  # 15 step tokens
+    t = Trace("t", zoo.words([1, 2, 7]), steps, "t9", options=("t9", "t8", "t7"))
+    runs = {}
+    for share in (True, False):
+        cfg = ProbeConfig(interventions=("truncate", "delete", "corrupt"), infogain=False,
+                          ki=False, max_new_tokens=6, share_prefix=share,
+                          options={"corrupt": {"corrupter": "generic",
+                                               "continuations": ["keep", "regenerate"]}})
+        runs[share] = probe(ckpt, arch, [t], cfg)
+    assert len(runs[True]) == len(runs[False]) >= 10
+    for a, b in zip(runs[True], runs[False]):
+        assert (a.intervention, a.step, a.pred) == (b.intervention, b.step, b.pred)
+        if a.answer_logprob is not None:
+            assert abs(a.answer_logprob - b.answer_logprob) < 1e-5

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from faithprobe.models.checkpoints import Checkpoint
 
-__all__ = ["PaddingSide", "forward_logprobs", "generate", "has_kv_cache"]
+__all__ = ["PaddingSide", "croppable", "forward_logprobs", "generate", "has_kv_cache"]
 
 PaddingSide = Literal["left", "right"]  # where a batch's shorter sequences are padded
 
@@ -107,6 +107,17 @@ def _groups(starts: Sequence[int], batch_size: int) -> list[tuple[int, list[int]
     return groups
 
 
+def croppable(cache: Any) -> bool:
+    """Whether a prefix's cache can be cut back exactly: a plain ``DynamicCache`` of
+    full-attention layers. A sliding-window layer keeps only its last window of keys (and
+    refuses to crop past it), a recurrent or linear-attention state cannot be cut at all: for
+    those models every edit is recomputed from its first token."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer
+                                               for layer in cache.layers)
+
+
 def _cache_at(base_cache, start: int, length: int, rows: int):
     """A copy of a one-row KV cache of ``length`` tokens, cut to ``start``, for ``rows`` rows."""
     cache = copy.deepcopy(base_cache)
@@ -124,6 +135,8 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size) -> list[Tensor]:
               for s, r in zip(seqs, reads)]
     _, base_cache = ckpt.bridge(torch.tensor([prefix], device=device),
                                 return_type="logits_and_cache")
+    if not croppable(base_cache):
+        return forward_logprobs(ckpt, seqs, reads, batch_size=batch_size)
     out: list[Tensor | None] = [None] * len(seqs)
     for start, chunk in _groups(starts, batch_size):
         if start == 0:  # nothing shared: an ordinary batch
@@ -170,11 +183,15 @@ def generate(
     is run once and each batch starts from its copy of that cache.
     """
     gen = torch.Generator().manual_seed(seed)
+    base_cache = None
     if reuse_prefix is not None and has_kv_cache(ckpt) and len(prompts) > 0:
         prefix = list(reuse_prefix)
         with torch.no_grad():
             _, base_cache = ckpt.bridge(torch.tensor([prefix], device=ckpt.device),
                                         return_type="logits_and_cache")
+        if not croppable(base_cache):  # sliding windows, recurrent state: no shared prefix
+            base_cache = None
+    if base_cache is not None:
         starts = [min(_lcp(p, prefix), len(p) - 1) for p in prompts]
         results: list[tuple | None] = [None] * len(prompts)
         for start, idx in _groups(starts, batch_size):
