@@ -9,13 +9,17 @@ text and ``faithprobe.tokens.align`` can map them to tokens.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from faithprobe.errors import FaithprobeError
 
-__all__ = ["PromptTemplate", "Rendered", "step_segment"]
+__all__ = ["THINK_CLOSE", "THINK_OPEN", "PromptTemplate", "Rendered", "step_segment"]
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_EMPTY_THINK = re.compile(r"<think>\s*</think>\s*$")
 
 
 def step_segment(i: int) -> str:
@@ -41,6 +45,9 @@ class PromptTemplate:
 
     ``chat`` renders the question as the user's turn through the tokenizer's chat template (and
     the reasoning as the start of the assistant's turn); without one it is plain text.
+    ``thinking`` puts the reasoning in a ``<think> ... </think>`` block (see
+    :mod:`faithprobe.data.thinking`): the block opens after the question (unless the chat
+    template already opened it) and closes at the start of the suffix.
     """
 
     question_prefix: str = ""
@@ -51,6 +58,7 @@ class PromptTemplate:
     answer_sep: str = " "  # between the suffix and the answer; part of the answer segment
     chat: bool = False
     system: str | None = None  # system message for chat templates
+    thinking: bool = False  # reasoning inside <think> ... </think> (R1-Distill, Qwen3)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +69,7 @@ class PromptTemplate:
         for key, value in obj.items():
             if key not in known:
                 raise FaithprobeError("unknown template key", source=source, field=key)
-            expected = bool if key == "chat" else str
+            expected = bool if key in ("chat", "thinking") else str
             if key == "system" and value is None:
                 continue
             if not isinstance(value, expected):
@@ -90,12 +98,19 @@ class PromptTemplate:
             text += piece
 
         preamble, question_text, after = self._frame(question, tokenizer)
+        opening, closing = "", ""
+        if self.thinking:
+            after = _EMPTY_THINK.sub("", after)  # a template's "thinking off" block
+            before = question_text + after
+            opening = "" if after.rstrip().endswith(THINK_OPEN) else (
+                ("" if before.endswith("\n") else "\n") + THINK_OPEN)
+            closing = "\n" + THINK_CLOSE + "\n\n"
         add("preamble", preamble)
-        add("question", question_text + after)
+        add("question", question_text + after + opening)
         for i, step in enumerate(steps):
             sep = self.reasoning_prefix if i == 0 else self.step_sep
             add(step_segment(i), sep + self.step_prefix + step)
-        add("suffix", self.suffix)
+        add("suffix", closing + self.suffix)
         if answer is not None:
             add("answer", self.answer_sep + answer)
         return Rendered(text=text, segments=tuple(segments))

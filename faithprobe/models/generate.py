@@ -14,21 +14,29 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.prompts import THINK_CLOSE, PromptTemplate
 from faithprobe.data.sources import arithmetic_step_truth
+from faithprobe.data.thinking import split_thinking
 from faithprobe.data.traces import MAX_FIELD_CHARS, SplitMode, Trace, split_steps
 from faithprobe.models.checkpoints import Checkpoint
 from faithprobe.models.forward import generate
 from faithprobe.models.scoring import ScoreItem, continuation_ids, normalize_answer, score
 
-__all__ = ["NO_ANSWER", "generate_traces"]
+__all__ = ["NO_ANSWER", "generate_traces", "steps_of"]
 
 NO_ANSWER = "no_answer"
 _STOPS = ("The answer is", "the answer is", "####", "Final answer", "final answer")
 
 
-def _steps_of(text: str, mode: SplitMode, max_steps: int) -> tuple[str, ...]:
-    steps = [s.text[:MAX_FIELD_CHARS] for s in split_steps(text, mode)]
+def steps_of(text: str, mode: SplitMode, max_steps: int, *, thinking: bool = False
+             ) -> tuple[str, ...]:
+    """The steps of a generated chain of thought: split by ``mode``, or, for a thinking model,
+    the paragraphs (else sentences) of its ``<think>`` block."""
+    if thinking:
+        pieces = split_thinking(text)[0]
+    else:
+        pieces = [s.text for s in split_steps(text, mode)]
+    steps = [p[:MAX_FIELD_CHARS] for p in pieces]
     return tuple(s for s in steps if s.strip())[:max_steps]
 
 
@@ -46,7 +54,8 @@ def generate_traces(
     checkpoint's own). ``gen`` holds ``max_new_tokens``, ``temperature``, ``split`` and
     ``max_steps`` (the ``[generation]`` section of a run config)."""
     prompts = [continuation_ids(ckpt, template, p.question, (), p.id) for p in problems]
-    stops = tuple(s for s in (template.suffix.strip(), *_STOPS) if s)
+    stops = tuple(s for s in (THINK_CLOSE if template.thinking else "",
+                              template.suffix.strip(), *_STOPS) if s)
     outs = []
     step = max(1, batch_size)
     iterator = range(0, len(prompts), step)
@@ -62,7 +71,7 @@ def generate_traces(
     drafts = []
     for p, (text, stopped) in zip(problems, outs):
         text = re.sub(r"<\|[^|]*\|>", " ", text)  # stray special-token text
-        steps = _steps_of(text, gen["split"], gen["max_steps"])
+        steps = steps_of(text, gen["split"], gen["max_steps"], thinking=template.thinking)
         drafts.append((p, steps, stopped, text))
     # force the answer: what the model says after its own reasoning and the suffix
     items = [ScoreItem(p.question, steps, p.options[0] if p.options else "0", p.options, p.id)

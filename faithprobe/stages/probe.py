@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.prompts import THINK_CLOSE, PromptTemplate
 from faithprobe.data.traces import Trace
 from faithprobe.edits.interventions import Edit, EditContext, make_intervention
 from faithprobe.errors import FaithprobeError
@@ -124,7 +124,8 @@ def _regenerate(ckpt: Checkpoint, template: PromptTemplate, trace: Trace,
     """Let the model write the steps after each edit's prefix; returns (steps, stopped)."""
     prompts = [continuation_ids(ckpt, template, trace.question, e.steps, trace.id)
                for e in edits]
-    stop = [s for s in (template.suffix.strip(),) if s]
+    # a thinking model's reasoning ends at its closing tag, where the suffix begins
+    stop = [s for s in (THINK_CLOSE if template.thinking else "", template.suffix.strip()) if s]
     outs = generate(ckpt, prompts, max_new_tokens=config.max_new_tokens, stop=stop,
                     batch_size=config.batch_size)
     result = []
