@@ -10,16 +10,18 @@ Native (tiny) models have no cache and always run whole sequences.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from faithprobe.errors import FaithprobeError
 from faithprobe.models.checkpoints import Checkpoint
 
-__all__ = ["PaddingSide", "croppable", "forward_logprobs", "generate", "has_kv_cache"]
+__all__ = ["PaddingSide", "croppable", "forward_logprobs", "generate", "halving_on_oom",
+           "has_kv_cache", "is_out_of_memory", "token_batches"]
 
 PaddingSide = Literal["left", "right"]  # where a batch's shorter sequences are padded
 
@@ -58,27 +60,77 @@ def forward_logprobs(
     batch_size: int = 16,
     padding_side: PaddingSide = "right",
     reuse_prefix: Sequence[int] | None = None,
+    max_batch_tokens: int | None = None,
 ) -> list[Float[Tensor, "n_read vocab"]]:
     """Log-softmax of the logits at positions ``reads[k]`` of sequence ``k`` (unpadded index).
 
     With ``reuse_prefix`` (token ids every sequence is compared against, usually the unedited
     trace) and a model with a KV cache, the prefix is run once; each sequence then runs only
     from its first token that differs from ``reuse_prefix`` (sequences with the same divergence
-    point are batched together on a copy of the cache cut there).
+    point are batched together on a copy of the cache cut there). ``max_batch_tokens`` bounds
+    a batch's padded size besides its row count; a batch that runs out of device memory is
+    halved and retried.
     """
     if reuse_prefix is not None and has_kv_cache(ckpt) and len(seqs) > 1:
-        return _forward_reusing(ckpt, seqs, reads, list(reuse_prefix), batch_size)
-    out: list[Tensor] = []
+        return _forward_reusing(ckpt, seqs, reads, list(reuse_prefix), batch_size,
+                                max_batch_tokens)
+    out: list[Tensor | None] = [None] * len(seqs)
     device = ckpt.device
-    for lo in range(0, len(seqs), batch_size):
-        chunk = seqs[lo : lo + batch_size]
-        ids, mask, offsets = _pad(chunk, ckpt.tokenizer.pad_token_id, padding_side)
+
+    def run(rows: list[int]) -> None:
+        ids, mask, offsets = _pad([seqs[k] for k in rows], ckpt.tokenizer.pad_token_id,
+                                  padding_side)
         logits = ckpt.bridge(ids.to(device), attention_mask=mask.to(device),
                              position_ids=_positions(mask).to(device))
-        for row, off in enumerate(offsets):
-            pos = torch.tensor([off + p for p in reads[lo + row]], dtype=torch.long)
-            out.append(torch.log_softmax(logits[row, pos.to(device)].float(), dim=-1).cpu())
-    return out
+        for row, (k, off) in enumerate(zip(rows, offsets)):
+            pos = torch.tensor([off + p for p in reads[k]], dtype=torch.long)
+            out[k] = torch.log_softmax(logits[row, pos.to(device)].float(), dim=-1).cpu()
+
+    for rows in token_batches([len(s) for s in seqs], batch_size, max_batch_tokens):
+        halving_on_oom(run, rows, max(len(seqs[k]) for k in rows))
+    return out  # type: ignore[return-value]
+
+
+def token_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
+                  ) -> list[list[int]]:
+    """Consecutive indices grouped into batches of at most ``batch_size`` rows and, with
+    ``max_tokens``, at most that many padded tokens (rows x longest row): a 6k-token trace and
+    a 200-token one both fit one budget. A row longer than the budget runs alone."""
+    batches: list[list[int]] = []
+    widest = 0
+    for k, n in enumerate(lengths):
+        if batches and len(batches[-1]) < batch_size and (
+                max_tokens is None or (len(batches[-1]) + 1) * max(widest, n) <= max_tokens):
+            batches[-1].append(k)
+            widest = max(widest, n)
+        else:
+            batches.append([k])
+            widest = n
+    return batches
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def halving_on_oom(run: Callable[[list[int]], None], rows: list[int], width: int) -> None:
+    """``run(rows)``; when the device runs out of memory, halve the batch and retry each half
+    instead of ending the run. One row that does not fit is a clear error."""
+    try:
+        run(rows)
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(rows) == 1:
+            raise FaithprobeError(f"one sequence of {width} tokens does not fit in the device's "
+                                  "memory (lower probe.max_batch_tokens, or use a device "
+                                  "with more memory)", field="probe.max_batch_tokens") from None
+        half = len(rows) // 2
+        halving_on_oom(run, rows[:half], width)
+        halving_on_oom(run, rows[half:], width)
 
 
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -127,7 +179,8 @@ def _cache_at(base_cache, start: int, length: int, rows: int):
     return cache
 
 
-def _forward_reusing(ckpt, seqs, reads, prefix, batch_size) -> list[Tensor]:
+def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=None
+                     ) -> list[Tensor]:
     device = ckpt.device
     # a sequence reuses the prefix up to (not including) the first position it must compute:
     # its first differing token, and no later than its first read position
@@ -136,26 +189,34 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size) -> list[Tensor]:
     _, base_cache = ckpt.bridge(torch.tensor([prefix], device=device),
                                 return_type="logits_and_cache")
     if not croppable(base_cache):
-        return forward_logprobs(ckpt, seqs, reads, batch_size=batch_size)
+        return forward_logprobs(ckpt, seqs, reads, batch_size=batch_size,
+                                max_batch_tokens=max_batch_tokens)
     out: list[Tensor | None] = [None] * len(seqs)
-    for start, chunk in _groups(starts, batch_size):
+    for start, group in _groups(starts, batch_size):
         if start == 0:  # nothing shared: an ordinary batch
-            for k, lp in zip(chunk, forward_logprobs(
-                    ckpt, [seqs[k] for k in chunk], [reads[k] for k in chunk],
-                    batch_size=batch_size)):
+            for k, lp in zip(group, forward_logprobs(
+                    ckpt, [seqs[k] for k in group], [reads[k] for k in group],
+                    batch_size=batch_size, max_batch_tokens=max_batch_tokens)):
                 out[k] = lp
             continue
-        cache = _cache_at(base_cache, start, len(prefix), len(chunk))
-        tails = [seqs[k][start:] for k in chunk]
-        ids, mask, _ = _pad(tails, ckpt.tokenizer.pad_token_id, "right")
-        full_mask = torch.cat([torch.ones(len(chunk), start, dtype=torch.long), mask], 1)
-        logits = ckpt.bridge(ids.to(device), attention_mask=full_mask.to(device),
-                             position_ids=_positions(mask, start).to(device),
-                             past_key_values=cache)
-        for row, k in enumerate(chunk):
-            # every read lies in the tail: a sequence's start is at or before its first read
-            at = torch.tensor([p - start for p in reads[k]], dtype=torch.long, device=device)
-            out[k] = torch.log_softmax(logits[row, at].float(), dim=-1).cpu()
+
+        def run(chunk: list[int], start: int = start) -> None:
+            cache = _cache_at(base_cache, start, len(prefix), len(chunk))
+            tails = [seqs[k][start:] for k in chunk]
+            ids, mask, _ = _pad(tails, ckpt.tokenizer.pad_token_id, "right")
+            full_mask = torch.cat([torch.ones(len(chunk), start, dtype=torch.long), mask], 1)
+            logits = ckpt.bridge(ids.to(device), attention_mask=full_mask.to(device),
+                                 position_ids=_positions(mask, start).to(device),
+                                 past_key_values=cache)
+            for row, k in enumerate(chunk):
+                # every read lies in the tail: a sequence's start is at or before its first read
+                at = torch.tensor([p - start for p in reads[k]], dtype=torch.long, device=device)
+                out[k] = torch.log_softmax(logits[row, at].float(), dim=-1).cpu()
+
+        lengths = [len(seqs[k]) for k in group]  # the cache's keys count toward the budget
+        for rows in token_batches(lengths, batch_size, max_batch_tokens):
+            chunk = [group[i] for i in rows]
+            halving_on_oom(run, chunk, max(len(seqs[k]) for k in chunk))
     return out  # type: ignore[return-value]
 
 

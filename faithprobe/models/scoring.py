@@ -211,12 +211,14 @@ def score(
     padding_side: PaddingSide = "right",
     max_answer_tokens: int = 8,
     share_prefix: bool = False,
+    max_batch_tokens: int | None = None,
 ) -> list[AnswerScore]:
     """Score each item's answer after its reasoning; see the module docstring.
 
     With ``share_prefix`` the items are edits of the first one (one trace): on a model with a
     KV cache the first item's tokens are run once and every other item runs only from its first
-    differing token (exact up to float rounding).
+    differing token (exact up to float rounding). ``max_batch_tokens`` bounds each batch's
+    padded size (see :func:`faithprobe.models.forward.token_batches`).
     """
     template = template or ckpt.template
     if padding_side not in ("left", "right"):
@@ -231,7 +233,8 @@ def score(
         reads += item_reads
     reuse_prefix = seqs[0] if share_prefix and seqs else None
     logprobs = forward_logprobs(ckpt, seqs, reads, batch_size=batch_size,
-                                padding_side=padding_side, reuse_prefix=reuse_prefix)
+                                padding_side=padding_side, reuse_prefix=reuse_prefix,
+                                max_batch_tokens=max_batch_tokens)
     results: list[AnswerScore] = []
     undecided: list[int] = []  # free-form items whose greedy answer must be generated
     for k, (item, plan) in enumerate(zip(items, plans)):

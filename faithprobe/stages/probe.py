@@ -47,6 +47,8 @@ class ProbeConfig:
     ki: bool = True
     max_new_tokens: int = 48  # regeneration budget after a corrupted step
     batch_size: int = 16
+    # a batch's padded size (rows x longest row) at most this many tokens; None: rows only
+    max_batch_tokens: int | None = None
     padding_side: PaddingSide = "right"
     share_prefix: bool = True  # reuse the unedited trace's KV cache for its edits (HF models)
     seed: int = 0
@@ -54,6 +56,8 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise FaithprobeError("must be at least 1", field="batch_size")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise FaithprobeError("must be at least 1", field="max_batch_tokens")
         if self.max_new_tokens < 1:
             raise FaithprobeError("must be at least 1", field="max_new_tokens")
         if self.padding_side not in ("left", "right"):
@@ -221,7 +225,8 @@ def _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge) 
     if config.infogain and scorer is None:
         items += [item_of(trace, s) for s in truncations]
     scores = score(ckpt, items, template, batch_size=config.batch_size,
-                   padding_side=config.padding_side, share_prefix=config.share_prefix)
+                   padding_side=config.padding_side, share_prefix=config.share_prefix,
+                   max_batch_tokens=config.max_batch_tokens)
     orig = scores[0]
     records = [_record(trace, label, ckpt, "none", None, orig, None, template=template)]
     edit_scores = iter(scores[1: 1 + len(made)])  # in the order of the edits made
