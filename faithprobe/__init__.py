@@ -14,6 +14,7 @@ __all__ = [
     "Record",
     "Trace",
     "load_checkpoint",
+    "load_run",
     "read_records",
     "read_traces",
     "split_steps",
@@ -28,4 +29,8 @@ def __getattr__(name: str):
         from faithprobe.models.checkpoints import load_checkpoint
 
         return load_checkpoint
+    if name == "load_run":  # a run folder as pandas DataFrames (pandas imported when called)
+        from faithprobe.notebook import load_run
+
+        return load_run
     raise AttributeError(f"module 'faithprobe' has no attribute {name!r}")

@@ -1,20 +1,43 @@
 """The faithprobe command line: run, demo, score, compare, report.
 
-Every user error (a bad file, an unknown config key, a missing checkpoint) is a FaithprobeError;
-``main`` prints it as one line on stderr and exits with code 2, with no traceback.
+One exit path (``main``): every user error (a bad file, an unknown config key, a missing
+checkpoint, an unwritable --out) is a FaithprobeError, printed as one line on stderr, exit code 2.
+Anything else that escapes is a bug: one line naming it and a log file holding the traceback,
+exit code 1. SIGINT and SIGTERM end a run as ``cancelled`` (exit codes 130 and 143). No traceback
+reaches stderr unless ``--debug`` is given; library warnings (transformers, matplotlib, torch)
+go to that log instead of stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import errno
+import logging
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+import traceback
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from faithprobe.errors import FaithprobeError
+from faithprobe.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    Cancelled,
+    FaithprobeError,
+)
 
-EXIT_USAGE = 2
+EXIT_USAGE = EXIT_BAD_INPUT
+# OS errors that say something about the user's files or machine, not about faithprobe
+_INPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                 errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
 
 # The embedded default: the organism study, base vs sft, small enough for two CPU cores.
 DEMO_CONFIG = {
@@ -46,22 +69,52 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _warning_lines(warnings_: dict, where: str) -> list[str]:
+    """One line per kind of doubtful data a run or comparison stored (``warnings``)."""
+    return [f"warning: {entry['count']} x {kind} (see {where})"
+            for kind, entry in sorted(warnings_.items())]
+
+
 def _finish(run: Path, quiet: bool) -> None:
-    """How ``run`` and ``demo`` end: the verdict (unless quiet), then the report's path."""
+    """How ``run`` and ``demo`` end: the verdict and the warnings (unless quiet), then the
+    report's path."""
     if not quiet:
         from faithprobe.io import read_json
+        from faithprobe.records import read_records
         from faithprobe.report.document import verdict_lines
 
-        for line in verdict_lines(read_json(run / "summary.json", "summary")):
+        summary = read_json(run / "summary.json", "summary")
+        for line in verdict_lines(summary, read_records(run / "records.jsonl")):
+            print(line)
+        header = read_json(run / "header.json", "run header")
+        for line in _warning_lines(header.get("warnings") or {}, f"{run / 'header.json'}"):
             print(line)
     print(f"report: {run / 'report.html'}")
+
+
+def _hardware_overrides(cfg: Any, args: argparse.Namespace) -> Any:
+    """``--device`` / ``--dtype`` for every checkpoint (over the config's placement) and
+    ``--threads`` (over its ``threads``); torch's threads are set here, before any model."""
+    from faithprobe.models.threads import set_threads
+    from faithprobe.run.config import validate_config
+
+    over = {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k, None)}
+    if over:
+        cfg = validate_config({**cfg, **over, "placement": {
+            label: {k: v for k, v in where.items() if k not in over}
+            for label, where in cfg.get("placement", {}).items()}}, source="command line")
+    threads = args.threads if getattr(args, "threads", None) else cfg.get("threads")
+    if threads is not None:
+        cfg = {**cfg, "threads": threads}
+    set_threads(threads)
+    return cfg
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from faithprobe.run.config import load_config
     from faithprobe.run.folder import parse_shard, run_study
 
-    cfg = load_config(args.config)
+    cfg = _hardware_overrides(load_config(args.config), args)
     shard = parse_shard(args.shard)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if shard and not args.out:
@@ -76,7 +129,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from faithprobe.run.config import validate_config
     from faithprobe.run.folder import run_study
 
-    cfg = validate_config(DEMO_CONFIG, source="demo")
+    cfg = _hardware_overrides(validate_config(DEMO_CONFIG, source="demo"), args)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"demo-{stamp}"
     run = run_study(cfg, out, argv=sys.argv, resume=args.resume, quiet=args.quiet,
@@ -95,7 +148,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from faithprobe.data.traces import read_traces
-    from faithprobe.io import read_json
+    from faithprobe.io import lock_folder, read_json
     from faithprobe.report.document import write_report
     from faithprobe.run.folder import SUMMARY, TRACES, load_run
 
@@ -103,35 +156,76 @@ def _cmd_report(args: argparse.Namespace) -> int:
     header, records = load_run(run)
     summary = read_json(run / SUMMARY, "summary (run 'faithprobe score' first)")
     traces = read_traces(run / TRACES) if (run / TRACES).is_file() else None
-    print(write_report(run, records, summary, header, traces))
+    with lock_folder(run):  # never while a run writes it
+        print(write_report(run, records, summary, header, traces))
     return 0
 
 
+def _compare_warnings(dirs: list[Path], runs: list) -> dict:
+    """Doubtful comparisons, by kind: ``self_compare`` (a run compared with itself: the same
+    folder, or the same records) and ``no_shared_trace`` (two runs without a trace in common,
+    so no comparison between them is paired)."""
+    found: dict[str, list[str]] = {}
+    ids = [{r.trace_id for r in recs} for _, recs, _, _ in runs]
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            pair = f"{dirs[i]} vs {dirs[j]}"
+            if dirs[i].resolve() == dirs[j].resolve() or runs[i][1] == runs[j][1]:
+                found.setdefault("self_compare", []).append(pair)
+            elif not ids[i] & ids[j]:
+                found.setdefault("no_shared_trace", []).append(pair)
+    return {kind: {"count": len(v), "pairs": v[:20]} for kind, v in sorted(found.items())}
+
+
+COMPARISON = "comparison.json"  # a comparison folder's inputs and warnings
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from faithprobe.io import read_json
+    from faithprobe.io import lock_folder, read_json, write_json
     from faithprobe.report.document import write_comparison
     from faithprobe.run.folder import SUMMARY, load_run
 
+    dirs = [Path(d) for d in args.run_dirs]
     runs = []
-    for d in args.run_dirs:
-        header, records = load_run(Path(d))
-        summary = read_json(Path(d) / SUMMARY, "summary (run 'faithprobe score' first)")
-        runs.append((Path(d).name, records, summary, header))
+    for d in dirs:
+        header, records = load_run(d)
+        summary = read_json(d / SUMMARY, "summary (run 'faithprobe score' first)")
+        runs.append((d.name, records, summary, header))
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"comparison-{stamp}"
-    if any(out.resolve() == Path(d).resolve() for d in args.run_dirs):
-        raise FaithprobeError("is one of the runs being compared; choose another --out",
-                              source=str(out), field="--out")
+    for d in dirs:
+        if out.resolve() == d.resolve() or d.resolve() in out.resolve().parents:
+            raise FaithprobeError("is one of the runs being compared, or inside one; choose "
+                                  "another --out", source=str(out), field="--out")
+    if out.exists() and not out.is_dir():
+        raise FaithprobeError("exists and is not a folder", source=str(out), field="--out")
     if out.exists() and any(out.iterdir()):
-        if not (out / "report.html").is_file() or (out / "header.json").is_file():
+        if not ((out / COMPARISON).is_file() or (out / "report.html").is_file()) \
+                or (out / "header.json").is_file():
             raise FaithprobeError("output folder exists and is not a comparison",
                                   source=str(out), field="--out")
         if not args.overwrite:
             raise FaithprobeError("output folder holds a comparison already (pass --overwrite "
                                   "to replace it)", source=str(out), field="--out")
-    out.mkdir(parents=True, exist_ok=True)
-    print(write_comparison(out, runs))
+    found = _compare_warnings(dirs, runs)
+    with lock_folder(out):
+        report = write_comparison(out, runs)
+        write_json(out / COMPARISON, {"schema_version": 1, "runs": [str(d) for d in dirs],
+                                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(
+                                          timespec="seconds"), "warnings": found})
+    for line in _warning_lines(found, str(out / COMPARISON)):
+        print(line)
+    print(report)
     return 0
+
+
+def _hardware_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="every checkpoint on this device: auto, cpu, cuda, cuda:N, "
+                   "mps (default: the config's, else cpu)")
+    p.add_argument("--dtype", help="every checkpoint in this precision: float32, bfloat16, "
+                   "float16, auto (default: the config's, else float32)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: the config's, else all cores but one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "interventions, base vs fine-tuned.",
     )
     parser.add_argument("--version", action="version", version=f"faithprobe {_version()}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -152,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="complete a killed run in --out")
     p.add_argument("--shard", metavar="K/N", help="run the K-th of N disjoint trace slices")
     p.add_argument("--quiet", action="store_true", help="no verdict, no progress bars")
+    _hardware_flags(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="run the embedded organism study (base vs sft)",
@@ -161,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/demo-<time>)")
     p.add_argument("--resume", action="store_true", help="complete a killed demo in --out")
     p.add_argument("--quiet", action="store_true", help="no verdict, no progress bars")
+    _hardware_flags(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("score", help="recompute metrics and summary from records",
@@ -184,20 +281,145 @@ def build_parser() -> argparse.ArgumentParser:
                        "run folder.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.set_defaults(func=_cmd_report)
+    for sub_parser in sub.choices.values():  # --debug after the command as well
+        sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                help=_DEBUG_HELP)
     return parser
 
 
+_DEBUG_HELP = "show tracebacks and library warnings on stderr"
+
+
+def _say(text: str) -> None:
+    """One line on stderr, whatever the message holds."""
+    print(" ".join(str(text).split()), file=sys.stderr)
+
+
+class _Memory(logging.Handler):
+    """Keeps the last warnings and log records (for the log file of an internal error)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines = [*self.lines[-199:], f"{record.name}: {record.getMessage()}"]
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted is dropped
+            pass
+
+
+@contextlib.contextmanager
+def _quiet_libraries(debug: bool) -> Iterator[_Memory]:
+    """Library warnings and log records (transformers, matplotlib, torch, Python warnings) are
+    kept in memory, not printed; ``--debug`` leaves them on stderr."""
+    memory = _Memory()
+    if debug:
+        yield memory
+        return
+    # read when transformers is imported (within this call); restored after it
+    quiet_env = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+                 "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    saved_env = {key: os.environ.get(key) for key in quiet_env}
+    for key, value in quiet_env.items():
+        os.environ.setdefault(key, value)
+    verbosity = bars = None
+    if "transformers" in sys.modules:  # imported already (a test, an embedding program)
+        from transformers.utils import logging as hf_logging
+
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    root = logging.getLogger()
+    root.addHandler(memory)
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings():
+            yield memory
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(memory)
+        if verbosity is not None:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    """SIGTERM raises Cancelled (SIGINT raises KeyboardInterrupt already), so a run records
+    ``cancelled`` on its way out."""
+    def on_term(signum: int, frame: object) -> None:
+        raise Cancelled("SIGTERM")
+
+    try:
+        old = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _log_file(exc: BaseException, argv: Sequence[str] | None, memory: _Memory) -> str:
+    """Write the traceback of an internal error to a log file; returns its path."""
+    text = "\n".join([
+        f"faithprobe {_version()} internal error at {_dt.datetime.now().isoformat()}",
+        f"argv: {list(sys.argv if argv is None else argv)}", "",
+        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "warnings and log records:", *memory.lines, ""])
+    root = os.environ.get("FAITHPROBE_CACHE") or Path.home() / ".cache" / "faithprobe"
+    for folder in (Path(root) / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="faithprobe-error-", suffix=".log", dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as handle:
+                handle.write(text)
+            return name
+        except OSError:
+            continue
+    return "(no log: nowhere to write one; rerun with --debug)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit code (0, 1 internal error, 2 bad input, 130 SIGINT,
+    143 SIGTERM) and prints one line on stderr for every failure."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except FaithprobeError as exc:
-        print(f"faithprobe: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("faithprobe: interrupted", file=sys.stderr)
-        return 130
+    debug = bool(getattr(args, "debug", False))
+    resumable = args.func in (_cmd_run, _cmd_demo)
+    with _quiet_libraries(debug) as memory, _signals():
+        try:
+            return int(args.func(args) or 0)
+        except FaithprobeError as exc:
+            if debug:
+                traceback.print_exc()
+            _say(f"faithprobe: error: {exc}")
+            return EXIT_BAD_INPUT
+        except (KeyboardInterrupt, Cancelled) as exc:
+            name = exc.signal_name if isinstance(exc, Cancelled) else "SIGINT"
+            _say(f"faithprobe: cancelled by {name}"
+                 + ("; complete the run with --resume" if resumable else ""))
+            return EXIT_SIGTERM if isinstance(exc, Cancelled) else EXIT_SIGINT
+        except Exception as exc:  # noqa: BLE001 - the one exit path of everything else
+            if debug:
+                raise
+            if isinstance(exc, OSError) and exc.errno in _INPUT_ERRNOS:
+                where = f"{exc.filename}: " if exc.filename else ""
+                _say(f"faithprobe: error: {where}{exc.strerror or exc}")
+                return EXIT_BAD_INPUT
+            log = _log_file(exc, argv, memory)
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            _say(f"faithprobe: internal error: {type(exc).__name__}"
+                 f"{': ' + first if first else ''} (details in {log}; please report it)")
+            return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

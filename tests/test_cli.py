@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import metadata
 
 import pytest
@@ -95,3 +96,43 @@ def test_demo_offers_the_resume_its_refusal_names(tmp_path, capsys):
         main(["demo", "--help"])
     assert exc.value.code == 0 and "--resume" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["stray.txt"]  # nothing was written
+
+
+def test_device_dtype_and_threads_per_run_and_per_checkpoint(study, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "bf16"
+    assert main(["run", str(study), "--out", str(out), "--quiet", "--dtype", "bfloat16",
+                 "--threads", "1"]) == 0
+    hw = json.loads((out / "header.json").read_text())["hardware"]
+    assert {v["dtype"] for v in hw["checkpoints"].values()} == {"bfloat16"}
+    assert hw["threads"] == 1 and hw["torch"] == torch.__version__
+    # one checkpoint in bf16, the other as the run says
+    text = study.read_text() + '\n[placement.sft]\ndtype = "bfloat16"\n'
+    mixed = tmp_path / "mixed.toml"
+    mixed.write_text(text)
+    assert main(["run", str(mixed), "--out", str(tmp_path / "mixed"), "--quiet"]) == 0
+    hw = json.loads((tmp_path / "mixed" / "header.json").read_text())["hardware"]
+    assert hw["checkpoints"]["base"]["dtype"] == "float32"
+    assert hw["checkpoints"]["sft"]["dtype"] == "bfloat16"
+    records = (tmp_path / "mixed" / "records.jsonl").read_text()
+    assert '"checkpoint": "sft"' in records  # bf16 logits were scored (in float32)
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--dtype", "float64"], "unknown dtype"),
+    (["--device", "tpu"], "unknown device"),
+    (["--device", "cuda:0"], "CUDA is not available"),
+])
+def test_bad_device_or_dtype_is_one_line_and_writes_nothing(study, tmp_path, capsys, args,
+                                                            expect):
+    if "cuda" in " ".join(args):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    assert main(["run", str(study), "--out", str(out), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0]
+    assert not out.exists()

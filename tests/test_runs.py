@@ -143,11 +143,18 @@ def test_failure_during_a_run_is_recorded_in_the_header(tmp_path, capsys, study,
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(faithprobe.stages.probe, "_probe_one", boom)
+    monkeypatch.setenv("FAITHPROBE_CACHE", str(tmp_path / "cache"))  # where the log goes
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError):
-        main(["run", str(study), "--out", str(out), "--quiet"])
+    # an internal error: exit 1, one line pointing to the log, no traceback
+    assert main(["run", str(study), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "disk on fire" in err[0] and "Traceback" not in err[0]
+    logs = list((tmp_path / "cache" / "logs").glob("*"))
+    assert logs and "Traceback" in logs[0].read_text()
     header = json.loads((out / "header.json").read_text())
     assert header["status"] == "error" and "disk on fire" in header["error"]
+    with pytest.raises(RuntimeError):  # --debug lets it through
+        main(["--debug", "run", str(study), "--out", str(tmp_path / "again"), "--quiet"])
 
 
 def test_validate_config_fills_defaults():

@@ -4,21 +4,27 @@
 ``gsm_symbolic`` the gold step-by-step solution (``metadata["answer_cot"]``) becomes the steps,
 with exact per-step truth from :func:`arithmetic_step_truth`; tasks without a solution give
 traces with no steps (use ``traces = "generate"`` to have each checkpoint write its own).
+
+A run probes at most ``MAX_TRACES`` traces: a JSONL file is read no further than its ``count``
+(or refused when it holds more than ``MAX_TRACES`` and no count is given), and the generators
+are asked for no more than ``count``, itself at most ``MAX_TRACES`` (``faithprobe.run.config``).
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import operator
 import re
 from typing import Any
 
-from faithprobe.data.traces import Trace, read_traces, split_steps
+from faithprobe.data.traces import Trace, iter_traces, split_steps
 from faithprobe.errors import FaithprobeError
 
 __all__ = ["arithmetic_step_truth", "load_traces"]
 
 DEFAULT_COUNT = 100  # problems drawn from a generator when the config gives no count
+MAX_TRACES = 100_000  # traces of one run (the limit of data.count)
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
         ast.Div: operator.truediv}
 _EQUATION = re.compile(r"([\d.\s()+\-*/×x]+?)\s*=\s*\$?(-?[\d,]*\.?\d+)")
@@ -94,9 +100,15 @@ def _reasoning_gym(task: str, count: int, seed: int, options: dict[str, Any] | N
 def load_traces(data: dict[str, Any]) -> list[Trace]:
     """The traces a run config's ``[data]`` section names."""
     source = data["source"]
+    count = data.get("count")
+    if count is not None and not 1 <= count <= MAX_TRACES:
+        raise FaithprobeError(f"must be 1 to {MAX_TRACES}", field="data.count")
     if source == "jsonl":
-        traces = read_traces(data["path"])
-        return traces[: data["count"]] if "count" in data else traces
+        traces = list(itertools.islice(iter_traces(data["path"]), count or MAX_TRACES + 1))
+        if len(traces) > MAX_TRACES:
+            raise FaithprobeError(f"holds more than {MAX_TRACES} traces; give [data] count",
+                                  source=str(data["path"]))
+        return traces
     if source == "organism":
         from faithprobe.organisms.task import generate
 

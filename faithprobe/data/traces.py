@@ -3,31 +3,49 @@
 A trace is what every intervention edits and every metric is computed over. This module reads and
 writes traces as JSONL (one trace a line, schema in README.md) and builds them from free text by
 splitting a chain of thought into steps, keeping each step's character offsets.
+
+Sizes are bounded before anything grows with them: a field holds at most ``MAX_FIELD_CHARS``
+characters (metadata strings and keys too), a trace at most ``MAX_STEPS`` steps and
+``MAX_OPTIONS`` options, metadata nests at most ``MAX_METADATA_DEPTH`` levels, and a line of a
+trace file holds at most ``MAX_LINE_CHARS`` characters (read no further than that).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from faithprobe.errors import FaithprobeError
+from faithprobe.io import atomic_write
 
 __all__ = [
     "MAX_FIELD_CHARS",
+    "MAX_LINE_CHARS",
+    "MAX_METADATA_DEPTH",
+    "MAX_OPTIONS",
+    "MAX_STEPS",
     "Step",
     "Trace",
     "read_traces",
+    "check_fit",
     "split_steps",
     "trace_from_text",
+    "trace_warnings",
     "write_traces",
 ]
 
 MAX_FIELD_CHARS = 200_000  # a longer question or step is a broken file, not a chain of thought
+MAX_STEPS = 10_000  # steps (and step_truth, paraphrases) of one trace
+MAX_OPTIONS = 1_000  # answer options of one trace
+MAX_METADATA_DEPTH = 32  # levels of objects and lists inside ``metadata``
+MAX_LINE_CHARS = 16_000_000  # one line of a trace file
 SplitMode = Literal["auto", "lines", "markers", "sentences"]
 
 _KNOWN_KEYS = (
@@ -161,14 +179,19 @@ class Trace:
 
 
 def _type(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(
         type(value), "null" if value is None else f"a {type(value).__name__}"
     )
 
 
+def _visible(value: str) -> bool:
+    """Whether ``value`` holds a character that shows: not whitespace, not a format character
+    (zero-width spaces and joiners, direction marks, a BOM)."""
+    return any(not c.isspace() and unicodedata.category(c) != "Cf" for c in value)
+
+
 def _check_text(value: str, *, name: str, source: str | None, line: int | None, empty_ok=False):
-    if not empty_ok and not value.strip():
-        raise FaithprobeError("must not be empty", source=source, line=line, field=name)
     if len(value) > MAX_FIELD_CHARS:
         raise FaithprobeError(
             f"is {len(value)} characters long, over the limit of {MAX_FIELD_CHARS}",
@@ -176,6 +199,10 @@ def _check_text(value: str, *, name: str, source: str | None, line: int | None, 
             line=line,
             field=name,
         )
+    if not empty_ok and not _visible(value):
+        what = "blank" if not value.strip() else "only invisible characters"
+        raise FaithprobeError(f"must not be empty ({what})", source=source, line=line,
+                              field=name)
     if "\x00" in value:
         raise FaithprobeError("contains a NUL character", source=source, line=line, field=name)
     try:
@@ -189,7 +216,44 @@ def _check_text(value: str, *, name: str, source: str | None, line: int | None, 
         ) from None
 
 
+def _check_count(values: tuple[Any, ...] | None, limit: int, name: str, source: str | None,
+                 line: int | None) -> None:
+    if values is not None and len(values) > limit:
+        raise FaithprobeError(f"has {len(values)} entries, over the limit of {limit}",
+                              source=source, line=line, field=name)
+
+
+def _check_metadata(value: Any, *, source: str | None, line: int | None) -> None:
+    """Plain JSON, walked without recursion: objects with string keys, lists, strings (the
+    limits of a text field), finite numbers, booleans, null; at most MAX_METADATA_DEPTH deep."""
+    stack: list[tuple[Any, str, int]] = [(value, "metadata", 0)]
+    while stack:
+        v, path, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise FaithprobeError(f"nests more than {MAX_METADATA_DEPTH} levels deep",
+                                  source=source, line=line, field="metadata")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise FaithprobeError(f"key {k!r} is not a string (not plain JSON)",
+                                          source=source, line=line, field=path)
+                _check_text(k, name=f"{path} key", source=source, line=line, empty_ok=True)
+                stack.append((x, f"{path}.{k[:40]}", depth + 1))
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v))
+        elif isinstance(v, str):
+            _check_text(v, name=path, source=source, line=line, empty_ok=True)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise FaithprobeError(f"{v} is not a number JSON allows (NaN or infinite)",
+                                  source=source, line=line, field=path)
+        elif not (v is None or isinstance(v, (bool, int, float))):
+            raise FaithprobeError(f"a {type(v).__name__} is not plain JSON", source=source,
+                                  line=line, field=path)
+
+
 def _check_trace(t: Trace, *, source: str | None, line: int | None) -> None:
+    _check_count(t.steps, MAX_STEPS, "steps", source, line)
+    _check_count(t.options, MAX_OPTIONS, "options", source, line)
     _check_text(t.id, name="id", source=source, line=line)
     _check_text(t.question, name="question", source=source, line=line)
     _check_text(t.answer, name="answer", source=source, line=line)
@@ -224,16 +288,25 @@ def _check_trace(t: Trace, *, source: str | None, line: int | None) -> None:
     if t.paraphrases is not None:
         for i, p in enumerate(t.paraphrases):
             _check_text(p, name=f"paraphrases[{i}]", source=source, line=line)
-    try:
-        json.dumps(t.metadata, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise FaithprobeError(
-            f"is not plain JSON ({exc})", source=source, line=line, field="metadata"
-        ) from None
+    if not isinstance(t.metadata, dict):
+        raise FaithprobeError(f"expected an object, got {_type(t.metadata)}", source=source,
+                              line=line, field="metadata")
+    _check_metadata(t.metadata, source=source, line=line)
 
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ValueError(f"duplicate key {k[:60]!r}")
+            seen.add(k)
+    return obj
 
 
 def read_traces(path: str | os.PathLike[str]) -> list[Trace]:
@@ -244,7 +317,7 @@ def read_traces(path: str | os.PathLike[str]) -> list[Trace]:
 def iter_traces(path: str | os.PathLike[str]) -> Iterator[Trace]:
     source = str(path)
     p = Path(path)
-    if not p.is_file():
+    if not p.is_file():  # a FIFO or a device is refused here, before it is opened
         raise FaithprobeError("trace file does not exist" if not p.exists() else "is not a file",
                               source=source)
     seen: dict[str, int] = {}
@@ -255,14 +328,23 @@ def iter_traces(path: str | os.PathLike[str]) -> Iterator[Trace]:
     n = 0
     with handle:
         try:
-            for n, raw in enumerate(handle, start=1):
+            for n, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_CHARS + 1), ""),
+                                    start=1):
+                if len(raw) > MAX_LINE_CHARS:
+                    raise FaithprobeError(
+                        f"line is over the limit of {MAX_LINE_CHARS} characters", source=source,
+                        line=n)
                 if not raw.strip():
                     continue
                 try:
-                    obj = json.loads(raw, parse_constant=_reject_constant)
+                    obj = json.loads(raw, parse_constant=_reject_constant,
+                                     object_pairs_hook=_unique_keys)
                 except (json.JSONDecodeError, ValueError) as exc:
                     msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
                     raise FaithprobeError(f"invalid JSON: {msg}", source=source, line=n) from None
+                except RecursionError:
+                    raise FaithprobeError("invalid JSON: nested too deeply", source=source,
+                                          line=n) from None
                 trace = Trace.from_json(obj, source=source, line=n)
                 if trace.id in seen:
                     raise FaithprobeError(
@@ -281,12 +363,103 @@ def iter_traces(path: str | os.PathLike[str]) -> Iterator[Trace]:
 
 def write_traces(path: str | os.PathLike[str], traces: Iterable[Trace]) -> None:
     """Write traces as JSONL, atomically (a temporary file renamed into place)."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:
         for t in traces:
             handle.write(json.dumps(t.to_json(), ensure_ascii=False, allow_nan=False) + "\n")
-    os.replace(tmp, p)
+
+
+def _squeezed(text: str) -> str:
+    return "".join(c for c in text if not c.isspace() and unicodedata.category(c) != "Cf")
+
+
+def trace_warnings(traces: Iterable[Trace]) -> dict[str, list[str]]:
+    """Doubtful but valid data, by kind: the ids of the traces concerned (empty kinds left out).
+
+    - ``gold_not_in_options``: ``gold`` is not one of ``options``, so the argmax over the
+      options can never be correct (accuracy is 0 by construction);
+    - ``near_duplicate_options``: two options differ only in whitespace or invisible
+      characters (" 5" and "5"), so which one "the answer" is depends on spacing.
+    """
+    found: dict[str, list[str]] = {}
+    for t in traces:
+        kinds = []
+        if t.options is not None and t.gold is not None and t.gold not in t.options:
+            kinds.append("gold_not_in_options")
+        if t.options is not None and len({_squeezed(o) for o in t.options}) < len(t.options):
+            kinds.append("near_duplicate_options")
+        for kind in kinds:
+            found.setdefault(kind, []).append(t.id)
+    return found
+
+
+def _culprit(exc: FaithprobeError, t: Trace, tokenizer: Any, template: Any) -> str:
+    """The field of ``t`` (or of the template) behind a rendering or tokenizing error."""
+    seg = exc.field or ""
+    if seg.startswith("step."):
+        return f"steps[{seg[5:]}]"
+    named = {"chat": "template.chat", "question": "question", "answer": "answer",
+             "suffix": "template.suffix", "preamble": "template"}
+    if seg in named:
+        return named[seg]
+    fields = [("question", t.question), *((f"steps[{i}]", x) for i, x in enumerate(t.steps)),
+              ("answer", t.answer), *((f"options[{i}]", x) for i, x in enumerate(t.options or ())),
+              *((f"paraphrases[{i}]", x) for i, x in enumerate(t.paraphrases or ())),
+              *((f"template.{k}", v) for k, v in template.to_json().items()
+                if isinstance(v, str))]
+    for name, text in fields:
+        try:
+            tokenizer.encode(text)
+        except FaithprobeError:
+            return name
+    return "template"
+
+
+def check_fit(traces: Iterable[Trace], tokenizer: Any, template: Any, n_ctx: int, *,
+              source: str, label: str, generate: bool = False, paraphrases: bool = True) -> int:
+    """Every trace renders through ``template`` (a PromptTemplate), tokenizes with ``tokenizer``
+    (every character known, every segment a token of its own) and fits ``n_ctx`` tokens with
+    each answer it is scored with (each option, or the answer; with ``paraphrases``, also with
+    its paraphrased steps). With ``generate``, the question alone, with room for one new token.
+
+    A trace is counted in tokens before it is aligned, so the check stays linear in its length.
+    Returns the longest prompt in tokens; raises FaithprobeError naming ``source``, the trace,
+    the field and the checkpoint (``label``).
+    """
+    from faithprobe.data.tokens import align
+    from faithprobe.models.scoring import normalize_answer
+
+    prefix = len(tokenizer.prefix_ids)
+    longest = 0
+    for t in traces:
+        def fail(message: str, name: str, t: Trace = t) -> FaithprobeError:
+            return FaithprobeError(f"trace {t.id!r} with checkpoint {label}: {message}",
+                                   source=source, field=name)
+
+        steps = () if generate else t.steps
+        where = "steps" if steps else "question"
+        if len(steps) + 3 + prefix > n_ctx:
+            raise fail(f"its {len(steps)} steps cannot fit the model's context of {n_ctx} "
+                       "tokens (a step needs one token at least)", where)
+        answers: tuple[str | None, ...] = (None,) if generate else (
+            t.options or (normalize_answer(t.answer) or t.answer,))
+        variants = [steps] + ([t.paraphrases] if paraphrases and t.paraphrases and steps else [])
+        for variant in variants:
+            for answer in answers:
+                try:
+                    r = template.render(t.question, variant, answer, tokenizer=tokenizer)
+                    n = prefix + len(tokenizer.encode(r.text)[0]) + (answer is None)
+                    if n > n_ctx:
+                        alone = template.render(t.question, (), answer, tokenizer=tokenizer)
+                        too_long = prefix + len(tokenizer.encode(alone.text)[0]) > n_ctx
+                        raise fail(f"is {n} tokens long, longer than the model's context of "
+                                   f"{n_ctx} tokens", "question" if too_long else where)
+                    align(r.text, r.segments, tokenizer)
+                except FaithprobeError as exc:
+                    if exc.message.startswith(f"trace {t.id!r} with"):
+                        raise
+                    raise fail(exc.message, _culprit(exc, t, tokenizer, template)) from None
+                longest = max(longest, n)
+    return longest
 
 
 # --- splitting free text into steps -------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Stage 5: metrics over records, with bootstrap intervals.
 
 Every metric is computed from ``faithprobe.records.Record`` lists alone (numpy only, no model), so
-a summary can be recomputed from ``records.jsonl``. Definitions follow /work/shared/REFERENCES.md:
-Lanham et al. 2023 (early answering and adding-mistakes AOC), Wu et al. 2025 (InfoGain, KI).
+a summary can be recomputed from ``records.jsonl``. Every definition is in ``docs/metrics.md``;
+they follow Lanham et al. 2023 (early answering and adding-mistakes AOC) and Wu et al. 2025
+(InfoGain, KI).
 
 Conventions:
 
@@ -10,8 +11,9 @@ Conventions:
   averaged. Records with another status are counted (``*_count``); an ``ok`` record carrying a
   NaN or infinity is counted as ``nonfinite`` and never averaged either.
 - A metric with no data is ``None``, never NaN.
-- Intervals are 95% percentile bootstraps over traces (cluster bootstrap): resample the trace ids
-  that entered the metric with replacement, recompute the statistic over all their records.
+- Every interval is the 95% percentile interval of a cluster bootstrap over traces: resample the
+  trace ids that entered the metric with replacement, recompute the statistic over all their
+  records, take the 2.5th and 97.5th percentiles of the replicates.
   Replicates are drawn from ``numpy.random.default_rng(seed)`` over trace ids in sorted order, so
   the same records give the same summary whatever their order.
 

@@ -20,11 +20,14 @@ Weights load without running code: safetensors by default. A pickle-based file (
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import json
 import os
 import shutil
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +37,15 @@ import torch
 from faithprobe.data.prompts import PromptTemplate
 from faithprobe.data.tokens import CharTokenizer, HFTokenizer, Tokenizer
 from faithprobe.errors import FaithprobeError
-from faithprobe.io import atomic_path, write_json
+from faithprobe.io import atomic_path, check_regular_file, read_json, safetensors_shapes, write_json
+from faithprobe.models.bounds import bound_config, check_hf_shapes, one_line
+from faithprobe.models.placement import DTYPES, Placement
 
 __all__ = [
+    "DTYPES",
     "TEMPLATE_FILE",
     "Checkpoint",
+    "Placement",
     "cache_root",
     "wrap_hf",
     "check_same_tokenizer",
@@ -149,27 +156,34 @@ def _load_native(folder: Path, spec: str, state: dict[str, torch.Tensor] | None 
     """A native model from its folder; ``state`` (already read, e.g. from a pickle file at
     ``weights``) replaces the folder's safetensors file."""
     source = str(folder / NATIVE_CONFIG)
-    try:
-        meta = json.loads((folder / NATIVE_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FaithprobeError(f"config cannot be read ({exc})", source=source) from None
-    if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
+    meta = read_json(folder / NATIVE_CONFIG, "config")
+    if meta.get("format") != NATIVE_FORMAT:
         raise FaithprobeError(f"not a {NATIVE_FORMAT} config", source=source, field="format")
-    for key in ("config", "tokenizer"):
-        if not isinstance(meta.get(key), dict):
+    for key in ("config", "tokenizer", "template", "card"):
+        if not isinstance(meta.get(key, {} if key in ("template", "card") else None), dict):
             raise FaithprobeError("missing or not an object", source=source, field=key)
     if state is None:
         weights = folder / NATIVE_WEIGHTS
-        if not weights.is_file():
+        if not weights.exists():
             raise FaithprobeError("weights file is missing", source=str(weights))
+        bound_config(meta["config"], safetensors_shapes(weights), source, native=True)
         state = _read_safetensors(weights, str(weights))
+    else:
+        bound_config(meta["config"], {k: tuple(v.shape) for k, v in state.items()}, source,
+                      native=True)
     weights = weights or folder / NATIVE_WEIGHTS
     try:
         tokenizer = CharTokenizer.from_json(meta["tokenizer"])
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise FaithprobeError(f"bad tokenizer entry ({exc})", source=source,
                               field="tokenizer") from None
-    bridge = build_native(meta["config"])
+    try:
+        bridge = build_native(meta["config"])
+    except FaithprobeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - TransformerLens checks its config with asserts
+        raise FaithprobeError(f"bad model config ({one_line(exc)})", source=source,
+                              field="config") from None
     expected = bridge.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -227,25 +241,25 @@ def _load_hf_folder(folder: Path, spec: str, name: str | None = None, **kw: Any)
         detail = f" (found pickle files {pickled[:2]}; convert them to safetensors)" if pickled \
             else ""
         raise FaithprobeError(f"no safetensors weights in the folder{detail}", source=spec)
+    if not kw.get("gguf_file"):
+        shapes: dict[str, tuple[int, ...]] = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            shapes.update(safetensors_shapes(f))
+        config = read_json(folder / "config.json", "model config")
+        bound_config(config, shapes, str(folder / "config.json"), native=False)
+        check_hf_shapes(folder, config, shapes, spec)
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), **kw)
         model = AutoModelForCausalLM.from_pretrained(
-            str(folder), use_safetensors=not kw.get("gguf_file"), dtype=torch.float32, **kw
+            str(folder), use_safetensors=not kw.get("gguf_file"), **_PLACEMENT.get().hf_kwargs(),
+            **kw
         )
-    except (OSError, ValueError, KeyError) as exc:
-        raise FaithprobeError(
-            f"cannot load ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", source=spec
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - any failure to load a folder is the folder's
+        raise FaithprobeError(f"cannot load ({one_line(exc)})", source=spec) from None
     ckpt = wrap_hf(model, tok, name or folder.name, spec)
-    if (folder / TEMPLATE_FILE).is_file():
+    if (folder / TEMPLATE_FILE).exists():
         source = str(folder / TEMPLATE_FILE)
-        try:
-            meta = json.loads((folder / TEMPLATE_FILE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FaithprobeError(f"template cannot be read ({exc})", source=source) from None
-        if not isinstance(meta, dict):
-            raise FaithprobeError("template is not a JSON object", source=source)
-        ckpt.template = PromptTemplate.from_json(meta, source=source)
+        ckpt.template = PromptTemplate.from_json(read_json(source, "template"), source=source)
     return ckpt
 
 
@@ -346,7 +360,7 @@ def _load_lora(adapter: Path, base_spec: str | None, spec: str, **kw: Any) -> Ch
     else:
         source = base_spec  # a hub name
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(source, **_PLACEMENT.get().hf_kwargs())
         tok = AutoTokenizer.from_pretrained(source)
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     except (OSError, ValueError, KeyError) as exc:
@@ -356,29 +370,14 @@ def _load_lora(adapter: Path, base_spec: str | None, spec: str, **kw: Any) -> Ch
     return wrap_hf(merged, tok, Path(source).name, spec)
 
 
-def _check_safetensors_file(path: Path) -> None:
-    """Cheap integrity check: the header parses and the file is as long as it says."""
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if n <= 0 or 8 + n > size:
-                raise ValueError("header length")
-            header = json.loads(handle.read(n))
-        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise FaithprobeError("weights file is damaged (unreadable safetensors header)",
-                              source=str(path)) from None
-    if 8 + n + max(ends, default=0) != size:
-        raise FaithprobeError(
-            f"weights file is truncated or padded ({size} bytes, its header describes "
-            f"{8 + n + max(ends, default=0)})", source=str(path))
+def _check_safetensors_file(path: Path) -> dict[str, tuple[int, ...]]:
+    """Integrity without reading a tensor (``faithprobe.io.safetensors_shapes``); the shapes."""
+    return safetensors_shapes(path)
 
 
-def preflight(spec: str, *, allow_pickle: bool = False) -> None:
-    """Check a spec without loading the model: it exists, is of a known kind, its weights
-    files are whole. Lets a run refuse bad input before it writes anything."""
+def _check_spec_files(spec: str, allow_pickle: bool) -> None:
+    """What can be checked before anything is opened: the spec is well formed, a local one
+    exists, every file it may open is a regular file, pickle is allowed, safetensors are whole."""
     if not isinstance(spec, str) or not spec.strip():
         raise FaithprobeError("checkpoint spec must be a non-empty string", source=repr(spec))
     if spec.startswith("organism:"):
@@ -402,6 +401,10 @@ def preflight(spec: str, *, allow_pickle: bool = False) -> None:
             "is a pickle-based checkpoint, which can run code when loaded; convert it to "
             "safetensors, or pass --allow-pickle (allow_pickle = true) to load it with "
             "torch.load(weights_only=True)", source=spec)
+    # a file spec may open the JSON files beside it (faithprobe.json, a tokenizer, a config)
+    for entry in sorted(path.iterdir() if path.is_dir() else [path, *path.parent.glob("*.json")]):
+        if not entry.is_dir():
+            check_regular_file(entry, "checkpoint file")
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else (
         [path] if path.suffix == ".safetensors" else [])
     if path.is_dir() and not files and not (path / "adapter_config.json").is_file():
@@ -409,12 +412,58 @@ def preflight(spec: str, *, allow_pickle: bool = False) -> None:
             raise FaithprobeError("folder holds no safetensors weights", source=spec)
     for f in files:
         _check_safetensors_file(f)
-    if path.is_dir() and (path / NATIVE_CONFIG).is_file():
-        _load_native(path, spec)  # native models are tiny: check config against weights too
 
 
-def load_checkpoint(spec: str, *, allow_pickle: bool = False) -> Checkpoint:
-    """Load a model by spec (see the module docstring). Raises FaithprobeError on failure."""
+def preflight(spec: str, *, allow_pickle: bool = False, **load_kw: Any) -> Checkpoint:
+    """Check a spec, then load it: the checkpoint a run keeps for its whole length.
+
+    Before anything is opened: the spec is of a known kind and exists, every file of a local
+    checkpoint is a regular file (a FIFO would block, a device never end), pickle is refused
+    unless allowed, every safetensors header describes its file whole. Loading then bounds the
+    config's sizes by the weights' shapes before allocating. Any failure to load is a
+    FaithprobeError naming the spec, so a run refuses bad input before it writes anything.
+    ``load_kw`` goes to :func:`load_checkpoint`.
+    """
+    _check_spec_files(spec, allow_pickle)
+    try:
+        return load_checkpoint(spec, allow_pickle=allow_pickle, **load_kw)
+    except FaithprobeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the checkpoint's
+        raise FaithprobeError(f"cannot load ({one_line(exc)})", source=spec) from None
+
+
+# The placement of the load in progress: load_checkpoint sets it for the duration of one call,
+# the Hugging Face loaders read it at their from_pretrained call.
+_PLACEMENT: ContextVar[Placement] = ContextVar(
+    "placement", default=Placement())  # noqa: B039 - a frozen dataclass, not mutable
+
+
+def load_checkpoint(spec: str, *, allow_pickle: bool = False, device: str = "cpu",
+                    dtype: str = "float32", device_map: str | None = None) -> Checkpoint:
+    """Load a model by spec (see the module docstring) onto ``device`` in ``dtype`` (see
+    :class:`Placement`; ``device_map="auto"`` spreads a large Hugging Face model over the GPUs
+    with accelerate). Raises FaithprobeError on failure."""
+    placement = Placement(device, dtype, device_map)
+    target = placement.torch_device()
+    token = _PLACEMENT.set(placement)
+    try:
+        ckpt = _load_spec(spec, allow_pickle)
+    finally:
+        _PLACEMENT.reset(token)
+    if device_map is None:
+        first = next(ckpt.bridge.parameters())
+        cast = placement.torch_dtype()
+        # TransformerLens prints each move on stdout: keep the command's output clean
+        with contextlib.redirect_stdout(io.StringIO()):
+            if cast is not None and first.dtype != cast:
+                ckpt.bridge.to(cast)
+            if first.device != target:
+                ckpt.bridge.to(target)
+    return ckpt
+
+
+def _load_spec(spec: str, allow_pickle: bool) -> Checkpoint:
     if not isinstance(spec, str) or not spec.strip():
         raise FaithprobeError("checkpoint spec must be a non-empty string", source=repr(spec))
     if spec.startswith("organism:"):
@@ -484,7 +533,7 @@ def _load_hub(name: str) -> Checkpoint:
 
     try:
         tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(name, **_PLACEMENT.get().hf_kwargs())
     except Exception as exc:  # noqa: BLE001 - network and hub errors come in many kinds
         raise FaithprobeError(
             f"not a local checkpoint and cannot be fetched from the hub "

@@ -6,11 +6,12 @@ self-contained file (images as base64 data URIs, inline CSS, no script, no exter
 Everything is rendered in memory first and then published all or nothing
 (``faithprobe.report.render.publish``), so a crash never leaves a half-written report.
 
-The report leads with ``verdict_lines`` (``faithprobe.report.verdict``): one quotable sentence
-per comparison, e.g. ``sft vs base: accuracy +12.0 points [8.0, 16.0]; step flip rate -61.0
-points [-68.0, -54.0]; InfoGain -41% [-52%, -30%]``. Shares (accuracy, flip rates, KI...) are
-given in percentage points, the InfoGain family as a relative change, everything else in its own
-unit, always with the 95% interval; an interval that includes 0 reads "no clear change".
+The report leads with the verdict (``faithprobe.report.verdict.verdict_lines``: plain sentences
+decided by documented rules, what moved clearly, what did not, what could not be measured and
+why, and the caveats the data raise), then the forest plot, the measure tables (a metric without
+a value reads "not measured (...)" or "undefined (...)"), the records with their skip reasons
+grouped by kind, the curves, one trace's step x method heat map, calibration, an appendix with
+the perplexity-form InfoGain, the metric definitions and the provenance.
 """
 
 from __future__ import annotations
@@ -24,23 +25,39 @@ from typing import Any
 
 from faithprobe.data.traces import Trace
 from faithprobe.errors import FaithprobeError
-from faithprobe.metrics import METRICS_BY_NAME, TABLE_METRICS, is_usable, resolve_continuation
+from faithprobe.metrics import (
+    CATALOGUE,
+    METRICS_BY_NAME,
+    TABLE_METRICS,
+    is_usable,
+    resolve_continuation,
+)
 from faithprobe.records import STATUSES, Record
+from faithprobe.report import calibration as C
 from faithprobe.report import plots as P
+from faithprobe.report import steps as S
+from faithprobe.report.absence import Absence, absences, group_reasons
+from faithprobe.report.caveats import ppl_disagrees
+from faithprobe.report.readings import INTERVAL_SHORT, checkpoint_value, is_appendix, value_text
 from faithprobe.report.render import PLOTS_DIR, REPORT_HTML, REPORT_MD, Doc, publish
 from faithprobe.report.verdict import (
     COMPARISON_HEADER,
+    DOCS,
     checkpoint_rows,
     comparison_rows,
     estimate_text,
     forest_rows,
     metric_display,
+    mmd_text,
+    reading_notes,
     sort_forest_rows,
     verdict_lines,
 )
 
 __all__ = ["REPORT_HTML", "REPORT_MD", "PLOTS_DIR", "verdict_lines", "write_comparison",
            "write_report"]
+
+MAX_REASON_GROUPS = 20  # rows of the grouped skip reasons table (the rest counted)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,11 +94,17 @@ def _records_section(doc: Doc, groups: Mapping[str, Sequence[Record]]) -> None:
     doc.table(["checkpoint", "intervention"] + list(STATUSES),
               [[label, kind] + [str(by_kind[(label, kind, s)]) for s in STATUSES]
                for label, kind in keys])
-    reasons = Counter(f"{r.checkpoint} / {r.intervention}: {r.reason or 'no reason given'}"
-                      for recs in groups.values() for r in recs if r.status == "skipped")
+    reasons = group_reasons([r for recs in groups.values() for r in recs])
     if reasons:
-        doc.p("Most frequent reasons for skipping:")
-        doc.bullets([f"{text} ({n})" for text, n in reasons.most_common(8)])
+        doc.p("Why records could not be used, grouped by kind of reason (a number that varies "
+              "within a kind is shown as its range):")
+        doc.table(["checkpoint", "intervention", "status", "reason", "records", "traces"],
+                  [[g.checkpoint, g.intervention, g.status, g.text, str(g.records),
+                    str(g.traces)] for g in reasons[:MAX_REASON_GROUPS]])
+        if len(reasons) > MAX_REASON_GROUPS:
+            rest = reasons[MAX_REASON_GROUPS:]
+            doc.note(f"{len(rest)} more kinds of reason ({sum(g.records for g in rest)} "
+                     "records) are not listed.")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, str]:
@@ -139,6 +162,80 @@ def _curve_plots(doc: Doc, groups: Mapping[str, Sequence[Record]], continuation:
     doc.plot(P.patching_plot(groups))
 
 
+def _step_section(doc: Doc, groups: Mapping[str, Sequence[Record]],
+                  traces: list[Trace] | None, continuation: str) -> None:
+    doc.h("Step importance")
+    imp = S.pick_step_importance(groups, traces, continuation=continuation)
+    doc.plot(S.step_importance_plot(imp))
+    if imp is None or not imp.methods:
+        return
+    source = traces is not None and any(t.id == imp.trace_id for t in traces)
+    chosen = "mean KL after corrupting or deleting a step" if imp.chosen_by == "kl" else (
+        "share of corruptions and deletions that flip the answer")
+    doc.p(f"Trace {imp.trace_id}, the one whose steps differ most in {chosen} (max - min = "
+          f"{imp.spread:.3g}); step text " + ("from traces.jsonl." if source
+                                              else "unavailable (no traces.jsonl)."))
+    header, rows = S.step_table(imp)
+    doc.table(header, rows)
+
+
+def _calibration_section(doc: Doc, groups: Mapping[str, Sequence[Record]]) -> None:
+    doc.h("Calibration")
+    doc.plot(C.calibration_plot(groups))
+
+
+def _ppl_appendix(doc: Doc, summary: Mapping[str, Any], records: Sequence[Record],
+                  absent: Mapping[str, Mapping[str, Absence]]) -> None:
+    metric = "infogain_ppl"
+    checkpoints = summary.get("checkpoints") or {}
+    if not any(metric in ests for ests in checkpoints.values()) and not any(
+            r.intervention == metric for r in records):
+        return
+    doc.h("Appendix: InfoGain, perplexity form")
+    doc.p("Wu et al.'s public code computes InfoGain over the perplexity of the whole string "
+          "(question, steps 1..j, an answer cue, the answer): PPL_j = exp(mean negative "
+          "log-likelihood over all its tokens). A trace's value is (PPL_0 - PPL_n) / (n + 1), "
+          "in perplexity units per step; positive = the whole string's perplexity falls as "
+          "steps are added. It averages over every token, the steps' own included, so it mixes "
+          "how predictable the reasoning text is with how much the reasoning informs the "
+          "answer, and its scale is the model's perplexity (not comparable across models). The "
+          "verdict uses the answer-only form.")
+    rows = []
+    for label, ests in checkpoints.items():
+        if metric in ests:
+            rows.append([label, estimate_text(metric, ests[metric]), str(ests[metric]["n"])])
+        else:
+            why = absent.get(label, {}).get(metric)
+            rows.append([label, why.text() if why else "not measured", ""])
+    doc.table(["checkpoint", f"value [{INTERVAL_SHORT}]", "n traces"], rows)
+    comp = comparison_rows(summary, absent, appendix=True)
+    if comp:
+        doc.table(COMPARISON_HEADER, comp)
+    for c in summary.get("comparisons") or []:
+        if c["metric"] == metric and ppl_disagrees(summary, c["a"], c["b"]):
+            ig = [checkpoint_value(summary, x, "infogain_mean") for x in (c["a"], c["b"])]
+            pp = [checkpoint_value(summary, x, metric) for x in (c["a"], c["b"])]
+            doc.note(f"{c['b']} vs {c['a']}: the two forms move in opposite directions "
+                     f"(answer-only InfoGain {value_text('infogain_mean', ig[0])} -> "
+                     f"{value_text('infogain_mean', ig[1])}, perplexity form "
+                     f"{value_text(metric, pp[0])} -> {value_text(metric, pp[1])}). The "
+                     "perplexity form follows how predictable the whole string is, not the "
+                     "answer; read the answer-only form.")
+
+
+def _definitions(doc: Doc) -> None:
+    doc.h("Metric definitions")
+    ways = {1: "the answer depends more on the reasoning",
+            -1: "the answer depends less on the reasoning", 0: ""}
+    doc.table(["measure", "key", "unit", "minimal meaningful difference", "higher means",
+               "what it measures"],
+              [[m.label, m.name, m.suffix or ("percent" if m.unit == "points" else m.unit),
+                mmd_text(m.name), ways[m.direction], m.description]
+               for m in sorted(CATALOGUE, key=lambda m: m.table) if m.unit != "count"])
+    doc.note(f"Definitions with their formulas, the minimal meaningful differences and why, "
+             f"the verdict's rules and the caveats: {DOCS} in the faithprobe source.")
+
+
 def _seed(header: Mapping[str, Any]) -> tuple[int, int]:
     config = header.get("config") if isinstance(header.get("config"), Mapping) else {}
     metrics_cfg = config.get("metrics") if isinstance(config.get("metrics"), Mapping) else {}
@@ -173,25 +270,22 @@ def write_report(run_dir: Path, records: list[Record], summary: dict, header: di
     doc = Doc(f"faithprobe report: {name or Path(run_dir).name}")
     _status_warning(doc, header)
     doc.h("Verdict")
-    doc.bullets(verdict_lines(summary), css="verdict")
-    doc.note("Shares in percentage points, InfoGain as a relative change against the first "
-             "checkpoint (interval: the change's interval over that value), other measures in "
-             "their own units; intervals are 95% cluster bootstraps over traces.")
+    doc.bullets(verdict_lines(summary, records), css="verdict")
+    for note in reading_notes(summary):
+        doc.note(note)
     doc.plot(P.forest_plot(forest_rows(summary)))
 
     labels = header.get("labels") if isinstance(header.get("labels"), Mapping) else {}
     groups = _groups(records)
+    absent = absences(records, summary)
     for label, ests in (summary.get("checkpoints") or {}).items():
         spec = labels.get(label) or next((r.model for r in groups.get(label, []) if r.model),
                                          None)
         doc.h(f"Checkpoint {label}" + (f" ({spec})" if spec else ""))
-        rows = checkpoint_rows(ests)
-        if rows:
-            doc.table(["measure", "value [95% CI]", "n traces", "what it measures"], rows)
-        else:
-            doc.note("No measure could be computed for this checkpoint.")
+        doc.table(["measure", f"value [{INTERVAL_SHORT}]", "n traces", "what it measures"],
+                  checkpoint_rows(ests, absent.get(label)))
     doc.h("Comparisons")
-    rows = comparison_rows(summary)
+    rows = comparison_rows(summary, absent)
     if rows:
         doc.table(COMPARISON_HEADER, rows)
     else:
@@ -201,27 +295,12 @@ def write_report(run_dir: Path, records: list[Record], summary: dict, header: di
     n_boot, seed = _seed(header)
     continuation = resolve_continuation(records)
     _curve_plots(doc, groups, continuation, n_boot, seed)
-    doc.h("Step importance")
-    imp = P.pick_step_importance(groups, traces, continuation=continuation)
-    doc.plot(P.step_importance_plot(imp))
-    if imp is not None:
-        source = "traces.jsonl" if traces is not None and any(t.id == imp.trace_id
-                                                              for t in traces) else None
-        doc.p(f"Trace {imp.trace_id}, the one whose step effects spread most "
-              f"(max - min = {imp.spread:.3g}); step text "
-              + ("from traces.jsonl." if source else "unavailable (no traces.jsonl)."))
-        fx = list(imp.effects)
-        doc.table(["step"] + [f"{label} ({imp.measure})" for label in fx] + ["text"],
-                  [[str(i)] + [_fmt(imp.effects[label].get(i)) for label in fx] + [text]
-                   for i, text in enumerate(imp.steps)])
-    doc.h("Calibration")
-    doc.plot(P.coverage_plot(groups))
+    _step_section(doc, groups, traces, continuation)
+    _calibration_section(doc, groups)
+    _ppl_appendix(doc, summary, records, absent)
+    _definitions(doc)
     _provenance(doc, header)
     return publish(Path(run_dir), doc)
-
-
-def _fmt(v: float | None) -> str:
-    return "" if v is None else f"{v:.3g}"
 
 
 def write_comparison(out_dir: Path, runs: list[tuple[str, list[Record], dict, dict]]) -> Path:
@@ -245,28 +324,42 @@ def write_comparison(out_dir: Path, runs: list[tuple[str, list[Record], dict, di
     for name, (_, _, _, header) in zip(names, runs):
         _status_warning(doc, header or {}, f"Run {name}")
     doc.h("Verdict")
-    doc.bullets([f"{name}: {line}" for name, (_, _, summary, _) in zip(names, runs)
-                 for line in verdict_lines(summary)], css="verdict")
+    doc.bullets([f"{name}: {line}" for name, (_, records, summary, _) in zip(names, runs)
+                 for line in verdict_lines(summary, records)], css="verdict")
+    merged = {"checkpoints": {f"{name}/{label}": ests for name, (_, _, summary, _)
+                              in zip(names, runs)
+                              for label, ests in (summary.get("checkpoints") or {}).items()}}
+    for note in reading_notes(merged):
+        doc.note(note)
     forest = [row for name, (_, _, summary, _) in zip(names, runs)
               for row in forest_rows(summary, prefix=f"{name}: ")]
     doc.plot(P.forest_plot(sort_forest_rows(forest)))
 
+    run_absent = {name: absences(records, summary)
+                  for name, (_, records, summary, _) in zip(names, runs)}
     columns = [(name, label, ests) for name, (_, _, summary, _) in zip(names, runs)
                for label, ests in (summary.get("checkpoints") or {}).items()]
-    metric_order = [m for m in TABLE_METRICS if metric_display(m)[1] != "count"]
+    metric_order = [m for m in TABLE_METRICS
+                    if metric_display(m)[1] != "count" and not is_appendix(m)]
     extra = {m for *_, ests in columns for m in ests} - set(METRICS_BY_NAME)
-    present = [m for m in metric_order + sorted(extra) if any(m in ests for *_, ests in columns)]
+    present = metric_order + sorted(extra)
     doc.h("Measures side by side")
-    if present:
+    if columns:
+        def cell(name: str, label: str, ests: Mapping[str, Any], m: str) -> str:
+            if m in ests:
+                return f"{estimate_text(m, ests[m])} (n={ests[m]['n']})"
+            why = run_absent[name].get(label, {}).get(m)
+            return why.text() if why else "not measured"
+
         doc.table(["measure"] + [f"{name}/{label}" for name, label, _ in columns],
-                  [[metric_display(m)[0]] + [f"{estimate_text(m, ests[m])} (n={ests[m]['n']})"
-                                    if m in ests else "" for *_, ests in columns]
+                  [[metric_display(m)[0]] + [cell(name, label, ests, m)
+                                             for name, label, ests in columns]
                    for m in present])
     else:
         doc.note("No measure could be computed in any run.")
     doc.h("Comparisons within each run")
     rows = [row for name, (_, _, summary, _) in zip(names, runs)
-            for row in comparison_rows(summary, prefix=f"{name}: ")]
+            for row in comparison_rows(summary, run_absent[name], prefix=f"{name}: ")]
     if rows:
         doc.table(COMPARISON_HEADER, rows)
     else:
@@ -279,9 +372,9 @@ def write_comparison(out_dir: Path, runs: list[tuple[str, list[Record], dict, di
     all_records = [r for _, records, _, _ in runs for r in records]
     n_boot, seed = _seed(runs[0][3] or {})
     _curve_plots(doc, groups, resolve_continuation(all_records), n_boot, seed)
-    doc.h("Calibration")
-    doc.plot(P.coverage_plot(groups))
+    _calibration_section(doc, groups)
     doc.note("Step importance is drawn per run: see each run's own report.")
+    _definitions(doc)
 
     doc.h("Provenance")
     flats = [_flatten({k: v for k, v in (h or {}).items() if k != "config"})

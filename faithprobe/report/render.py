@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from faithprobe.io import atomic_path
-from faithprobe.report.plots import PLOT_NAMES, Plot
+from faithprobe.report.figure import PLOT_NAMES, Plot
 
 __all__ = ["PLOTS_DIR", "REPORT_HTML", "REPORT_MD", "Doc", "publish", "to_html", "to_markdown"]
 
@@ -66,7 +66,10 @@ class Doc:
 
 
 def _md_text(text: str) -> str:
-    return html.escape(text, quote=False)
+    """Inert in markdown: ``&`` and ``<`` escaped (no tag, no entity can open); ``>`` only where
+    it starts a line (a block quote), so "a -> b" stays readable."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;")
+    return re.sub(r"(?m)^(\s*)>", r"\1&gt;", text)
 
 
 def _md_cell(text: str) -> str:

@@ -2,7 +2,9 @@
 
 Every key is known and typed; an unknown key, a wrong type, a missing section or a bad value
 raises ``FaithprobeError`` naming the key path (``probe.corrupt.keep_length``). The schema below
-is the documentation; ``experiments/*.toml`` are examples.
+is the documentation; ``experiments/*.toml`` are examples. Every number that sizes work or
+memory has a documented range (``LIMITS``), checked before anything is allocated; seeds are
+0 .. 2**32 - 1 (what numpy accepts).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from faithprobe.errors import FaithprobeError
+from faithprobe.io import check_regular_file
 
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["DEFAULTS", "RunConfig", "load_config", "validate_config"]
+__all__ = ["DEFAULTS", "LIMITS", "RunConfig", "check_limit", "load_config", "placement_of",
+           "validate_config"]
 
 
 # The validated config, as the run reads it. It stays a plain dict at run time (it is written
@@ -73,10 +77,15 @@ class MetricsConfig(TypedDict):
     n_boot: int
 
 
-class RunConfig(TypedDict):
+class RunConfig(TypedDict, total=False):
     name: str
     seed: int
     allow_pickle: bool
+    device: str
+    dtype: str
+    device_map: str
+    placement: dict[str, dict[str, str]]  # label (or "scorer") -> device / dtype / device_map
+    threads: int
     checkpoints: dict[str, str]  # label -> spec
     data: DataConfig
     generation: GenerationConfig
@@ -101,6 +110,11 @@ SCHEMA: dict[str, Any] = {
     "seed": int,  # seeds corruption choices, sampling and bootstrap
     "checkpoints": {"*": str},  # label -> checkpoint spec (organism:base, a folder, smollm2...)
     "allow_pickle": bool,  # let pickle checkpoints load (with weights_only=True)
+    "device": str,  # every checkpoint: auto | cpu | cuda | cuda:N | mps
+    "dtype": str,  # every checkpoint: float32 | bfloat16 | float16 | auto (the checkpoint's own)
+    "device_map": str,  # "auto": accelerate spreads a model too large for one GPU
+    "placement": {"*": {"device": str, "dtype": str, "device_map": str}},  # label -> override
+    "threads": int,  # torch CPU threads (default: all cores but one)
     "data": {
         "source": str,  # organism | jsonl | reasoning_gym
         "path": str,  # jsonl: the trace file (relative to the config file)
@@ -125,6 +139,7 @@ SCHEMA: dict[str, Any] = {
         "suffix": str,
         "answer_sep": str,
         "chat": bool,
+        "thinking": bool,  # reasoning inside <think> ... </think>
         "system": str,
     },
     "probe": {
@@ -132,6 +147,7 @@ SCHEMA: dict[str, Any] = {
         "max_new_tokens": int,  # regeneration budget after a corrupted step
         "batch_size": int,
         "padding_side": str,
+        "max_batch_tokens": int,  # a batch's padded size (rows x longest) at most this
         **{name: opts for name, opts in _INTERVENTION_OPTIONS.items() if opts},
     },
     "infogain": {
@@ -154,6 +170,9 @@ DEFAULTS: dict[str, Any] = {
     "name": "faithprobe run",
     "seed": 0,
     "allow_pickle": False,
+    "device": "cpu",
+    "dtype": "float32",
+    "placement": {},
     "data": {"source": "organism", "split": "id", "seed": 0, "traces": "file"},
     "generation": {"max_new_tokens": 256, "temperature": 0.0, "split": "auto", "max_steps": 12},
     "template": {},
@@ -182,9 +201,42 @@ _CHOICES = {
     "patching.components": ("resid_pre", "attn_out", "mlp_out"),
     "patching.directions": ("noising", "denoising"),
 }
-_POSITIVE = {"data.count", "probe.batch_size", "probe.max_new_tokens", "metrics.n_boot",
-             "generation.max_new_tokens", "generation.max_steps", "patching.max_traces",
-             "probe.corrupt.tries"}
+# key -> (lowest, highest) allowed value: README's "Run configs" limits
+MAX_SEED = 2**32 - 1
+LIMITS: dict[str, tuple[float, float]] = {
+    "seed": (0, MAX_SEED),
+    "data.seed": (0, MAX_SEED),
+    "data.count": (1, 100_000),
+    "metrics.n_boot": (1, 20_000),
+    "probe.batch_size": (1, 4_096),
+    "probe.max_new_tokens": (1, 65_536),
+    "probe.corrupt.tries": (1, 1_000),
+    "generation.max_new_tokens": (1, 65_536),
+    "generation.max_steps": (1, 10_000),
+    "generation.temperature": (0.0, 100.0),
+    "patching.max_traces": (1, 100_000),
+    "threads": (1, 1_024),
+    "probe.max_batch_tokens": (1, 10**9),
+}
+MAX_STRING_CHARS = 200_000  # any string value of a config
+MAX_LABEL_CHARS = 64  # a checkpoint label (it names files in the run folder)
+MAX_CONFIG_BYTES = 4 * 2**20  # a config file
+
+
+def check_limit(key: str, value: Any, *, source: str = "config") -> None:
+    """Refuse ``value`` for ``key`` outside its documented range (``LIMITS``)."""
+    if key not in LIMITS:
+        return
+    low, high = LIMITS[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FaithprobeError(f"expected a number, got {type(value).__name__}", source=source,
+                              field=key)
+    if value != value:  # NaN
+        raise FaithprobeError("must be a number, not NaN", source=source, field=key)
+    if not low <= value <= high:
+        kind = "at least" if value < low else "at most"
+        raise FaithprobeError(f"is {value}, must be {kind} {low if value < low else high} "
+                              f"(allowed: {low} to {high})", source=source, field=key)
 
 
 def _type_name(t: Any) -> str:
@@ -230,10 +282,12 @@ def _check(value: Any, schema: Any, path: str, source: str) -> Any:
         raise FaithprobeError(
             f"{value!r} is not one of {', '.join(_CHOICES[path.split('[')[0]])}",
             source=source, field=path)
-    if path in _POSITIVE and value < 1:
-        raise FaithprobeError("must be at least 1", source=source, field=path)
     if schema is float and value != value:  # NaN
         raise FaithprobeError("must be a number, not NaN", source=source, field=path)
+    check_limit(path, value, source=source)
+    if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+        raise FaithprobeError(f"is {len(value)} characters long, over the limit of "
+                              f"{MAX_STRING_CHARS}", source=source, field=path)
     return value
 
 
@@ -256,8 +310,12 @@ def validate_config(raw: dict[str, Any], *, source: str = "config",
     for label in checked["checkpoints"]:
         if not label.replace("-", "").replace("_", "").isalnum():
             raise FaithprobeError("a label is letters, digits, - and _", source=source,
-                                  field=f"checkpoints.{label}")
+                                  field=f"checkpoints.{label[:MAX_LABEL_CHARS]}")
+        if len(label) > MAX_LABEL_CHARS:
+            raise FaithprobeError(f"a label is at most {MAX_LABEL_CHARS} characters",
+                                  source=source, field=f"checkpoints.{label[:MAX_LABEL_CHARS]}")
     cfg = _merge(DEFAULTS, checked)
+    _check_placement(cfg, source)
     data = cfg["data"]
     if data["source"] == "jsonl":
         if "path" not in data:
@@ -271,11 +329,43 @@ def validate_config(raw: dict[str, Any], *, source: str = "config",
     return cfg  # type: ignore[return-value]  # checked against SCHEMA above
 
 
+def placement_of(cfg: RunConfig | dict[str, Any], label: str) -> dict[str, Any]:
+    """``load_checkpoint`` keyword arguments for a label: the run's device, dtype and device
+    map, overridden by ``[placement.<label>]``."""
+    kw = {"device": cfg.get("device", "cpu"), "dtype": cfg.get("dtype", "float32"),
+          "device_map": cfg.get("device_map")}
+    kw.update(cfg.get("placement", {}).get(label, {}))
+    return kw
+
+
+def _check_placement(cfg: dict[str, Any], source: str) -> None:
+    from faithprobe.models.placement import Placement
+
+    labels = set(cfg["checkpoints"])
+    if cfg["infogain"]["enabled"] and cfg["infogain"]["scorer"] != "self":
+        labels.add("scorer")
+    for label in cfg["placement"]:
+        if label not in labels:
+            raise FaithprobeError(f"no checkpoint labelled {label!r} (labels: "
+                                  f"{', '.join(sorted(labels))})", source=source,
+                                  field=f"placement.{label}")
+    for label in sorted(labels):
+        kw = placement_of(cfg, label)
+        try:
+            Placement(kw["device"], kw["dtype"], kw["device_map"])
+        except FaithprobeError as exc:
+            where = f"placement.{label}.{exc.field}" if label in cfg["placement"] and \
+                exc.field in cfg["placement"][label] else exc.field
+            raise FaithprobeError(f"{exc.source}: {exc.message}", source=source,
+                                  field=where) from None
+
+
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read and validate a TOML run config."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise FaithprobeError("config file does not exist", source=str(p))
+    check_regular_file(p, "config file", max_bytes=MAX_CONFIG_BYTES)
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

@@ -2,9 +2,11 @@
 
 ``results/<run>/`` (or ``--out``) holds, under constant names:
 
-- ``header.json``: schema version; ``status`` (``started`` written first, then ``success`` or
-  ``error``); the full config and the arguments passed; git commit and dirty flag; package
-  versions; start and end times; labels -> checkpoint specs; the shard; summary metrics at the end;
+- ``header.json``: schema version; ``status`` (``started`` written first, then ``success``,
+  ``error`` or ``cancelled``); the full config and the arguments passed; git commit and dirty
+  flag; package versions; start and end times; labels -> checkpoint specs; the shard; the
+  ``warnings`` about doubtful data (kind -> count and trace ids); ``preflight`` (per label, the
+  longest prompt in tokens and the context); summary metrics at the end;
 - ``traces.jsonl`` (the traces probed; with generated traces, one file per label,
   ``traces-<label>.jsonl``);
 - ``records.jsonl``: one line per trace x checkpoint x intervention x step x site, appended a
@@ -14,6 +16,13 @@
 Every file but the two append-only logs is written atomically (temporary file, then rename). A
 killed run leaves a readable header and records; ``resume`` drops any (checkpoint, trace) the
 progress log does not name, and completes the run with the records an uninterrupted run writes.
+
+Order of a run: every input is checked first (``prepare_run``: the traces, the config, each
+checkpoint loaded once and kept, every trace rendered and tokenized with each checkpoint's
+template and checked against its context); only then is the folder created, and locked
+(``faithprobe.io.lock_folder``) for as long as the run writes it. ``status`` becomes ``success``
+only after the report is written, so a run killed at any point resumes; SIGINT and SIGTERM
+record ``cancelled``.
 """
 
 from __future__ import annotations
@@ -24,17 +33,19 @@ import os
 import platform
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from faithprobe.data.traces import Trace, read_traces, write_traces
-from faithprobe.errors import FaithprobeError
-from faithprobe.io import atomic_write, read_json, write_json
+from faithprobe.data.traces import Trace, check_fit, read_traces, trace_warnings, write_traces
+from faithprobe.errors import Cancelled, FaithprobeError
+from faithprobe.io import atomic_write, check_regular_file, lock_folder, read_json, write_json
 from faithprobe.records import Record, dumps_record, read_records, record_key, write_records
-from faithprobe.run.config import RunConfig
+from faithprobe.run.config import RunConfig, check_limit, placement_of
 
-__all__ = ["HEADER", "RECORDS", "SUMMARY", "TRACES", "open_run", "run_study", "score_runs"]
+__all__ = ["HEADER", "RECORDS", "SUMMARY", "TRACES", "Prepared", "open_run", "prepare_run",
+           "run_study", "score_runs"]
 
 SCHEMA_VERSION = 1
 HEADER = "header.json"
@@ -44,6 +55,8 @@ TRACES = "traces.jsonl"
 SUMMARY = "summary.json"
 _PACKAGES = ("faithprobe", "torch", "transformer-lens", "transformers", "numpy", "einops",
              "matplotlib", "safetensors")
+REPORT_FILES = ("report.md", "report.html")
+MAX_WARNING_IDS = 20  # trace ids kept per warning kind (the count is always whole)
 
 
 def _now() -> str:
@@ -93,24 +106,54 @@ def _shard(traces: list[Trace], shard: tuple[int, int] | None) -> list[Trace]:
     return [t for i, t in enumerate(traces) if i % n == k - 1]
 
 
+def _content(out: Path) -> list[Path]:
+    """What a folder holds, less the temporary files a killed writer leaves (``.NAME.*.tmp``)."""
+    return [p for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+
+
+def check_out(out: Path, *, resume: bool) -> None:
+    """``--out`` can become this run's folder: a folder or nothing, empty unless resuming, and
+    its nearest existing parent writable. Checked before anything is loaded."""
+    if out.exists() and not out.is_dir():
+        raise FaithprobeError("exists and is not a folder", source=str(out), field="--out")
+    if out.is_dir() and _content(out) and not (resume and (out / HEADER).exists()):
+        raise FaithprobeError(
+            "output folder exists and is not empty (use --resume to complete a killed run, or "
+            "another --out)" if not resume else "holds no run header to resume; choose another "
+            "--out", source=str(out), field="--out")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FaithprobeError(f"cannot be created: {parent} is not a folder", source=str(out),
+                              field="--out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FaithprobeError(f"cannot be created: {parent} is not writable", source=str(out),
+                              field="--out")
+
+
 def open_run(out: Path, cfg: RunConfig, argv: Sequence[str], *, resume: bool,
              shard: tuple[int, int] | None) -> dict[str, Any]:
-    """Create (or reopen, with ``resume``) a run folder; returns its header."""
+    """Create (or reopen, with ``resume``) a run folder; returns its header. The caller holds
+    the folder's lock (``faithprobe.io.lock_folder``)."""
     header_path = out / HEADER
-    if resume:
+    out.mkdir(parents=True, exist_ok=True)  # lock_folder made it already
+    for stale in out.glob(".*.tmp"):  # a killed writer's temporary files: ours to remove now
+        stale.unlink(missing_ok=True)
+    if resume and header_path.exists():
         header = read_json(header_path, "run header")
         if header.get("config") != cfg or header.get("shard") != (list(shard) if shard else None):
             raise FaithprobeError("config or shard differs from the run being resumed",
                                   source=str(out))
-        if header.get("status") == "success":
+        if header.get("status") == "success" and all(
+                (out / name).is_file() for name in (SUMMARY, *REPORT_FILES)):
             raise FaithprobeError("run already finished; nothing to resume", source=str(out))
-        header.update(status="started", resumed_at=_now(), error=None)
+        header.update(status="started", resumed_at=_now(), error=None, ended=None)
         write_json(header_path, header)
         return header
-    if out.exists() and any(out.iterdir()):
+    if _content(out):
         raise FaithprobeError("output folder exists and is not empty (use --resume to "
                               "complete a killed run, or another --out)", source=str(out))
-    out.mkdir(parents=True, exist_ok=True)
     header = {
         "schema_version": SCHEMA_VERSION,
         "status": "started",
@@ -126,6 +169,94 @@ def open_run(out: Path, cfg: RunConfig, argv: Sequence[str], *, resume: bool,
     }
     write_json(header_path, header)
     return header
+
+
+def warnings_entry(found: dict[str, list[str]]) -> dict[str, Any]:
+    """The header's ``warnings``: kind -> ``{"count", "traces"}`` (at most MAX_WARNING_IDS ids)."""
+    return {kind: {"count": len(ids), "traces": ids[:MAX_WARNING_IDS]}
+            for kind, ids in sorted(found.items())}
+
+
+@dataclass
+class Prepared:
+    """What the preflight checked and loaded, kept for the run (nothing is loaded twice)."""
+
+    traces: list[Trace]
+    checkpoints: dict[str, Any]  # label -> Checkpoint (one object per distinct spec)
+    templates: dict[str, Any]  # label -> PromptTemplate
+    scorer: Any = None  # the fixed InfoGain scorer, if any
+    warnings: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
+                shard: tuple[int, int] | None = None, config_source: str = "config") -> Prepared:
+    """Every check a run makes before its folder exists: the output location, the traces, the
+    interventions, each checkpoint (loaded once), each template with each tokenizer, every
+    trace against each context. Raises FaithprobeError naming the input."""
+    from faithprobe.data.prompts import PromptTemplate
+    from faithprobe.data.sources import load_traces
+    from faithprobe.edits.interventions import make_intervention
+    from faithprobe.models.checkpoints import check_same_tokenizer, preflight
+
+    check_out(Path(out), resume=resume)
+    try:
+        traces = _shard(load_traces(cfg["data"]), shard)
+    except FaithprobeError as exc:
+        if exc.line is not None or exc.field is not None:
+            raise
+        raise FaithprobeError(str(exc), source=config_source, field="data.path") from None
+    if not traces:
+        raise FaithprobeError("this shard holds no traces", field="--shard")
+    probe_cfg = _probe_config(cfg)
+    for name in probe_cfg.interventions:
+        try:
+            make_intervention(name, **probe_cfg.options.get(name, {}))
+        except FaithprobeError as exc:
+            raise FaithprobeError(exc.message, source=config_source,
+                                  field=f"probe.{name}") from None
+    loaded: dict[tuple, Any] = {}
+
+    def load(key: str, spec: str, label: str) -> Any:
+        where = placement_of(cfg, label)
+        ident = (spec, *sorted(where.items()))
+        if ident not in loaded:
+            try:
+                loaded[ident] = preflight(spec, allow_pickle=cfg["allow_pickle"], **where)
+            except FaithprobeError as exc:
+                raise FaithprobeError(str(exc), source=config_source, field=key) from None
+        return loaded[ident]
+
+    prep = Prepared(traces, {}, {})
+    for label, spec in cfg["checkpoints"].items():
+        ckpt = prep.checkpoints[label] = load(f"checkpoints.{label}", spec, label)
+        template = ckpt.template
+        if cfg["template"]:
+            template = PromptTemplate.from_json({**ckpt.template.to_json(), **cfg["template"]},
+                                                source=f"{config_source} [template]")
+        prep.templates[label] = template
+    if cfg["infogain"]["enabled"] and cfg["infogain"]["scorer"] != "self":
+        prep.scorer = load("infogain.scorer", cfg["infogain"]["scorer"], "scorer")
+    first, *others = prep.checkpoints
+    for label in others if cfg["patching"]["enabled"] else ():
+        try:
+            check_same_tokenizer(prep.checkpoints[first], prep.checkpoints[label])
+        except FaithprobeError as exc:
+            raise FaithprobeError(exc.message, source=config_source,
+                                  field=f"checkpoints.{label}") from None
+    source = cfg["data"]["path"] if cfg["data"]["source"] == "jsonl" else config_source
+    generate = cfg["data"]["traces"] == "generate"
+    paraphrase = "paraphrase" in probe_cfg.interventions
+    fits = [(label, ckpt, prep.templates[label], paraphrase)
+            for label, ckpt in prep.checkpoints.items()]
+    if prep.scorer is not None:
+        fits.append(("infogain.scorer", prep.scorer, prep.scorer.template, False))
+    for label, ckpt, template, para in fits:
+        longest = check_fit(traces, ckpt.tokenizer, template, ckpt.n_ctx, source=source,
+                            label=f"{label} ({ckpt.spec})", generate=generate, paraphrases=para)
+        prep.context[label] = {"max_prompt_tokens": longest, "n_ctx": ckpt.n_ctx}
+    prep.warnings = warnings_entry(trace_warnings(traces))
+    return prep
 
 
 def _done(out: Path) -> set[tuple[str, str]]:
@@ -173,37 +304,54 @@ def run_study(cfg: RunConfig, out: Path, *, argv: Sequence[str] = (), resume: bo
               shard: tuple[int, int] | None = None, quiet: bool = False,
               config_source: str = "config") -> Path:
     """Run a validated config into ``out``; returns the run folder. ``config_source`` names
-    the config in errors."""
+    the config in errors. Every input is checked (``prepare_run``) before the folder exists."""
     from tqdm.auto import tqdm
 
-    from faithprobe.data.sources import load_traces
-    from faithprobe.models.checkpoints import preflight
-
     out = Path(out)
-    # bad input is refused before anything is written
-    base_traces = _shard(load_traces(cfg["data"]), shard)
-    if not base_traces:
-        raise FaithprobeError("this shard holds no traces", field="--shard")
-    specs = {f"checkpoints.{label}": spec for label, spec in cfg["checkpoints"].items()}
-    if cfg["infogain"]["enabled"] and cfg["infogain"]["scorer"] != "self":
-        specs["infogain.scorer"] = cfg["infogain"]["scorer"]
-    for key, spec in specs.items():
+    prep = prepare_run(cfg, out, resume=resume, shard=shard, config_source=config_source)
+    with lock_folder(out):
+        header = open_run(out, cfg, argv, resume=resume, shard=shard)
         try:
-            preflight(spec, allow_pickle=cfg["allow_pickle"])
-        except FaithprobeError as exc:
-            raise FaithprobeError(str(exc), source=config_source, field=key) from None
-    header = open_run(out, cfg, argv, resume=resume, shard=shard)
-    try:
-        done = _restore(out) if resume else set()
-        if cfg["data"]["traces"] == "file" and not (out / TRACES).exists():
-            write_traces(out / TRACES, base_traces)
-        _probe_all(cfg, out, header, base_traces, done, quiet, tqdm)
-        finish_run(out, header, mark_success=True)
-    except BaseException as exc:
-        header.update(status="error", ended=_now(),
-                      error=f"{type(exc).__name__}: {exc}"[:500])
-        write_json(out / HEADER, header)
-        raise
+            header.update(warnings=prep.warnings, preflight=prep.context,
+                          hardware=hardware(prep))
+            write_json(out / HEADER, header)
+            done = _restore(out) if resume else set()
+            if cfg["data"]["traces"] == "file" and not (out / TRACES).exists():
+                write_traces(out / TRACES, prep.traces)
+            _probe_all(cfg, out, header, prep, done, quiet, tqdm)
+            finish_run(out, header, mark_success=True)
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, Cancelled)):
+                how = exc.signal_name if isinstance(exc, Cancelled) else "SIGINT"
+                header.update(status="cancelled", ended=_now(), error=f"cancelled by {how}")
+            else:
+                header.update(status="error", ended=_now(),
+                              error=f"{type(exc).__name__}: {exc}"[:500])
+            try:
+                write_json(out / HEADER, header)
+            except OSError:
+                pass  # the error that brought us here is the one to report
+            raise
+    return out
+
+
+def hardware(prep: Prepared) -> dict[str, Any]:
+    """Where each checkpoint ran: its device and dtype, the GPU's name and memory, torch's
+    and CUDA's versions, the CPU threads."""
+    import torch
+
+    models = dict(prep.checkpoints)
+    if prep.scorer is not None:
+        models["scorer"] = prep.scorer
+    out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda,
+                           "threads": torch.get_num_threads(), "checkpoints": {}}
+    for label, ckpt in models.items():
+        first = next(ckpt.bridge.parameters())
+        entry = {"device": str(first.device), "dtype": str(first.dtype).replace("torch.", "")}
+        if first.device.type == "cuda":
+            props = torch.cuda.get_device_properties(first.device)
+            entry.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
+        out["checkpoints"][label] = entry
     return out
 
 
@@ -215,25 +363,14 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
             for label, m in summary.get("checkpoints", {}).items()}
 
 
-def _probe_all(cfg: RunConfig, out: Path, header: dict[str, Any], base_traces: list[Trace],
+def _probe_all(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prepared,
                done: set[tuple[str, str]], quiet: bool, tqdm: Any) -> None:
-    from faithprobe.data.prompts import PromptTemplate
-    from faithprobe.models.checkpoints import check_same_tokenizer, load_checkpoint
     from faithprobe.stages.probe import iter_probe
 
     probe_cfg = _probe_config(cfg)
-    scorer_spec = cfg["infogain"]["scorer"]
-    scorer = None
-    if cfg["infogain"]["enabled"] and scorer_spec != "self":
-        scorer = load_checkpoint(scorer_spec, allow_pickle=cfg["allow_pickle"])
-    first = None
-    for label, spec in cfg["checkpoints"].items():
+    scorer, base_traces = prep.scorer, prep.traces
+    for label, ckpt in prep.checkpoints.items():
         todo_all = [t for t in base_traces if (label, t.id) not in done]
-        ckpt = load_checkpoint(spec, allow_pickle=cfg["allow_pickle"])
-        if first is None:
-            first = ckpt
-        elif cfg["patching"]["enabled"]:
-            check_same_tokenizer(first, ckpt)
         fast_path = None
         if cfg["patching"]["enabled"]:
             from faithprobe.activation.patching import check_fast_path
@@ -241,10 +378,7 @@ def _probe_all(cfg: RunConfig, out: Path, header: dict[str, Any], base_traces: l
             fast_path = check_fast_path(ckpt.bridge)
             header.setdefault("patching", {})[label] = fast_path.to_json()
             write_json(out / HEADER, header)
-        template = ckpt.template
-        if cfg["template"]:
-            template = PromptTemplate.from_json({**ckpt.template.to_json(), **cfg["template"]},
-                                                source="template")
+        template = prep.templates[label]
         traces = base_traces
         if cfg["data"]["traces"] == "generate":
             traces = _generated(cfg, out, label, ckpt, template, base_traces, quiet)
@@ -276,6 +410,7 @@ def _probe_config(cfg: RunConfig):
         ki=cfg["ki"]["enabled"],
         max_new_tokens=p["max_new_tokens"],
         batch_size=p["batch_size"],
+        max_batch_tokens=p.get("max_batch_tokens"),
         padding_side=p["padding_side"],
         seed=cfg["seed"],
     )
@@ -312,10 +447,28 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[Record]]:
     if not run_dir.is_dir():
         raise FaithprobeError("run folder does not exist", source=str(run_dir))
     header = read_json(run_dir / HEADER, "run header")
-    if header.get("schema_version") != SCHEMA_VERSION or "config" not in header:
-        raise FaithprobeError("run header has no schema_version 1 / config", source=str(
-            run_dir / HEADER))
-    records = read_records(run_dir / RECORDS)
+    source = str(run_dir / HEADER)
+    if header.get("schema_version") != SCHEMA_VERSION or not isinstance(header.get("config"),
+                                                                         dict):
+        raise FaithprobeError("run header has no schema_version 1 / config", source=source)
+    config = header["config"]
+    metrics_cfg = config.get("metrics")
+    for key, value in (("seed", config.get("seed")),
+                       ("metrics.n_boot", metrics_cfg.get("n_boot")
+                        if isinstance(metrics_cfg, dict) else None)):
+        try:
+            if value is None:
+                raise FaithprobeError("run header's config has no value here")
+            check_limit(key, value)
+        except FaithprobeError as exc:
+            raise FaithprobeError(exc.message, source=source, field=f"config.{key}") from None
+    if (run_dir / RECORDS).exists():
+        check_regular_file(run_dir / RECORDS, "records file")
+    try:
+        records = read_records(run_dir / RECORDS)
+    except RecursionError:
+        raise FaithprobeError("records are damaged (nested too deeply)",
+                              source=str(run_dir / RECORDS)) from None
     if not records:
         raise FaithprobeError("run has no records", source=str(run_dir / RECORDS))
     return header, records
@@ -343,13 +496,22 @@ def merge_runs(run_dirs: Sequence[Path]) -> tuple[dict[str, Any], list[Record]]:
     header = dict(first)
     header["merged_from"] = [str(d) for d in run_dirs]
     header["shard"] = None
+    if len(headers) > 1:  # the shards' warnings add up
+        ids: dict[str, list[str]] = {}
+        for h in headers:
+            for kind, entry in (h.get("warnings") or {}).items():
+                ids.setdefault(kind, []).extend(entry.get("traces", []))
+        header["warnings"] = {kind: {"count": sum((h.get("warnings") or {}).get(kind, {}).get(
+            "count", 0) for h in headers), "traces": v[:MAX_WARNING_IDS]}
+            for kind, v in sorted(ids.items())}
     return header, list(seen.values())
 
 
 def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None = None, *,
                mark_success: bool = False) -> dict[str, Any]:
-    """Summary and report of a run folder from its records; with ``mark_success`` the header
-    says ``success`` (with the headline numbers) before the report is written from it."""
+    """Summary and report of a run folder from its records; with ``mark_success`` the report is
+    written from a header that says ``success`` (with the headline numbers), and the header file
+    says so only once the report is written."""
     from faithprobe.metrics import summarize
     from faithprobe.report.document import write_report
 
@@ -358,11 +520,13 @@ def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None =
     summary = summarize(records, n_boot=header["config"]["metrics"]["n_boot"],
                         seed=header["config"]["seed"])
     write_json(out / SUMMARY, summary)
-    if mark_success:
-        header.update(status="success", ended=_now(), summary=_headline(summary))
-        write_json(out / HEADER, header)
+    final = dict(header, status="success", ended=_now(), summary=_headline(summary)) \
+        if mark_success else header
     traces = read_traces(out / TRACES) if (out / TRACES).is_file() else None
-    write_report(out, records, summary, header, traces)
+    write_report(out, records, summary, final, traces)
+    if mark_success:  # last: a run killed before this line is resumed, report and all
+        header.update(final)
+        write_json(out / HEADER, header)
     return summary
 
 
@@ -371,21 +535,29 @@ def score_runs(run_dirs: Sequence[Path], out: Path | None = None) -> Path:
     run_dirs = [Path(d) for d in run_dirs]
     if len(run_dirs) > 1 and out is None:
         raise FaithprobeError("merging several run folders needs --out", field="--out")
+    inputs = {d.resolve() for d in run_dirs}
+    in_place = out is None or (len(run_dirs) == 1 and out.resolve() in inputs)
+    if out is not None and not in_place:
+        inside = [d for d in run_dirs if d.resolve() in out.resolve().parents
+                  or out.resolve() == d.resolve()]
+        if inside:  # several inputs: --out would overwrite one of them with a merge
+            raise FaithprobeError(f"is one of the runs being scored, or inside one "
+                                  f"({inside[0]}); choose another --out", source=str(out),
+                                  field="--out")
+        if out.exists() and _content(out):
+            raise FaithprobeError("output folder exists and is not empty", source=str(out),
+                                  field="--out")
     header, records = merge_runs(run_dirs)
-    target = out or run_dirs[0]
-    if out is not None:
-        if out.exists() and any(out.iterdir()) and out.resolve() not in {
-                d.resolve() for d in run_dirs}:
-            raise FaithprobeError("output folder exists and is not empty", source=str(out))
-        out.mkdir(parents=True, exist_ok=True)
-        if out.resolve() not in {d.resolve() for d in run_dirs}:
+    target = run_dirs[0] if in_place else out
+    with lock_folder(target):
+        if not in_place:
             write_records(out / RECORDS, sorted(records, key=dumps_record))
             traces = _merged_traces(run_dirs)
             if traces:
                 write_traces(out / TRACES, traces)
-    summary = finish_run(target, header, records)
-    header.update(summary=_headline(summary), rescored=_now())
-    write_json(target / HEADER, header)
+        summary = finish_run(target, header, records)
+        header.update(summary=_headline(summary), rescored=_now())
+        write_json(target / HEADER, header)
     return target
 
 
