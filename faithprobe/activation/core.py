@@ -127,7 +127,7 @@ def metrics_at(logits: Float[Tensor, "batch pos vocab"], answer: Answer
 # Results
 
 
-@dataclass
+@dataclass(frozen=True)
 class PatchResult:
     """A patching grid and its baselines; ``effect[s, l, c]`` is NaN where skipped.
 
@@ -173,7 +173,8 @@ def normalise(patched: Tensor, clean: float, corrupted: float) -> Tensor:
 
 def make_result(direction: Direction, method: Method, steps: list[int | None], spans: list[Span],
                  layers: list[int], comps: list[str], diff: Tensor, logprob: Tensor,
-                 clean: tuple[float, float], corrupted: tuple[float, float]) -> PatchResult:
+                 clean: tuple[float, float], corrupted: tuple[float, float],
+                 absent_sites: Sequence[str] = ()) -> PatchResult:
     reason = None
     if not clean[0] >= MIN_CLEAN_LOGIT_DIFF:
         reason = (f"the clean run prefers the answer over the alternative by a logit difference "
@@ -186,6 +187,7 @@ def make_result(direction: Direction, method: Method, steps: list[int | None], s
         effect_logprob=normalise(logprob, clean[1], corrupted[1]), logit_diff=diff,
         logprob=logprob, clean_logit_diff=clean[0], corrupted_logit_diff=corrupted[0],
         clean_logprob=clean[1], corrupted_logprob=corrupted[1], skipped_reason=reason,
+        absent_sites=tuple(absent_sites),
     )
 
 

@@ -28,7 +28,7 @@ from faithprobe.activation.core import (
 __all__ = ["KnockoutResult", "attention_to_steps", "knockout_steps"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class KnockoutResult:
     """Answer change when every later query is stopped from attending to step i's keys."""
 

@@ -153,10 +153,9 @@ def patch_steps(
                                            (s, e), answer)
                     for (li, ci), dv, lv in zip(chunk, d, lp):
                         grid[:, i, li, ci] = torch.stack([dv, lv])
-    result = make_result(direction, method, list(range(len(spans))), spans, layers, comps,
-                          grid[0], grid[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]))
-    result.absent_sites = tuple(absent)
-    return result
+    return make_result(direction, method, list(range(len(spans))), spans, layers, comps,
+                       grid[0], grid[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]),
+                       absent_sites=absent)
 
 
 @dataclass(frozen=True)
