@@ -37,7 +37,7 @@ def models(smollm2_tokenizer):
 def test_text_suite_answers_agree_with_float32(models):
     template = PromptTemplate(suffix=" Therefore, the answer is", answer_sep=" ")
     cfg = ProbeConfig(interventions=("truncate", "corrupt", "delete", "filler"),
-                      infogain=False, ki=False, max_new_tokens=8,
+                      infogain=False, infogain_ppl=False, ki=False, max_new_tokens=8,
                       options={"corrupt": {"corrupter": "number", "continuations": ["keep"]}})
     runs = {dt: probe(m, dt, TRACES, cfg, template=template) for dt, m in models.items()}
     assert next(models["bfloat16"].bridge.parameters()).dtype == torch.bfloat16
