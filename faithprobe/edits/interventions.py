@@ -2,7 +2,7 @@
 
 Each intervention turns a trace into a list of :class:`Edit` (the edited reasoning, the step it
 concerns, and whether the model regenerates what follows). The probe stage scores every edit and
-writes one record each. Built-in kinds (Lanham et al. 2023; see ../shared/REFERENCES.md), in
+writes one record each. Built-in kinds (Lanham et al. 2023; see docs/metrics.md), in
 :mod:`faithprobe.edits.kinds`:
 
 - ``truncate``: keep steps ``0..i-1`` (early answering), ``i = 0..n``;
