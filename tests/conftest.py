@@ -23,6 +23,16 @@ def tiny_config(vocab: int, **overrides) -> dict:
     return cfg
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run ~100x faster on one thread than on a shared, oversubscribed CPU
+    (``pytestmark = pytest.mark.usefixtures("one_thread")`` in a test module)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_tokenizer() -> CharTokenizer:
     return CharTokenizer(ALPHABET)

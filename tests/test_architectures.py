@@ -29,18 +29,12 @@ from faithprobe.activation import (  # noqa: E402
 )
 from faithprobe.models.checkpoints import load_checkpoint  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 T = 24
 # steps 0-2 lie past a 4-token sliding window of the answer position; step 3 lies inside it
 SPANS = [(2, 6), (7, 10), (12, 17), (18, 21)]
 ATOL = RTOL = 1e-4  # torch.allclose: |a - b| <= ATOL + RTOL * |b|
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,6 +27,8 @@ from faithprobe.activation import (  # noqa: E402
 from faithprobe.errors import FaithprobeError  # noqa: E402
 from faithprobe.stages.patching import knockout_records, patch_records  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB, T = 20, 24
 SPANS = [(2, 6), (7, 10), (12, 17)]
 ANSWER = Answer.of(T - 1, 3, 4)
@@ -77,15 +79,6 @@ def tokens():
     for s, e in SPANS:
         corrupted[0, s:e] = (clean[0, s:e] + torch.randint(1, VOCAB, (e - s,), generator=g)) % VOCAB
     return clean, corrupted
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~100x faster on one thread than on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def hook_state(bridge):

@@ -27,12 +27,10 @@ from faithprobe.activation.core import (
     PatchResult,
     Span,
     check_answer,
-    check_spans,
-    check_tokens,
+    check_grid,
     collect,
     make_result,
     metrics_at,
-    resolve_components,
     site_name,
 )
 from faithprobe.errors import FaithprobeError
@@ -59,17 +57,11 @@ def attribution_patch_steps(
     ``logit_diff`` / ``logprob`` grids hold the estimated patched metrics, ``effect`` their
     normalisation by the exact clean and corrupted metrics.
     """
-    clean_tokens = check_tokens(clean_tokens, "clean_tokens")
-    corrupted_tokens = check_tokens(corrupted_tokens, "corrupted_tokens")
-    spans = check_spans(spans, corrupted_spans, clean_tokens.shape[1], corrupted_tokens.shape[1])
-    if direction not in ("noising", "denoising"):
-        raise FaithprobeError(f"direction must be noising or denoising, got {direction!r}",
-                              source="direction")
-    check_answer(answer, clean_tokens.shape[1], 0)
-    layers = list(range(bridge.cfg.n_layers)) if layers is None else [int(x) for x in layers]
-    comps = resolve_components(bridge, components, heads)
-    base, src = ((clean_tokens, corrupted_tokens) if direction == "noising"
-                 else (corrupted_tokens, clean_tokens))
+    grid_in = check_grid(bridge, clean_tokens, corrupted_tokens, spans, corrupted_spans, layers,
+                         components, heads, direction)
+    check_answer(answer, grid_in.clean.shape[1], 0)
+    spans, layers, comps = grid_in.spans, grid_in.layers, grid_in.components
+    base, src = grid_in.base, grid_in.src
     names = sorted({site_name(lyr, c) for lyr in layers for c in comps})
     with torch.no_grad():
         src_logits, src_cache = collect(bridge, src, names)

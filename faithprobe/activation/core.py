@@ -32,8 +32,10 @@ __all__ = [
     "Method",
     "PatchResult",
     "Span",
+    "GridInputs",
     "answer_metrics",
     "check_answer",
+    "check_grid",
     "check_spans",
     "check_tokens",
     "collect",
@@ -249,6 +251,38 @@ def check_answer(answer: Answer, n_pos: int, first_patched: int) -> None:
             raise FaithprobeError(
                 f"answer position {p} lies before patched position {first_patched}: "
                 "the patch cannot reach it", source="answer")
+
+
+@dataclass(frozen=True)
+class GridInputs:
+    """The checked inputs of a step x layer x component grid, and which run is patched."""
+
+    clean: Tensor  # [1, pos]
+    corrupted: Tensor  # [1, pos]
+    spans: list[Span]
+    layers: list[int]
+    components: list[str]
+    base: Tensor  # the run that is patched (clean when noising)
+    src: Tensor  # the run the patched activations come from
+
+
+def check_grid(bridge: Any, clean_tokens: Tensor, corrupted_tokens: Tensor,
+               spans: Sequence[Span], corrupted_spans: Sequence[Span] | None,
+               layers: Sequence[int] | None, components: Sequence[str], heads: bool,
+               direction: str) -> GridInputs:
+    """Shared checks of :func:`~faithprobe.activation.patching.patch_steps` and
+    :func:`~faithprobe.activation.attribution.attribution_patch_steps` (the answer is checked
+    by each, against the positions it patches)."""
+    clean = check_tokens(clean_tokens, "clean_tokens")
+    corrupted = check_tokens(corrupted_tokens, "corrupted_tokens")
+    checked = check_spans(spans, corrupted_spans, clean.shape[1], corrupted.shape[1])
+    if direction not in ("noising", "denoising"):
+        raise FaithprobeError(f"direction must be noising or denoising, got {direction!r}",
+                              source="direction")
+    chosen = list(range(bridge.cfg.n_layers)) if layers is None else [int(x) for x in layers]
+    base, src = (clean, corrupted) if direction == "noising" else (corrupted, clean)
+    return GridInputs(clean, corrupted, checked, chosen,
+                      resolve_components(bridge, components, heads), base, src)
 
 
 def resolve_components(bridge: Any, components: Sequence[str], heads: bool) -> list[str]:

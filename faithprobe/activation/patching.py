@@ -37,7 +37,7 @@ from faithprobe.activation.core import (
     PatchResult,
     Span,
     check_answer,
-    check_spans,
+    check_grid,
     check_tokens,
     collect,
     hook_name,
@@ -94,24 +94,18 @@ def patch_steps(
         prefix_reuse: reuse the unpatched prefix's KV cache (default: when the bridge wraps a
             HuggingFace model; the native model has no KV cache).
     """
-    clean_tokens = check_tokens(clean_tokens, "clean_tokens")
-    corrupted_tokens = check_tokens(corrupted_tokens, "corrupted_tokens")
-    spans = check_spans(spans, corrupted_spans, clean_tokens.shape[1], corrupted_tokens.shape[1])
-    if direction not in ("noising", "denoising"):
-        raise FaithprobeError(f"direction must be noising or denoising, got {direction!r}",
-                              source="direction")
+    grid_in = check_grid(bridge, clean_tokens, corrupted_tokens, spans, corrupted_spans, layers,
+                         components, heads, direction)
     if method not in ("fast", "reference"):
         raise FaithprobeError(f"method must be fast or reference, got {method!r}",
                               source="method")
-    for i, (s, _) in enumerate(spans):
+    for i, (s, _) in enumerate(grid_in.spans):
         try:
-            check_answer(answer, clean_tokens.shape[1], s)
+            check_answer(answer, grid_in.clean.shape[1], s)
         except FaithprobeError as exc:
             raise FaithprobeError(exc.message, source="answer", field=f"step {i}") from None
-    layers = list(range(bridge.cfg.n_layers)) if layers is None else [int(x) for x in layers]
-    comps = resolve_components(bridge, components, heads)
-    base, src = ((clean_tokens, corrupted_tokens) if direction == "noising"
-                 else (corrupted_tokens, clean_tokens))
+    spans, layers, comps = grid_in.spans, grid_in.layers, grid_in.components
+    base, src = grid_in.base, grid_in.src
     available = set(bridge.hook_dict)
     absent = sorted({site_name(lyr, c) for lyr in layers for c in comps} - available)
     cells = [(li, ci) for li in range(len(layers)) for ci in range(len(comps))
