@@ -187,6 +187,7 @@ class Prepared:
     scorer: Any = None  # the fixed InfoGain scorer, if any
     warnings: dict[str, Any] = field(default_factory=dict)
     context: dict[str, dict[str, int]] = field(default_factory=dict)
+    patch_ids: frozenset[str] = frozenset()  # decided over the whole trace list, not the shard
 
 
 def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
@@ -198,17 +199,19 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
     from faithprobe.data.sources import load_traces
     from faithprobe.edits.interventions import make_intervention
     from faithprobe.models.checkpoints import check_same_tokenizer, preflight
+    from faithprobe.run.units import patch_selection, probe_config
 
     check_out(Path(out), resume=resume)
     try:
-        traces = _shard(load_traces(cfg["data"]), shard)
+        every = load_traces(cfg["data"])
+        traces = _shard(every, shard)
     except FaithprobeError as exc:
         if exc.line is not None or exc.field is not None:
             raise
         raise FaithprobeError(str(exc), source=config_source, field="data.path") from None
     if not traces:
         raise FaithprobeError("this shard holds no traces", field="--shard")
-    probe_cfg = _probe_config(cfg)
+    probe_cfg = probe_config(cfg)
     for name in probe_cfg.interventions:
         try:
             make_intervention(name, **probe_cfg.options.get(name, {}))
@@ -227,7 +230,7 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
                 raise FaithprobeError(str(exc), source=config_source, field=key) from None
         return loaded[ident]
 
-    prep = Prepared(traces, {}, {})
+    prep = Prepared(traces, {}, {}, patch_ids=patch_selection(cfg, [t.id for t in every]))
     for label, spec in cfg["checkpoints"].items():
         ckpt = prep.checkpoints[label] = load(f"checkpoints.{label}", spec, label)
         template = ckpt.template
@@ -365,9 +368,8 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _probe_all(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prepared,
                done: set[tuple[str, str]], quiet: bool, tqdm: Any) -> None:
-    from faithprobe.stages.probe import iter_probe
+    from faithprobe.run.units import probe_traces
 
-    probe_cfg = _probe_config(cfg)
     scorer, base_traces = prep.scorer, prep.traces
     for label, ckpt in prep.checkpoints.items():
         todo_all = [t for t in base_traces if (label, t.id) not in done]
@@ -385,35 +387,12 @@ def _probe_all(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prepared
             todo_all = [t for t in traces if (label, t.id) not in done]
         bar = tqdm(total=len(traces), initial=len(traces) - len(todo_all), desc=label,
                    disable=True if quiet else None, unit="trace")
-        patch_ids = {t.id for t in traces[: cfg["patching"]["max_traces"]]}
-        for trace, records in zip(todo_all, iter_probe(
-                ckpt, label, todo_all, probe_cfg, template=template, scorer=scorer)):
-            if cfg["patching"]["enabled"] and trace.id in patch_ids:
-                records = records + _patch_records(cfg, ckpt, label, trace, template,
-                                                   fast_path)
+        for trace, records in probe_traces(cfg, ckpt, label, template, todo_all,
+                                           scorer=scorer, patch_ids=prep.patch_ids,
+                                           fast_path=fast_path):
             _append(out, label, trace.id, records)
             bar.update(1)
         bar.close()
-
-
-def _probe_config(cfg: RunConfig):
-    from faithprobe.stages.probe import ProbeConfig
-
-    p = cfg["probe"]
-    options = {name: dict(p[name]) for name in ("corrupt", "paraphrase", "filler")
-               if name in p and name in p["interventions"]}
-    return ProbeConfig(
-        interventions=tuple(p["interventions"]),
-        options=options,
-        infogain=cfg["infogain"]["enabled"],
-        infogain_ppl=cfg["infogain"]["enabled"] and cfg["infogain"]["ppl"],
-        ki=cfg["ki"]["enabled"],
-        max_new_tokens=p["max_new_tokens"],
-        batch_size=p["batch_size"],
-        max_batch_tokens=p.get("max_batch_tokens"),
-        padding_side=p["padding_side"],
-        seed=cfg["seed"],
-    )
 
 
 def _generated(cfg: RunConfig, out: Path, label: str, ckpt: Any, template: Any,
@@ -428,17 +407,6 @@ def _generated(cfg: RunConfig, out: Path, label: str, ckpt: Any, template: Any,
                              batch_size=cfg["probe"]["batch_size"], quiet=quiet)
     write_traces(path, traces)
     return traces
-
-
-def _patch_records(cfg: RunConfig, ckpt: Any, label: str, trace: Trace, template: Any,
-                   fast_path: Any) -> list[Record]:
-    from faithprobe.stages.patching import patch_trace
-
-    corrupter = cfg["probe"].get("corrupt", {}).get("corrupter", "auto")
-    return patch_trace(ckpt, label, trace, template, components=cfg["patching"]["components"],
-                       directions=cfg["patching"]["directions"],
-                       knockout=cfg["patching"]["knockout"], corrupter=corrupter,
-                       seed=cfg["seed"], fast_path=fast_path)
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], list[Record]]:

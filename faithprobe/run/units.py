@@ -1,0 +1,72 @@
+"""A run's units of work, the same for every engine (local loop or Ray tasks).
+
+A unit is one checkpoint's probe of a list of traces, with the activation patching of those of
+them the run patches. Which traces are patched is decided once over the whole, unsharded trace
+list (:func:`patch_selection`), so shards and engines patch the same traces as one local run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from faithprobe.data.traces import Trace
+from faithprobe.records import Record
+from faithprobe.run.config import RunConfig
+
+__all__ = ["patch_selection", "probe_config", "probe_traces"]
+
+
+def probe_config(cfg: RunConfig):
+    """The :class:`~faithprobe.stages.probe.ProbeConfig` of a run config."""
+    from faithprobe.stages.probe import ProbeConfig
+
+    p = cfg["probe"]
+    options = {name: dict(p[name]) for name in ("corrupt", "paraphrase", "filler")
+               if name in p and name in p["interventions"]}
+    return ProbeConfig(
+        interventions=tuple(p["interventions"]),
+        options=options,
+        infogain=cfg["infogain"]["enabled"],
+        infogain_ppl=cfg["infogain"]["enabled"] and cfg["infogain"]["ppl"],
+        ki=cfg["ki"]["enabled"],
+        max_new_tokens=p["max_new_tokens"],
+        batch_size=p["batch_size"],
+        max_batch_tokens=p.get("max_batch_tokens"),
+        padding_side=p["padding_side"],
+        seed=cfg["seed"],
+    )
+
+
+def patch_selection(cfg: RunConfig, trace_ids: Sequence[str]) -> frozenset[str]:
+    """The ids of the traces a run patches: the first ``patching.max_traces`` of the whole
+    trace list (every shard and every engine gets the same set)."""
+    if not cfg["patching"]["enabled"]:
+        return frozenset()
+    return frozenset(trace_ids[: cfg["patching"]["max_traces"]])
+
+
+def patch_records(cfg: RunConfig, ckpt: Any, label: str, trace: Trace, template: Any,
+                  fast_path: Any) -> list[Record]:
+    """The patching stage's records of one trace, as the config asks."""
+    from faithprobe.stages.patching import patch_trace
+
+    corrupter = cfg["probe"].get("corrupt", {}).get("corrupter", "auto")
+    return patch_trace(ckpt, label, trace, template, components=cfg["patching"]["components"],
+                       directions=cfg["patching"]["directions"],
+                       knockout=cfg["patching"]["knockout"], corrupter=corrupter,
+                       seed=cfg["seed"], fast_path=fast_path)
+
+
+def probe_traces(cfg: RunConfig, ckpt: Any, label: str, template: Any,
+                 traces: Sequence[Trace], *, scorer: Any = None,
+                 patch_ids: frozenset[str] = frozenset(),
+                 fast_path: Any = None) -> Iterator[tuple[Trace, list[Record]]]:
+    """Each trace with all its records (probe, then patching where ``patch_ids`` names it)."""
+    from faithprobe.stages.probe import iter_probe
+
+    for trace, records in zip(traces, iter_probe(ckpt, label, traces, probe_config(cfg),
+                                                 template=template, scorer=scorer)):
+        if trace.id in patch_ids:
+            records = records + patch_records(cfg, ckpt, label, trace, template, fast_path)
+        yield trace, records
