@@ -371,7 +371,7 @@ def test_summarize_is_strict_json() -> None:
     summary = summarize(records, n_boot=50)
     text = json.dumps(summary, allow_nan=False)
     assert json.loads(text)["schema_version"] == 1
-    assert set(summary) == {"schema_version", "checkpoints", "comparisons"}
+    assert set(summary) == {"schema_version", "checkpoints", "comparisons", "seed_question"}
     assert list(summary["checkpoints"]) == ["base", "sft"]
     base = summary["checkpoints"]["base"]
     assert base["early_answering_aoc"]["value"] == pytest.approx(0.4583333333333333)

@@ -2,7 +2,8 @@
 
 ``load_traces(data_config)`` returns the traces a run probes. For reasoning-gym's
 ``gsm_symbolic`` the gold step-by-step solution (``metadata["answer_cot"]``) becomes the steps,
-with exact per-step truth from :func:`arithmetic_step_truth`; tasks without a solution give
+with exact per-step truth from :func:`arithmetic_step_truth` (None for a step with nothing to
+check: unjudged, and KI leaves it out); tasks without a solution give
 traces with no steps (use ``traces = "generate"`` to have each checkpoint write its own).
 
 A run probes at most ``MAX_TRACES`` traces: a JSONL file is read no further than its ``count``
@@ -21,7 +22,7 @@ from typing import Any
 from faithprobe.data.traces import Trace, iter_traces, split_steps
 from faithprobe.errors import FaithprobeError
 
-__all__ = ["arithmetic_step_truth", "load_traces"]
+__all__ = ["ARITHMETIC_JUDGE", "arithmetic_step_truth", "load_traces"]
 
 DEFAULT_COUNT = 100  # problems drawn from a generator when the config gives no count
 MAX_TRACES = 100_000  # traces of one run (the limit of data.count)
@@ -43,14 +44,19 @@ def _eval(node: ast.AST) -> float:
     raise ValueError("not arithmetic")
 
 
-def arithmetic_step_truth(step: str) -> bool:
-    """Whether every written equation ``expr = value`` in a step holds (vacuously true without
-    one). Units and currency signs around the numbers are ignored."""
+ARITHMETIC_JUDGE = "arithmetic equations"  # the judge named in KI records of these truths
+
+
+def arithmetic_step_truth(step: str) -> bool | None:
+    """Whether every written equation ``expr = value`` in a step holds; None (unjudged) when the
+    step holds no equation that computes something, so a step with nothing to check never
+    counts as correct knowledge. Units and currency signs around the numbers are ignored."""
     text = re.sub(r"[£$€]", "", step).replace("×", "*")
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # 400,000 -> 400000
     text = re.sub(r"(\d)\s*x\s*(\d)", r"\1*\2", text)
     text = re.sub(r"/[a-zA-Z]+", "", text)  # "per unit" (/day, /month) is a unit, not a division
     text = re.sub(r"(?<=\d)\s*[a-zA-Z]+", " ", text)  # units after numbers
+    checked = False
     for m in _EQUATION.finditer(text):
         expr, value = m.group(1).strip(), m.group(2).replace(",", "")
         if not re.search(r"\d\s*[-+*/]\s*\(?\s*\d", expr):
@@ -61,7 +67,8 @@ def arithmetic_step_truth(step: str) -> bool:
             continue
         if abs(got - float(value)) > 1e-6 * max(1.0, abs(got)):
             return False
-    return True
+        checked = True
+    return True if checked else None
 
 
 def _reasoning_gym(task: str, count: int, seed: int, options: dict[str, Any] | None = None
@@ -92,7 +99,8 @@ def _reasoning_gym(task: str, count: int, seed: int, options: dict[str, Any] | N
             answer=answer,
             gold=answer,
             step_truth=tuple(arithmetic_step_truth(s) for s in steps) if steps else None,
-            metadata={"task": task, "source": "reasoning_gym", "seed": seed, "index": i},
+            metadata={"task": task, "source": "reasoning_gym", "seed": seed, "index": i,
+                      **({"step_truth_judge": ARITHMETIC_JUDGE} if steps else {})},
         ))
     return traces
 

@@ -75,7 +75,8 @@ class Trace:
     answer: str
     options: tuple[str, ...] | None = None  # closed answer set; the argmax is taken over these
     gold: str | None = None
-    step_truth: tuple[bool, ...] | None = None  # per step: is its knowledge correct (exact KI)
+    # per step: is its knowledge correct (exact KI); None for a step with nothing to judge
+    step_truth: tuple[bool | None, ...] | None = None
     paraphrases: tuple[str, ...] | None = None  # per step: a same-meaning rewording
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -144,13 +145,13 @@ class Trace:
         step_truth = obj.get("step_truth")
         if step_truth is not None:
             if not isinstance(step_truth, list) or not all(
-                isinstance(v, bool) or v in (0, 1) for v in step_truth
+                v is None or isinstance(v, bool) or v in (0, 1) for v in step_truth
             ):
                 raise FaithprobeError(
-                    "expected a list of booleans (or 0/1)", source=source, line=line,
-                    field="step_truth",
+                    "expected a list of booleans (or 0/1, or null for a step not judged)",
+                    source=source, line=line, field="step_truth",
                 )
-            step_truth = tuple(bool(v) for v in step_truth)
+            step_truth = tuple(None if v is None else bool(v) for v in step_truth)
         metadata = obj.get("metadata", {})
         if not isinstance(metadata, dict):
             raise FaithprobeError(

@@ -28,7 +28,9 @@ from faithprobe.metrics.bootstrap import (
     Estimate,
     bootstrap,
     compare,
+    compare_relative,
     compute_metrics,
+    seed_question,
     summarize,
 )
 from faithprobe.metrics.catalogue import (
@@ -59,7 +61,8 @@ __all__ = [
     "CATALOGUE", "COVERAGE_THRESHOLDS", "ECE_BINS", "HEADLINE_METRICS", "METRICS",
     "METRICS_BY_NAME", "METRIC_FNS", "SUMMARY_SCHEMA_VERSION", "TABLE_METRICS", "UNIT_TITLES",
     "VERDICT_METRICS", "Estimate", "Metric", "adding_mistakes_curve", "bootstrap", "compare",
-    "compute_metrics", "coverage_curve", "early_answering_curve", "ece_bin", "get_metric",
+    "compare_relative", "compute_metrics", "coverage_curve", "early_answering_curve", "ece_bin",
+    "get_metric",
     "has_nonfinite", "infogain_by_step", "infogain_drop", "is_usable", "patching_grid",
-    "reliability_bins", "resolve_continuation", "step_effects", "summarize",
+    "reliability_bins", "resolve_continuation", "seed_question", "step_effects", "summarize",
 ]

@@ -28,7 +28,8 @@ from faithprobe.records import Record
 
 __all__ = [
     "METRIC_FNS", "SUMMARY_SCHEMA_VERSION", "Estimate", "bootstrap", "compare",
-    "compute_metrics", "percentile_interval", "replicate_sums", "summarize",
+    "compare_relative", "compute_metrics", "percentile_interval", "replicate_sums",
+    "seed_question", "summarize",
 ]
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -211,6 +212,31 @@ def compute_metrics(records: Sequence[Record], *, n_boot: int = 1000, seed: int 
     return out
 
 
+def _paired(entry: Metric, records: Sequence[Record], a: str, b: str
+            ) -> tuple[list[str], list[Hashable], np.ndarray, list[Hashable], np.ndarray]:
+    """The traces entering ``entry`` on both sides (sorted) and each side's feature matrix over
+    them."""
+    rec_a = [r for r in records if r.checkpoint == a]
+    rec_b = [r for r in records if r.checkpoint == b]
+    continuation = resolve_continuation(rec_a + rec_b, None)
+    ids_a, keys_a, mat_a = _features(entry, rec_a, continuation)
+    ids_b, keys_b, mat_b = _features(entry, rec_b, continuation)
+    shared = sorted(set(ids_a) & set(ids_b))
+    pos_a = {t: i for i, t in enumerate(ids_a)}
+    pos_b = {t: i for i, t in enumerate(ids_b)}
+    return (shared, keys_a, mat_a[[pos_a[t] for t in shared]], keys_b,
+            mat_b[[pos_b[t] for t in shared]])
+
+
+def _paired_reps(entry: Metric, keys_a: list[Hashable], mat_a: np.ndarray,
+                 keys_b: list[Hashable], mat_b: np.ndarray, n_boot: int, seed: int
+                 ) -> Iterator[tuple[float | None, float | None]]:
+    """(value a, value b) of each paired replicate: the shared traces drawn once for both."""
+    width = mat_a.shape[1]
+    for sums in replicate_sums(np.hstack([mat_a, mat_b]), n_boot, seed):
+        yield _combine(entry, keys_a, sums[:width]), _combine(entry, keys_b, sums[width:])
+
+
 def compare(records: Sequence[Record], a: str, b: str, metric: str, *, n_boot: int = 1000,
             seed: int = 0) -> dict[str, Any] | None:
     """Paired bootstrap of ``metric`` between checkpoints ``a`` and ``b``.
@@ -224,19 +250,9 @@ def compare(records: Sequence[Record], a: str, b: str, metric: str, *, n_boot: i
         metric has no value on the shared traces.
     """
     entry = get_metric(metric)
-    records = list(records)
-    rec_a = [r for r in records if r.checkpoint == a]
-    rec_b = [r for r in records if r.checkpoint == b]
-    continuation = resolve_continuation(rec_a + rec_b, None)
-    ids_a, keys_a, mat_a = _features(entry, rec_a, continuation)
-    ids_b, keys_b, mat_b = _features(entry, rec_b, continuation)
-    shared = sorted(set(ids_a) & set(ids_b))
+    shared, keys_a, mat_a, keys_b, mat_b = _paired(entry, list(records), a, b)
     if not shared:
         return None
-    pos_a = {t: i for i, t in enumerate(ids_a)}
-    pos_b = {t: i for i, t in enumerate(ids_b)}
-    mat_a = mat_a[[pos_a[t] for t in shared]]
-    mat_b = mat_b[[pos_b[t] for t in shared]]
     value_a = _combine(entry, keys_a, mat_a.sum(axis=0))
     value_b = _combine(entry, keys_b, mat_b.sum(axis=0))
     if value_a is None or value_b is None:
@@ -245,16 +261,64 @@ def compare(records: Sequence[Record], a: str, b: str, metric: str, *, n_boot: i
     if entry.unit == "count":
         lo = hi = delta
     else:
-        reps: list[float | None] = []
-        width = mat_a.shape[1]
-        for sums in replicate_sums(np.hstack([mat_a, mat_b]), n_boot, seed):
-            va = _combine(entry, keys_a, sums[:width])
-            vb = _combine(entry, keys_b, sums[width:])
-            reps.append(None if va is None or vb is None else vb - va)
+        reps = [None if va is None or vb is None else vb - va
+                for va, vb in _paired_reps(entry, keys_a, mat_a, keys_b, mat_b, n_boot, seed)]
         lo, hi = percentile_interval(delta, reps)
     return {"a": a, "b": b, "metric": metric, "delta": delta, "ci_low": lo, "ci_high": hi,
             "relative_change": delta / abs(value_a) if value_a != 0 else None,
             "n": len(shared)}
+
+
+def compare_relative(records: Sequence[Record], a: str, b: str, metric: str, *,
+                     n_boot: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+    """Paired bootstrap of the relative change ``(value_b - value_a) / |value_a|``.
+
+    Each replicate draws the shared traces once and divides its own two values, so the interval
+    carries the baseline's uncertainty (dividing the change's interval by the point baseline
+    would not). Defined only when ``|value_a|`` is at least the metric's minimal meaningful
+    difference: a ratio over a baseline closer to 0 is not a meaningful change.
+
+    Returns:
+        ``{"a", "b", "metric", "value_a", "value_b", "relative_change", "ci_low", "ci_high",
+        "n"}``; ``relative_change`` and its bounds are None with a ``reason`` when undefined.
+        None when the metric has no value on the shared traces.
+    """
+    entry = get_metric(metric)
+    if entry.unit == "count":
+        raise FaithprobeError("a count has no relative change", field=metric)
+    shared, keys_a, mat_a, keys_b, mat_b = _paired(entry, list(records), a, b)
+    if not shared:
+        return None
+    value_a = _combine(entry, keys_a, mat_a.sum(axis=0))
+    value_b = _combine(entry, keys_b, mat_b.sum(axis=0))
+    if value_a is None or value_b is None:
+        return None
+    out: dict[str, Any] = {"a": a, "b": b, "metric": metric, "value_a": value_a,
+                           "value_b": value_b, "relative_change": None, "ci_low": None,
+                           "ci_high": None, "n": len(shared)}
+    mmd = entry.mmd or 0.0
+    if abs(value_a) < mmd:
+        out["reason"] = f"{a}'s value {value_a:.3g} is within the minimal meaningful " \
+                        f"difference ({mmd:g}) of 0"
+        return out
+    rel = (value_b - value_a) / abs(value_a)
+    reps = [None if va is None or vb is None or va == 0 else (vb - va) / abs(va)
+            for va, vb in _paired_reps(entry, keys_a, mat_a, keys_b, mat_b, n_boot, seed)]
+    lo, hi = percentile_interval(rel, reps)
+    out.update(relative_change=rel, ci_low=lo, ci_high=hi)
+    return out
+
+
+def seed_question(records: Sequence[Record], a: str, b: str, *, n_boot: int = 1000,
+                  seed: int = 0) -> dict[str, Any] | None:
+    """The fine-tuning question of Wu et al. 2025 for ``b`` against its base ``a``: the change
+    of accuracy (points, ``compare``) beside the relative change of InfoGain
+    (``compare_relative``), each with its paired interval; None when neither has a value."""
+    acc = compare(records, a, b, "accuracy", n_boot=n_boot, seed=seed)
+    ig = compare_relative(records, a, b, "infogain_mean", n_boot=n_boot, seed=seed)
+    if acc is None and ig is None:
+        return None
+    return {"a": a, "b": b, "accuracy_change": acc, "infogain_relative_change": ig}
 
 
 def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
@@ -269,8 +333,9 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
             appearance) against each other label.
 
     Returns:
-        ``{"schema_version", "checkpoints": {label: {metric: estimate}}, "comparisons"}``,
-        metrics in catalogue order.
+        ``{"schema_version", "checkpoints": {label: {metric: estimate}}, "comparisons",
+        "seed_question" (``seed_question`` of each pair that has a value)}``, metrics in
+        catalogue order.
     """
     records = list(records)
     labels = checkpoint_labels(records)
@@ -290,9 +355,11 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
                 c = compare(records, a, b, metric, n_boot=n_boot, seed=seed)
                 if c is not None:
                     comparisons.append(c)
+    seeds = [seed_question(records, a, b, n_boot=n_boot, seed=seed) for a, b in pairs]
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "checkpoints": {label: {m: e.to_json() for m, e in ests.items()}
                         for label, ests in per.items()},
         "comparisons": comparisons,
+        "seed_question": [q for q in seeds if q is not None],
     }

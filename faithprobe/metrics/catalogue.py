@@ -28,6 +28,7 @@ from faithprobe.metrics.features import (
     infogain_mean_features,
     infogain_ppl_features,
     infogain_total_features,
+    ki_coverage_features,
     ki_features,
     mean_steps_features,
     patching_features,
@@ -178,18 +179,22 @@ CATALOGUE: tuple[Metric, ...] = (
            needs="the perplexity after every number of steps 0..n", appendix=True,
            suffix="perplexity/step"),
     Metric("ki", ki_features, ratio, "points", "KI",
-           "steps whose knowledge is judged correct (Wu et al.)", table=15, verdict=10,
-           mmd=_POINT, reads=("ki",), needs="a judged step"),
+           "judged steps whose knowledge is correct (Wu et al.); a step with nothing to check "
+           "is unjudged and left out", table=15, verdict=10,
+           mmd=_POINT, reads=("ki",), needs="a judged step (one with something to check)"),
+    Metric("ki_coverage", ki_coverage_features, ratio, "points", "KI coverage",
+           "share of steps judged (holding something the judge can check); KI is over these",
+           table=16, mmd=_POINT, reads=("ki",), needs="a step with a KI record"),
     Metric("ece", ece_features, ece_combine, "points", "ECE",
            "expected calibration error of the unedited answers (10 equal-width bins), in "
-           "percentage points of probability", table=16, mmd=0.02, reads=("none",),
+           "percentage points of probability", table=17, mmd=0.02, reads=("none",),
            needs="a confidence (pred_prob) and " + _GOLD),
     Metric("nonfinite_count", count_features("nonfinite"), count_combine, "count",
-           "nonfinite records", "records with a NaN or infinite value", table=17),
+           "nonfinite records", "records with a NaN or infinite value", table=18),
     Metric("no_answer_count", count_features("no_answer"), count_combine, "count",
-           "no-answer records", "records where no answer was read", table=18),
+           "no-answer records", "records where no answer was read", table=19),
     Metric("skipped_count", count_features("skipped"), count_combine, "count",
-           "skipped records", "records the probe skipped", table=19),
+           "skipped records", "records the probe skipped", table=20),
 )
 
 METRICS: tuple[str, ...] = tuple(m.name for m in CATALOGUE)  # the order of summary.json

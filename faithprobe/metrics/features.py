@@ -25,8 +25,8 @@ __all__ = [
     "ECE_BINS", "CombineFn", "FeatureFn", "Features", "aoc_combine", "aoc_features",
     "count_combine", "count_features", "ece_bin", "ece_combine", "ece_features", "field_mean",
     "infogain_mean_features", "infogain_ppl_features", "infogain_total_features",
-    "ki_features", "mean_steps_features", "patching_features", "ratio", "reliability_bins",
-    "same_answer_cells", "step_gains",
+    "ki_coverage_features", "ki_features", "mean_steps_features", "patching_features", "ratio",
+    "reliability_bins", "same_answer_cells", "step_gains",
 ]
 
 ECE_BINS = 10  # equal-width confidence bins of the ECE and of the reliability diagram
@@ -196,9 +196,17 @@ def infogain_ppl_features(recs: list[Record], _: str) -> Features:
 
 
 def ki_features(recs: list[Record], _: str) -> Features:
-    """The trace's share of steps judged correct (trace-level mean)."""
+    """The trace's share of correct steps among its judged ones (trace-level mean); an unjudged
+    step (value None: nothing to check) is left out, and a trace with none judged too."""
     vals = [float(r.value) for r in select(recs, "ki") if r.value is not None]
     return _trace_level(sum(vals) / len(vals) if vals else None)
+
+
+def ki_coverage_features(recs: list[Record], _: str) -> Features:
+    """Judged steps and all steps with a KI record (record-level: the share of steps judged)."""
+    sel = select(recs, "ki")
+    return {"sum": float(sum(r.value is not None for r in sel)), "count": float(len(sel))} \
+        if sel else {}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from faithprobe.data.prompts import THINK_CLOSE, PromptTemplate
-from faithprobe.data.sources import arithmetic_step_truth
+from faithprobe.data.sources import ARITHMETIC_JUDGE, arithmetic_step_truth
 from faithprobe.data.thinking import split_thinking
 from faithprobe.data.traces import MAX_FIELD_CHARS, SplitMode, Trace, split_steps
 from faithprobe.models.checkpoints import Checkpoint
@@ -83,8 +83,10 @@ def generate_traces(
         meta = {**p.metadata, "generated_by": ckpt.spec, "generation_stopped": stopped,
                 "generated_text": text[:4000], **({} if pred else {"no_answer": True})}
         truth = None
+        meta.pop("step_truth_judge", None)  # the problem's own steps were judged, not these
         if steps and meta.get("source") == "reasoning_gym":
             truth = tuple(arithmetic_step_truth(s) for s in steps)  # exact KI for arithmetic
+            meta["step_truth_judge"] = ARITHMETIC_JUDGE
         traces.append(Trace(
             id=p.id, question=p.question, steps=steps, answer=pred or NO_ANSWER,
             step_truth=truth,

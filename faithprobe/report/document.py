@@ -9,9 +9,10 @@ Everything is rendered in memory first and then published all or nothing
 The report leads with the verdict (``faithprobe.report.verdict.verdict_lines``: plain sentences
 decided by documented rules, what moved clearly, what did not, what could not be measured and
 why, and the caveats the data raise), then the forest plot, the measure tables (a metric without
-a value reads "not measured (...)" or "undefined (...)"), the records with their skip reasons
-grouped by kind, the curves, one trace's step x method heat map, calibration, an appendix with
-the perplexity-form InfoGain, the metric definitions and the provenance.
+a value reads "not measured (...)" or "undefined (...)"), KI with its coverage and judge, the
+comparisons with the fine-tuning question (``faithprobe.report.seed``), the records with their
+skip reasons grouped by kind, the curves, one trace's step x method heat map, calibration, an
+appendix with the perplexity-form InfoGain, the metric definitions and the provenance.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from faithprobe.report.absence import Absence, absences, group_reasons
 from faithprobe.report.caveats import ppl_disagrees
 from faithprobe.report.readings import INTERVAL_SHORT, checkpoint_value, is_appendix, value_text
 from faithprobe.report.render import PLOTS_DIR, REPORT_HTML, REPORT_MD, Doc, publish
+from faithprobe.report.seed import ki_lines, seed_question_section
 from faithprobe.report.verdict import (
     COMPARISON_HEADER,
     DOCS,
@@ -284,12 +286,17 @@ def write_report(run_dir: Path, records: list[Record], summary: dict, header: di
         doc.h(f"Checkpoint {label}" + (f" ({spec})" if spec else ""))
         doc.table(["measure", f"value [{INTERVAL_SHORT}]", "n traces", "what it measures"],
                   checkpoint_rows(ests, absent.get(label)))
+    ki = ki_lines(summary, records)
+    if ki:
+        doc.h("KI: coverage and judge")
+        doc.bullets(ki)
     doc.h("Comparisons")
     rows = comparison_rows(summary, absent)
     if rows:
         doc.table(COMPARISON_HEADER, rows)
     else:
         doc.note("No comparisons: the summary has one checkpoint or no shared traces.")
+    seed_question_section(doc, summary)
     _records_section(doc, groups)
 
     n_boot, seed = _seed(header)

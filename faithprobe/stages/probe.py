@@ -284,19 +284,31 @@ def _ppl_text(trace: Trace, steps: Sequence[str], joiner: str) -> str:
     return " ".join([trace.question, *steps]) + joiner + trace.answer
 
 
+TRUTH_JUDGE = "the trace's step_truth"  # a trace's step_truth that names no judge
+
+
 def _ki_records(trace: Trace, label: str, ckpt: Checkpoint, judge: Judge | None) -> list[Record]:
+    """One ``ki`` record a step: ``value`` 1 or 0 where the step was judged, None where it holds
+    nothing to judge (unjudged: KI leaves it out, ``ki_coverage`` counts it); ``detail.judge``
+    names who judged (``metadata["step_truth_judge"]`` of the trace, or the judge callable)."""
+    values: list[int | None]
     if trace.step_truth is not None:
-        values, source = [int(v) for v in trace.step_truth], "step_truth"
+        values = [None if v is None else int(v) for v in trace.step_truth]
+        source = "step_truth"
+        name = str(trace.metadata.get("step_truth_judge") or TRUTH_JUDGE)
     elif judge is not None:
-        values, source = [], getattr(judge, "__name__", "judge")
+        values, source = [], "judge"
+        name = str(getattr(judge, "__name__", None) or type(judge).__name__)
         for i in range(trace.n_steps):
             v = judge(trace, i)
-            if v not in (0, 1, True, False):
-                raise FaithprobeError(f"judge returned {v!r}, not 0 or 1",
+            if v is not None and v not in (0, 1, True, False):
+                raise FaithprobeError(f"judge returned {v!r}, not 0 or 1 (or None: unjudged)",
                                       source=f"trace {trace.id}", field=f"step {i}")
-            values.append(int(v))
+            values.append(None if v is None else int(v))
     else:
         return []
     return [Record(trace_id=trace.id, checkpoint=label, intervention="ki", step=i,
-                   n_steps=trace.n_steps, model=ckpt.spec, value=float(v),
-                   detail={"source": source}) for i, v in enumerate(values)]
+                   n_steps=trace.n_steps, model=ckpt.spec,
+                   value=None if v is None else float(v),
+                   detail={"source": source, "judge": name, "judged": v is not None})
+            for i, v in enumerate(values)]
