@@ -116,11 +116,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _hardware_overrides(load_config(args.config), args)
     shard = parse_shard(args.shard)
+    address = None
+    if args.ray_address is not None:
+        if args.engine != "ray":
+            raise FaithprobeError("needs --engine ray", field="--ray-address")
+        from faithprobe.run.ray_engine import check_address
+
+        address = check_address(args.ray_address)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if shard and not args.out:
         out = out.with_name(f"{out.name}-shard{shard[0]}of{shard[1]}")
     run = run_study(cfg, out, argv=sys.argv, resume=args.resume, shard=shard, quiet=args.quiet,
-                    config_source=args.config)
+                    config_source=args.config, engine=args.engine, ray_address=address)
     _finish(run, args.quiet)
     return 0
 
@@ -246,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="complete a killed run in --out")
     p.add_argument("--shard", metavar="K/N", help="run the K-th of N disjoint trace slices")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: Ray tasks on a local cluster or "
+                   "the one at --ray-address (pip install 'faithprobe[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="join a running Ray cluster: auto or HOST:PORT (default: start one here)")
     p.add_argument("--quiet", action="store_true", help="no verdict, no progress bars")
     _hardware_flags(p)
     p.set_defaults(func=_cmd_run)

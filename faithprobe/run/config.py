@@ -95,6 +95,7 @@ class RunConfig(TypedDict, total=False):
     ki: KiConfig
     patching: PatchingConfig
     metrics: MetricsConfig
+    ray: dict[str, int | float]  # --engine ray: cpus_per_task, gpus_per_task, traces_per_task
 
 _INTERVENTION_OPTIONS = {
     "truncate": {},
@@ -164,6 +165,12 @@ SCHEMA: dict[str, Any] = {
         "knockout": bool,  # attention knockout of each step
     },
     "metrics": {"n_boot": int},
+    # --engine ray only (optional; it does not change any record)
+    "ray": {
+        "cpus_per_task": int,  # CPUs a task asks for (torch threads in it)
+        "gpus_per_task": float,  # GPUs a task of a checkpoint placed on a GPU asks for
+        "traces_per_task": int,  # traces in one task (default: about 4 tasks a CPU)
+    },
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -217,6 +224,9 @@ LIMITS: dict[str, tuple[float, float]] = {
     "patching.max_traces": (1, 100_000),
     "threads": (1, 1_024),
     "probe.max_batch_tokens": (1, 10**9),
+    "ray.cpus_per_task": (1, 1_024),
+    "ray.gpus_per_task": (0.0, 64.0),
+    "ray.traces_per_task": (1, 100_000),
 }
 MAX_STRING_CHARS = 200_000  # any string value of a config
 MAX_LABEL_CHARS = 64  # a checkpoint label (it names files in the run folder)

@@ -36,13 +36,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from faithprobe.data.traces import Trace, check_fit, read_traces, trace_warnings, write_traces
 from faithprobe.errors import Cancelled, FaithprobeError
 from faithprobe.io import atomic_write, check_regular_file, lock_folder, read_json, write_json
 from faithprobe.records import Record, dumps_record, read_records, record_key, write_records
 from faithprobe.run.config import RunConfig, check_limit, placement_of
+
+Engine = Literal["local", "ray"]
 
 __all__ = ["HEADER", "RECORDS", "SUMMARY", "TRACES", "Prepared", "open_run", "prepare_run",
            "run_study", "score_runs"]
@@ -191,10 +193,14 @@ class Prepared:
 
 
 def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
-                shard: tuple[int, int] | None = None, config_source: str = "config") -> Prepared:
+                shard: tuple[int, int] | None = None, config_source: str = "config",
+                on_cpu: bool = False) -> Prepared:
     """Every check a run makes before its folder exists: the output location, the traces, the
     interventions, each checkpoint (loaded once), each template with each tokenizer, every
-    trace against each context. Raises FaithprobeError naming the input."""
+    trace against each context. Raises FaithprobeError naming the input.
+
+    ``on_cpu``: load the checkpoints on the CPU whatever their placement (the Ray engine's
+    driver, which only checks them; its tasks load them where the config places them)."""
     from faithprobe.data.prompts import PromptTemplate
     from faithprobe.data.sources import load_traces
     from faithprobe.edits.interventions import make_intervention
@@ -222,6 +228,8 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
 
     def load(key: str, spec: str, label: str) -> Any:
         where = placement_of(cfg, label)
+        if on_cpu:
+            where = {"device": "cpu", "dtype": where["dtype"]}
         ident = (spec, *sorted(where.items()))
         if ident not in loaded:
             try:
@@ -305,23 +313,36 @@ def _append(out: Path, label: str, trace_id: str, records: list[Record]) -> None
 
 def run_study(cfg: RunConfig, out: Path, *, argv: Sequence[str] = (), resume: bool = False,
               shard: tuple[int, int] | None = None, quiet: bool = False,
-              config_source: str = "config") -> Path:
+              config_source: str = "config", engine: Engine = "local",
+              ray_address: str | None = None) -> Path:
     """Run a validated config into ``out``; returns the run folder. ``config_source`` names
-    the config in errors. Every input is checked (``prepare_run``) before the folder exists."""
+    the config in errors. Every input is checked (``prepare_run``) before the folder exists.
+    ``engine="ray"`` runs the work as Ray tasks (:mod:`faithprobe.run.ray_engine`; a local
+    cluster, or the one at ``ray_address``); the folder and its records are a local run's."""
     from tqdm.auto import tqdm
 
     out = Path(out)
-    prep = prepare_run(cfg, out, resume=resume, shard=shard, config_source=config_source)
+    if engine == "ray":
+        from faithprobe.run.ray_engine import import_ray
+
+        import_ray()  # before anything is loaded: a missing extra is a one-line error
+    prep = prepare_run(cfg, out, resume=resume, shard=shard, config_source=config_source,
+                       on_cpu=engine == "ray")
     with lock_folder(out):
         header = open_run(out, cfg, argv, resume=resume, shard=shard)
         try:
             header.update(warnings=prep.warnings, preflight=prep.context,
-                          hardware=hardware(prep))
+                          hardware=hardware(prep) if engine == "local" else
+                          {"engine": "ray", "placement": {
+                              label: placement_of(cfg, label) for label in prep.checkpoints}})
             write_json(out / HEADER, header)
             done = _restore(out) if resume else set()
             if cfg["data"]["traces"] == "file" and not (out / TRACES).exists():
                 write_traces(out / TRACES, prep.traces)
-            _probe_all(cfg, out, header, prep, done, quiet, tqdm)
+            if engine == "ray":
+                _probe_all_ray(cfg, out, header, prep, done, quiet, tqdm, ray_address)
+            else:
+                _probe_all(cfg, out, header, prep, done, quiet, tqdm)
             finish_run(out, header, mark_success=True)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, Cancelled)):
@@ -393,6 +414,34 @@ def _probe_all(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prepared
             _append(out, label, trace.id, records)
             bar.update(1)
         bar.close()
+
+
+def _probe_all_ray(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prepared,
+                   done: set[tuple[str, str]], quiet: bool, tqdm: Any,
+                   address: str | None) -> None:
+    from faithprobe.run.ray_engine import probe_on_ray
+
+    def generated(label: str) -> list[Trace] | None:
+        path = out / f"traces-{label}.jsonl"
+        return read_traces(path) if path.is_file() else None
+
+    def on_fast_path(label: str, entry: dict[str, Any]) -> None:
+        if header.setdefault("patching", {}).get(label) != entry:
+            header["patching"][label] = entry
+            write_json(out / HEADER, header)
+
+    def on_cluster(resources: dict[str, Any]) -> None:
+        header["hardware"]["cluster"] = resources
+        write_json(out / HEADER, header)
+
+    probe_on_ray(
+        cfg, prep, done, address=address, generated=generated,
+        save_generated=lambda label, traces: write_traces(out / f"traces-{label}.jsonl", traces),
+        on_fast_path=on_fast_path, on_cluster=on_cluster,
+        on_records=lambda label, trace_id, records: _append(out, label, trace_id, records),
+        progress=lambda label, total, initial: tqdm(total=total, initial=initial, desc=label,
+                                                    disable=True if quiet else None,
+                                                    unit="trace"))
 
 
 def _generated(cfg: RunConfig, out: Path, label: str, ckpt: Any, template: Any,

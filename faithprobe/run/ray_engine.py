@@ -1,0 +1,246 @@
+"""The Ray engine: a run's units of work as Ray tasks, on this machine or a cluster.
+
+``faithprobe run CONFIG --engine ray [--ray-address ADDR]``. The driver (the command) checks
+every input as a local run does, then submits, per checkpoint label:
+
+- with generated traces, one task that writes the label's chains of thought (one task, so the
+  generation batches are those of a local run);
+- one task per slice of ``ray.traces_per_task`` traces: the probe of each trace and, for the
+  traces the run patches (:func:`faithprobe.run.units.patch_selection`, decided over the whole
+  trace list), its patching stage; the task returns every record of its traces.
+
+Each task loads its checkpoint once per worker process (kept for the next task of the same
+checkpoint) with the checkpoint's placement, and asks Ray for ``ray.cpus_per_task`` CPUs, plus
+``ray.gpus_per_task`` GPUs when the checkpoint is placed on a GPU. The driver alone writes the
+run folder, a trace's records at a time as tasks finish, with the same progress log as a local
+run, so ``--resume`` after the driver is killed completes the run. A task whose worker dies is
+retried by Ray (``max_retries``); a task's records are written only once it has finished, so a
+retried task writes each record once. Records are those of a local run (in another order).
+
+Without an address a local Ray cluster starts on this machine and stops with the run; ``auto``
+or ``HOST:PORT`` joins a running cluster (``ray start --head`` on the first machine, ``ray start
+--address HOST:PORT`` on the others). Every machine needs faithprobe installed (with its
+``ray`` extra) and the checkpoints at the same paths; the run folder is only on the driver's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from faithprobe.data.traces import Trace
+from faithprobe.errors import FaithprobeError
+from faithprobe.records import Record
+from faithprobe.run.config import RunConfig, placement_of
+
+__all__ = ["check_address", "import_ray", "probe_on_ray"]
+
+MAX_RETRIES = 3  # a task whose worker process dies is run again this many times at most
+TASKS_PER_CPU = 4  # default slicing: about this many tasks per CPU of the cluster
+
+
+def import_ray() -> Any:
+    """``ray``, or a one-line error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise FaithprobeError("the Ray engine needs ray: pip install 'faithprobe[ray]'",
+                              field="--engine") from None
+    return ray
+
+
+# --- worker side --------------------------------------------------------------------------------
+_LOADED: dict[tuple, Any] = {}  # per worker process: the checkpoints it has loaded
+_FAST_PATHS: dict[tuple, Any] = {}
+MAX_LOADED = 2  # checkpoints a worker keeps (a label's model and the InfoGain scorer)
+
+
+def _load(cfg: RunConfig, spec: str, label: str) -> Any:
+    from faithprobe.models.checkpoints import load_checkpoint
+
+    where = placement_of(cfg, label)
+    if str(where.get("device", "")).startswith("cuda:"):
+        where = {**where, "device": "cuda"}  # Ray makes the task's GPU the only one it sees
+    key = (spec, *sorted(where.items()))
+    if key not in _LOADED:
+        while len(_LOADED) >= MAX_LOADED:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = load_checkpoint(spec, allow_pickle=cfg["allow_pickle"], **where)
+    return _LOADED[key]
+
+
+def _setup(cwd: str, threads: int) -> None:
+    from faithprobe.models.threads import set_threads
+
+    if os.path.isdir(cwd):  # relative paths in the config resolve as on the driver
+        os.chdir(cwd)
+    set_threads(threads)
+
+
+def _template(cfg: RunConfig, ckpt: Any) -> Any:
+    from faithprobe.data.prompts import PromptTemplate
+
+    if not cfg["template"]:
+        return ckpt.template
+    return PromptTemplate.from_json({**ckpt.template.to_json(), **cfg["template"]},
+                                    source="config [template]")
+
+
+def _generate_task(cfg: RunConfig, label: str, spec: str, problems: list[Trace], cwd: str,
+                   threads: int) -> list[Trace]:
+    from faithprobe.models.generate import generate_traces
+
+    _setup(cwd, threads)
+    ckpt = _load(cfg, spec, label)
+    return generate_traces(ckpt, problems, _template(cfg, ckpt), cfg["generation"],
+                           seed=cfg["seed"], batch_size=cfg["probe"]["batch_size"], quiet=True)
+
+
+def _probe_task(cfg: RunConfig, label: str, spec: str, scorer_spec: str | None,
+                traces: list[Trace], patch_ids: frozenset[str], cwd: str,
+                threads: int) -> tuple[dict[str, Any] | None, list[tuple[str, list[Record]]]]:
+    from faithprobe.run.units import probe_traces
+
+    _setup(cwd, threads)
+    ckpt = _load(cfg, spec, label)
+    scorer = _load(cfg, scorer_spec, "scorer") if scorer_spec else None
+    fast_path = None
+    if cfg["patching"]["enabled"]:
+        from faithprobe.activation.patching import check_fast_path
+
+        key = (spec, *sorted(placement_of(cfg, label).items()))
+        if key not in _FAST_PATHS:
+            _FAST_PATHS[key] = check_fast_path(ckpt.bridge)
+        fast_path = _FAST_PATHS[key]
+    out = [(t.id, records) for t, records in probe_traces(
+        cfg, ckpt, label, _template(cfg, ckpt), traces, scorer=scorer, patch_ids=patch_ids,
+        fast_path=fast_path)]
+    return (fast_path.to_json() if fast_path else None), out
+
+
+# --- driver side --------------------------------------------------------------------------------
+def _on_gpu(cfg: RunConfig, label: str) -> bool:
+    where = placement_of(cfg, label)
+    return str(where.get("device", "")).startswith("cuda") or bool(where.get("device_map"))
+
+
+def _slices(traces: Sequence[Trace], size: int) -> list[list[Trace]]:
+    return [list(traces[i:i + size]) for i in range(0, len(traces), size)]
+
+
+def _start(ray: Any, address: str | None) -> bool:
+    """Connect to (or start) the cluster; True when this call started a local one."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    except ConnectionError as exc:
+        raise FaithprobeError(f"cannot join the Ray cluster ({exc})",
+                              source=address or "local", field="--ray-address") from None
+    return address is None
+
+
+def _raise_cause(exc: BaseException) -> None:
+    """A task's FaithprobeError reaches the user as itself (one line, exit 2)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, FaithprobeError):
+        raise FaithprobeError(cause.message, source=cause.source, field=cause.field,
+                              line=cause.line) from None
+
+
+def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
+                 address: str | None,
+                 generated: Callable[[str], list[Trace] | None],
+                 save_generated: Callable[[str, list[Trace]], None],
+                 on_fast_path: Callable[[str, dict[str, Any]], None],
+                 on_cluster: Callable[[dict[str, Any]], None],
+                 on_records: Callable[[str, str, list[Record]], None],
+                 progress: Callable[[str, int, int], Any]) -> None:
+    """Every (label, trace) not in ``done`` probed as Ray tasks (see the module docstring).
+
+    ``generated(label)`` gives a label's saved generated traces (resume), ``save_generated``
+    saves them; ``on_cluster`` gets the cluster's resources; ``on_records(label, trace_id,
+    records)`` writes a trace's records;
+    ``progress(label, total, initial)`` returns a bar with ``update``/``close``.
+    """
+    ray = import_ray()
+    started = _start(ray, address)
+    pending: list[Any] = []
+    try:
+        ray_cfg = cfg.get("ray", {})
+        cpus = int(ray_cfg.get("cpus_per_task", 1))
+        gpus = float(ray_cfg.get("gpus_per_task", 1.0))
+        cwd = os.getcwd()
+        specs = {label: ckpt.spec for label, ckpt in prep.checkpoints.items()}
+        scorer_spec = prep.scorer.spec if prep.scorer is not None else None
+        resources = ray.cluster_resources()
+        on_cluster({"ray": ray.__version__, "nodes": len(ray.nodes()),
+                    **{k: resources[k] for k in ("CPU", "GPU", "memory") if k in resources}})
+        total_cpus = max(1, int(resources.get("CPU", 1)))
+
+        def options(fn: Any, label: str) -> Any:
+            return ray.remote(fn).options(
+                num_cpus=cpus, num_gpus=gpus if _on_gpu(cfg, label) else 0,
+                max_retries=MAX_RETRIES, name=f"faithprobe:{label}")
+
+        traces: dict[str, list[Trace]] = {}
+        to_generate = {}
+        for label in prep.checkpoints:
+            if cfg["data"]["traces"] != "generate":
+                traces[label] = prep.traces
+            elif (saved := generated(label)) is not None:
+                traces[label] = saved
+            else:
+                to_generate[label] = options(_generate_task, label).remote(
+                    cfg, label, specs[label], prep.traces, cwd, cpus)
+        pending = list(to_generate.values())
+        for label, ref in to_generate.items():
+            traces[label] = ray.get(ref)
+            save_generated(label, traces[label])
+        pending = []
+        owner: dict[Any, str] = {}
+        bars = {}
+        for label in prep.checkpoints:
+            todo = [t for t in traces[label] if (label, t.id) not in done]
+            bars[label] = progress(label, len(traces[label]), len(traces[label]) - len(todo))
+            size = ray_cfg.get("traces_per_task") or max(
+                1, math.ceil(len(todo) / (TASKS_PER_CPU * total_cpus)))
+            for part in _slices(todo, int(size)):
+                ref = options(_probe_task, label).remote(
+                    cfg, label, specs[label], scorer_spec, part, prep.patch_ids, cwd, cpus)
+                owner[ref] = label
+                pending.append(ref)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            label = owner.pop(ready[0])
+            fast_path, results = ray.get(ready[0])
+            if fast_path is not None:
+                on_fast_path(label, fast_path)
+            for trace_id, records in results:
+                on_records(label, trace_id, records)
+                bars[label].update(1)
+        for bar in bars.values():
+            bar.close()
+    except ray.exceptions.RayTaskError as exc:
+        _raise_cause(exc)
+        raise
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
+
+
+def check_address(text: str | None) -> str | None:
+    """``--ray-address``: None starts a local cluster, ``auto`` or ``HOST:PORT`` joins one."""
+    if text is None:
+        return None
+    if text != "auto" and not (":" in text and text.rsplit(":", 1)[1].isdigit()) \
+            and not text.startswith("ray://"):
+        raise FaithprobeError("expected auto, HOST:PORT or ray://HOST:PORT",
+                              source=text, field="--ray-address")
+    return text
+
