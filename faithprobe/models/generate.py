@@ -10,19 +10,24 @@ forced answer cannot be read is kept with ``metadata["no_answer"] = True`` (reco
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from faithprobe.data.prompts import THINK_CLOSE, PromptTemplate
 from faithprobe.data.sources import ARITHMETIC_JUDGE, arithmetic_step_truth
 from faithprobe.data.thinking import split_thinking
 from faithprobe.data.traces import MAX_FIELD_CHARS, SplitMode, Trace, split_steps
+from faithprobe.errors import FaithprobeError
 from faithprobe.models.checkpoints import Checkpoint
-from faithprobe.models.forward import generate
+from faithprobe.models.forward import croppable, generate, has_kv_cache, token_batches
 from faithprobe.models.scoring import ScoreItem, continuation_ids, normalize_answer, score
 
-__all__ = ["NO_ANSWER", "generate_traces", "steps_of"]
+__all__ = ["NO_ANSWER", "Samples", "generate_traces", "sample_continuations", "steps_of"]
 
 NO_ANSWER = "no_answer"
 _STOPS = ("The answer is", "the answer is", "####", "Final answer", "final answer")
@@ -96,3 +101,161 @@ def generate_traces(
             metadata=meta,
         ))
     return traces
+
+
+# ---------------------------------------------------------------------------------------------
+# seeded sampling of many continuations (counterfactual resampling)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Continuations of :func:`sample_continuations`: each row's text (cut at the first stop
+    string) and whether it stopped before its token budget; ``tokens_run`` counts the token
+    positions the model computed, the shared prefix included (it shows the prefix ran once)."""
+
+    texts: tuple[str, ...]
+    stopped: tuple[bool, ...]
+    tokens_run: int
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        if s:
+            ids[row, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[row, width - len(s):] = 1
+    return ids, mask
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def sample_continuations(
+    ckpt: Checkpoint,
+    prompts: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] = (),
+    batch_size: int = 64,
+    shared_prefix: Sequence[int] | None = None,
+) -> Samples:
+    """Sample one continuation per prompt, row ``k`` from its own generator seeded with
+    ``seeds[k]``: a row's text depends on its prompt and seed only, not on which rows share its
+    batch, so K samples drawn together equal the same K drawn one at a time.
+
+    Tokens are drawn from the softmax of the logits after transformers' temperature and top-p
+    (nucleus) warpers, by inverse CDF with one uniform draw from the row's generator. With
+    ``shared_prefix`` (token ids the prompts begin with, e.g. the whole trace) on a model with
+    a KV cache, that prefix is run once and each batch starts from a copy of its cache cut at
+    the batch's first differing token; a row stops at the end-of-sequence token, a stop string
+    (cut from the text), ``max_new_tokens`` or the model's context, and leaves the batch.
+    """
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    if len(seeds) != len(prompts):
+        raise FaithprobeError("one seed per prompt", field="seeds")
+    warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    device = ckpt.device
+    run = 0
+    base = None
+    if shared_prefix is not None and has_kv_cache(ckpt) and prompts:
+        prefix = list(shared_prefix)
+        _, base = ckpt.bridge(torch.tensor([prefix], device=device),
+                              return_type="logits_and_cache")
+        run += len(prefix)
+        if not croppable(base):  # sliding windows, recurrent state: no shared prefix
+            base = None
+    texts = [""] * len(prompts)
+    stopped = [False] * len(prompts)
+    for rows in token_batches([len(p) for p in prompts], batch_size):
+        start, cache = 0, None
+        if base is not None:
+            start = min(min(_common(prompts[k], prefix), len(prompts[k]) - 1) for k in rows)
+            if start > 0:
+                cache = copy.deepcopy(base)
+                cache.crop(start)
+                cache.batch_repeat_interleave(len(rows))
+        gens = [torch.Generator().manual_seed(int(seeds[k]) % 2**63) for k in rows]
+        out, n = _sample_batch(ckpt, [prompts[k] for k in rows], gens, cache, start,
+                               max_new_tokens, warpers, stop)
+        run += n
+        for k, (text, done) in zip(rows, out):
+            texts[k], stopped[k] = text, done
+    return Samples(tuple(texts), tuple(stopped), run)
+
+
+def _sample_batch(ckpt: Checkpoint, prompts: list[Sequence[int]], gens: list[torch.Generator],
+                  cache: Any, start: int, max_new_tokens: int, warpers: list[Any],
+                  stop: Sequence[str]) -> tuple[list[tuple[str, bool]], int]:
+    """One batch: the prompts' tails after ``start`` left-padded behind the cached prefix;
+    finished rows are dropped from the batch (and from the cache)."""
+    device = ckpt.device
+    cached = has_kv_cache(ckpt)
+    ids, mask = _left_pad([p[start:] for p in prompts], ckpt.tokenizer.pad_token_id)
+    if start:
+        mask = torch.cat([torch.ones(len(prompts), start, dtype=torch.long), mask], 1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, start:] if start else \
+        (mask.cumsum(-1) - 1).clamp(min=0)
+    live = list(range(len(prompts)))
+    new: list[list[int]] = [[] for _ in prompts]
+    result = [("", False)] * len(prompts)
+    eos = ckpt.tokenizer.eos_token_id
+    fresh, run = True, 0
+    for _ in range(max_new_tokens):
+        if not live or mask.shape[1] >= ckpt.n_ctx:
+            break
+        feed, feed_pos = (ids, pos) if (fresh or not cached) else (ids[:, -1:], pos[:, -1:])
+        if cached:
+            logits, cache = ckpt.bridge(feed.to(device), attention_mask=mask.to(device),
+                                        position_ids=feed_pos.to(device),
+                                        past_key_values=cache, return_type="logits_and_cache")
+        else:
+            logits = ckpt.bridge(feed.to(device), attention_mask=mask.to(device),
+                                 position_ids=feed_pos.to(device))
+        run += int(feed.numel())
+        fresh = False
+        scores = logits[:, -1].float().cpu()
+        for w in warpers:
+            scores = w(None, scores)
+        cdf = torch.softmax(scores, dim=-1).cumsum(-1)
+        u = torch.cat([torch.rand(1, generator=gens[k]) for k in live])[:, None]
+        toks = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+        toks = toks.clamp(max=cdf.shape[1] - 1)[:, 0]
+        keep = []
+        for row, k in enumerate(live):
+            tok = int(toks[row])
+            done = eos is not None and tok == eos
+            if not done:
+                new[k].append(tok)
+                text = ckpt.tokenizer.decode(new[k])
+                cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+                done = cut >= 0
+                result[k] = (text[:cut] if done else text, done)
+            else:
+                result[k] = (result[k][0], True)
+            if not done:
+                keep.append(row)
+        ids = torch.cat([ids, toks[:, None]], 1)
+        mask = torch.cat([mask, torch.ones(len(live), 1, dtype=torch.long)], 1)
+        pos = torch.cat([pos, pos[:, -1:] + 1], 1)
+        if len(keep) < len(live):
+            index = torch.tensor(keep, dtype=torch.long)
+            ids, mask, pos = ids[index], mask[index], pos[index]
+            if cache is not None and keep:
+                cache.batch_select_indices(index.to(device))
+            live = [live[row] for row in keep]
+    return result, run

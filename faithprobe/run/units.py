@@ -1,20 +1,38 @@
 """A run's units of work, the same for every engine (local loop or Ray tasks).
 
-A unit is one checkpoint's probe of a list of traces, with the activation patching of those of
-them the run patches. Which traces are patched is decided once over the whole, unsharded trace
-list (:func:`patch_selection`), so shards and engines patch the same traces as one local run.
+A unit is one checkpoint's probe of a list of traces, with the activation patching and the
+counterfactual resampling of those of them the run patches or resamples. Which traces those are
+is decided once over the whole, unsharded trace list (:func:`patch_selection`), so shards and
+engines patch and resample the same traces as one local run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from faithprobe.data.traces import Trace
 from faithprobe.records import Record
 from faithprobe.run.config import RunConfig
 
-__all__ = ["patch_selection", "probe_config", "probe_traces"]
+__all__ = ["TraceSelection", "patch_selection", "probe_config", "probe_traces",
+           "resample_config"]
+
+
+class TraceSelection(frozenset):
+    """The ids of the traces a run patches (the set itself, what engines pass around as
+    ``patch_ids``) with, as ``resample``, the ids of those it resamples."""
+
+    resample: frozenset[str]
+
+    def __new__(cls, patch: Iterable[str] = (), resample: Iterable[str] = ()
+                ) -> TraceSelection:
+        obj = super().__new__(cls, patch)
+        obj.resample = frozenset(resample)
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled into engine tasks with both sets
+        return (TraceSelection, (frozenset(self), self.resample))
 
 
 def probe_config(cfg: RunConfig):
@@ -38,12 +56,25 @@ def probe_config(cfg: RunConfig):
     )
 
 
-def patch_selection(cfg: RunConfig, trace_ids: Sequence[str]) -> frozenset[str]:
-    """The ids of the traces a run patches: the first ``patching.max_traces`` of the whole
-    trace list (every shard and every engine gets the same set)."""
-    if not cfg["patching"]["enabled"]:
-        return frozenset()
-    return frozenset(trace_ids[: cfg["patching"]["max_traces"]])
+def patch_selection(cfg: RunConfig, trace_ids: Sequence[str]) -> TraceSelection:
+    """The ids of the traces a run patches, the first ``patching.max_traces`` of the whole
+    trace list, and of those it resamples, the first ``resample.max_traces`` (every shard and
+    every engine gets the same sets)."""
+    resample = cfg.get("resample", {})
+    return TraceSelection(
+        trace_ids[: cfg["patching"]["max_traces"]] if cfg["patching"]["enabled"] else (),
+        trace_ids[: resample["max_traces"]] if resample.get("enabled") else ())
+
+
+def resample_config(cfg: RunConfig):
+    """The :class:`~faithprobe.stages.resample.ResampleConfig` of a run config."""
+    from faithprobe.stages.resample import ResampleConfig
+
+    r = cfg["resample"]
+    return ResampleConfig(samples=r["samples"], temperature=r["temperature"], top_p=r["top_p"],
+                          max_new_tokens=r["max_new_tokens"], different=r["different"],
+                          threshold=r["threshold"], batch_size=r["batch_size"],
+                          seed=cfg["seed"])
 
 
 def patch_records(cfg: RunConfig, ckpt: Any, label: str, trace: Trace, template: Any,
@@ -55,18 +86,27 @@ def patch_records(cfg: RunConfig, ckpt: Any, label: str, trace: Trace, template:
     return patch_trace(ckpt, label, trace, template, components=cfg["patching"]["components"],
                        directions=cfg["patching"]["directions"],
                        knockout=cfg["patching"]["knockout"], corrupter=corrupter,
-                       seed=cfg["seed"], fast_path=fast_path)
+                       seed=cfg["seed"], fast_path=fast_path,
+                       method=cfg["patching"].get("method", "exact"))
 
 
 def probe_traces(cfg: RunConfig, ckpt: Any, label: str, template: Any,
                  traces: Sequence[Trace], *, scorer: Any = None,
                  patch_ids: frozenset[str] = frozenset(),
                  fast_path: Any = None) -> Iterator[tuple[Trace, list[Record]]]:
-    """Each trace with all its records (probe, then patching where ``patch_ids`` names it)."""
+    """Each trace with all its records: probe, then patching where ``patch_ids`` names it,
+    then resampling where ``patch_ids.resample`` (a :class:`TraceSelection`) names it."""
     from faithprobe.stages.probe import iter_probe
 
+    resample_ids = getattr(patch_ids, "resample", frozenset())
+    rcfg = resample_config(cfg) if resample_ids else None
     for trace, records in zip(traces, iter_probe(ckpt, label, traces, probe_config(cfg),
                                                  template=template, scorer=scorer)):
         if trace.id in patch_ids:
             records = records + patch_records(cfg, ckpt, label, trace, template, fast_path)
+        if rcfg is not None and trace.id in resample_ids:
+            from faithprobe.stages.resample import resample_trace
+
+            records = records + resample_trace(ckpt, label, trace, template, rcfg,
+                                               score_batch_size=cfg["probe"]["batch_size"])
         yield trace, records

@@ -10,6 +10,12 @@ other option.
 Attention knockout of each step and the attention the answer position pays to each step (a
 correlational baseline) are recorded beside it.
 
+``method`` chooses how the grid is measured: ``exact`` (one patched forward pass per cell,
+``patch`` records), ``attribution`` (Nanda's gradient estimate of the whole grid from one
+forward and one backward pass, :mod:`faithprobe.activation.attribution`, ``attribution``
+records with the same fields and cells) or ``both``, whose rank agreement the summary reports
+(``attribution_agreement``).
+
 The activation stage returns tensors (:class:`~faithprobe.activation.core.PatchResult`,
 :class:`~faithprobe.activation.knockout.KnockoutResult`); :func:`patch_records` and
 :func:`knockout_records` turn them into records, each built once.
@@ -23,6 +29,7 @@ from typing import Any
 
 import torch
 
+from faithprobe.activation.attribution import attribution_patch_steps
 from faithprobe.activation.core import Answer, PatchResult, hook_name
 from faithprobe.activation.knockout import KnockoutResult, attention_to_steps, knockout_steps
 from faithprobe.activation.patching import FastPath, patch_steps
@@ -30,12 +37,15 @@ from faithprobe.data.prompts import PromptTemplate, step_segment
 from faithprobe.data.tokens import align
 from faithprobe.data.traces import Trace
 from faithprobe.edits.interventions import EditContext, make_intervention
+from faithprobe.errors import FaithprobeError
 from faithprobe.models.checkpoints import Checkpoint
 from faithprobe.models.scoring import answer_span, score
 from faithprobe.records import Record
 from faithprobe.stages.probe import item_of
 
-__all__ = ["knockout_records", "patch_records", "patch_trace"]
+__all__ = ["METHODS", "knockout_records", "patch_records", "patch_trace"]
+
+METHODS = ("exact", "attribution", "both")  # [patching] method
 
 
 def _skip(trace: Trace, label: str, ckpt: Checkpoint, reason: str) -> list[Record]:
@@ -62,6 +72,7 @@ def patch_trace(
     corrupter: str | Any = "auto",
     seed: int = 0,
     fast_path: FastPath | None = None,
+    method: str = "exact",
 ) -> list[Record]:
     """Patching, knockout and attention records of one trace (see the module docstring).
 
@@ -69,6 +80,9 @@ def patch_trace(
     default the batched fast path); where it is not the batched fast path, the records carry
     the reason as ``detail["fallback_reason"]``.
     """
+    if method not in METHODS:
+        raise FaithprobeError(f"{method!r} is not one of {', '.join(METHODS)}",
+                              field="patching.method")
     if not trace.n_steps:
         return _skip(trace, label, ckpt, "trace has no steps")
     ctx = EditContext(ckpt.tokenizer, template, seed)
@@ -111,14 +125,22 @@ def patch_trace(
     fast_path = fast_path or FastPath("fast")
     fallback = {} if fast_path.reason is None else {"fallback_reason": fast_path.reason}
     for direction in directions:
-        result = patch_steps(ckpt.bridge, clean_t, bad_t, spans, read,
-                             corrupted_spans=bad_spans, components=components,
-                             direction=direction, method=fast_path.method,
-                             batch_size=fast_path.batch_size,
-                             prefix_reuse=fast_path.prefix_reuse)
-        records += patch_records(result, trace.id, label, n_steps=trace.n_steps,
-                                 model=ckpt.spec, answer=trace.answer, steps=patched,
-                                 detail={"alternative": alt, **fallback})
+        if method in ("exact", "both"):
+            result = patch_steps(ckpt.bridge, clean_t, bad_t, spans, read,
+                                 corrupted_spans=bad_spans, components=components,
+                                 direction=direction, method=fast_path.method,
+                                 batch_size=fast_path.batch_size,
+                                 prefix_reuse=fast_path.prefix_reuse)
+            records += patch_records(result, trace.id, label, n_steps=trace.n_steps,
+                                     model=ckpt.spec, answer=trace.answer, steps=patched,
+                                     detail={"alternative": alt, **fallback})
+        if method in ("attribution", "both"):
+            estimate = attribution_patch_steps(ckpt.bridge, clean_t, bad_t, spans, read,
+                                               corrupted_spans=bad_spans,
+                                               components=components, direction=direction)
+            records += patch_records(estimate, trace.id, label, n_steps=trace.n_steps,
+                                     model=ckpt.spec, answer=trace.answer, steps=patched,
+                                     detail={"alternative": alt}, intervention="attribution")
     if knockout:
         ko = knockout_steps(ckpt.bridge, clean_t, spans, read)
         records += knockout_records(ko, trace.id, label, n_steps=trace.n_steps,
@@ -135,8 +157,10 @@ def patch_trace(
 def patch_records(result: PatchResult, trace_id: str, checkpoint: str, *,
                   n_steps: int | None = None, model: str | None = None,
                   answer: str | None = None, steps: Sequence[int | None] | None = None,
-                  detail: dict[str, Any] | None = None) -> list[Record]:
-    """One ``Record(intervention="patch")`` per cell of ``result``.
+                  detail: dict[str, Any] | None = None, intervention: str = "patch"
+                  ) -> list[Record]:
+    """One ``Record(intervention=intervention)`` per cell of ``result`` (``patch`` for exact
+    patching, ``attribution`` for its gradient estimate).
 
     ``value`` is the cell's ``share`` (the share of the clean logit difference the patch moves);
     the TransformerLens-normalised effect and the raw logit differences go in ``detail``. A cell
@@ -160,7 +184,7 @@ def patch_records(result: PatchResult, trace_id: str, checkpoint: str, *,
                 elif not math.isfinite(float(result.logit_diff[si, li, ci])):
                     status, reason = "nonfinite", "non-finite logit at the answer position"
                 out.append(Record(
-                    trace_id=trace_id, checkpoint=checkpoint, intervention="patch", step=step,
+                    trace_id=trace_id, checkpoint=checkpoint, intervention=intervention, step=step,
                     n_steps=n, site=site, model=model, answer=answer,
                     answer_logprob=float(result.logprob[si, li, ci]), value=value,
                     status=status, reason=reason,
