@@ -34,6 +34,7 @@ from faithprobe.metrics.features import (
     patching_features,
     ratio,
 )
+from faithprobe.metrics.methods import agreement_features, resampling_features
 
 __all__ = [
     "CATALOGUE", "HEADLINE_METRICS", "METRICS", "METRICS_BY_NAME", "TABLE_METRICS", "UNITS",
@@ -43,15 +44,17 @@ __all__ = [
 # Display units, one forest-plot panel each (its own scale): "points" (a share or probability,
 # shown x100, changes in percentage points), "aoc" (an area over a curve, 0 to 1), "nats" (KL and
 # InfoGain), "steps" (reasoning length), "perplexity" (the perplexity-form InfoGain, shown in the
-# report's appendix only), "count" (a record count, never compared or plotted).
-UNITS = ("points", "aoc", "nats", "steps", "perplexity", "count")
+# report's appendix only), "rho" (a rank correlation, -1 to 1), "count" (a record count, never
+# compared or plotted).
+UNITS = ("points", "aoc", "nats", "steps", "perplexity", "rho", "count")
 # Title of the forest-plot panel of each plotted unit, in panel order.
 UNIT_TITLES: Mapping[str, str] = MappingProxyType({
     "points": "shares: change in percentage points",
     "aoc": "area over the curve (0 to 1)",
     "nats": "nats (KL, InfoGain)",
     "steps": "reasoning steps",
-    "perplexity": "perplexity units per step"})
+    "perplexity": "perplexity units per step",
+    "rho": "rank correlation (-1 to 1)"})
 
 
 @dataclass(frozen=True)
@@ -189,12 +192,24 @@ CATALOGUE: tuple[Metric, ...] = (
            "expected calibration error of the unedited answers (10 equal-width bins), in "
            "percentage points of probability", table=17, mmd=0.02, reads=("none",),
            needs="a confidence (pred_prob) and " + _GOLD),
+    Metric("resampling_importance", resampling_features, ratio, "points",
+           "resampling importance",
+           "per trace, the mean over steps of the total variation between the answer "
+           "distribution with the step kept and with it resampled to a different step "
+           "(counterfactual resampling, Bogdan et al.)", table=18, mmd=_POINT,
+           reads=("resample",), needs="a step with a resample that differs from it",
+           direction=1),
+    Metric("attribution_agreement", agreement_features, ratio, "rho",
+           "attribution agreement",
+           "per trace, Spearman rank correlation of attribution patching's estimate with exact "
+           "patching over the cells both measured", table=19, mmd=0.1,
+           reads=("attribution",), needs="exact patching of at least 3 of the same cells"),
     Metric("nonfinite_count", count_features("nonfinite"), count_combine, "count",
-           "nonfinite records", "records with a NaN or infinite value", table=18),
+           "nonfinite records", "records with a NaN or infinite value", table=20),
     Metric("no_answer_count", count_features("no_answer"), count_combine, "count",
-           "no-answer records", "records where no answer was read", table=19),
+           "no-answer records", "records where no answer was read", table=21),
     Metric("skipped_count", count_features("skipped"), count_combine, "count",
-           "skipped records", "records the probe skipped", table=20),
+           "skipped records", "records the probe skipped", table=22),
 )
 
 METRICS: tuple[str, ...] = tuple(m.name for m in CATALOGUE)  # the order of summary.json

@@ -17,12 +17,13 @@ from faithprobe.metrics.selection import (
     is_noising,
     is_usable,
     resolve_continuation,
+    select,
 )
 from faithprobe.records import Record
 
 __all__ = [
     "COVERAGE_THRESHOLDS", "adding_mistakes_curve", "coverage_curve", "early_answering_curve",
-    "infogain_by_step", "infogain_drop", "patching_grid", "step_effects",
+    "infogain_by_step", "infogain_drop", "patching_grid", "resampling_by_step", "step_effects",
 ]
 
 COVERAGE_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
@@ -80,6 +81,37 @@ def infogain_by_step(records: Sequence[Record], *, n_boot: int = 1000, seed: int
         lo, hi = percentile_interval(mean, [float(r[k] / r[len(steps) + k])
                                             if r[len(steps) + k] > 0 else None for r in reps])
         out.append((j, mean, lo, hi))
+    return out
+
+
+def resampling_by_step(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0
+                       ) -> list[tuple[int, float, float, float, int]]:
+    """(step i, mean importance over the traces that have it, ci_low, ci_high, n traces):
+    the interval is the cluster bootstrap over traces of the per-step mean."""
+    check_one_checkpoint(records)
+    rows = []
+    for recs in group_by_trace(records).values():
+        f = {r.step: float(r.value) for r in select(recs, "resample")
+             if r.value is not None and r.step is not None}
+        if f:
+            rows.append(f)
+    steps = sorted({i for f in rows for i in f})
+    if not steps:
+        return []
+    col = {i: k for k, i in enumerate(steps)}
+    matrix = np.zeros((len(rows), 2 * len(steps)))  # (traces, [sums per step, counts per step])
+    for t, f in enumerate(rows):
+        for i, v in f.items():
+            matrix[t, col[i]] = v
+            matrix[t, len(steps) + col[i]] = 1.0
+    reps = list(replicate_sums(matrix, n_boot, seed))
+    out = []
+    for k, i in enumerate(steps):
+        n = matrix[:, len(steps) + k].sum()
+        mean = float(matrix[:, k].sum() / n)
+        lo, hi = percentile_interval(mean, [float(r[k] / r[len(steps) + k])
+                                            if r[len(steps) + k] > 0 else None for r in reps])
+        out.append((i, mean, lo, hi, int(n)))
     return out
 
 

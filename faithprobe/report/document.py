@@ -162,6 +162,8 @@ def _curve_plots(doc: Doc, groups: Mapping[str, Sequence[Record]], continuation:
     doc.plot(P.infogain_plot(groups, n_boot=n_boot, seed=seed))
     doc.h("Activation patching")
     doc.plot(P.patching_plot(groups))
+    doc.h("Resampling importance per step")
+    doc.plot(P.resampling_plot(groups, n_boot=n_boot, seed=seed))
 
 
 def _step_section(doc: Doc, groups: Mapping[str, Sequence[Record]],

@@ -3,9 +3,9 @@
 Every function takes ``groups``: display label -> the records of ONE checkpoint (``base``,
 ``sft``, or ``run/label`` in a comparison across runs), and returns a ``Plot``
 (``faithprobe.report.figure``) whose ``png`` is None when there was nothing to draw (``note``
-says why). This module draws the curves, InfoGain per step, the patching grid and the forest
-plot; ``calibration`` and ``steps`` draw the calibration figure and one trace's step x method
-heat map.
+says why). This module draws the curves, InfoGain and resampling importance per step, the
+patching grid and the forest plot; ``calibration`` and ``steps`` draw the calibration figure
+and one trace's step x method heat map.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from faithprobe.metrics import (
     infogain_by_step,
     patching_grid,
 )
+from faithprobe.metrics.curves import resampling_by_step
 from faithprobe.records import Record
 from faithprobe.report.figure import PLOT_NAMES, Plot, color, figure, png, style
 
 __all__ = [
     "PLOT_NAMES", "ForestRow", "Plot", "adding_mistakes_plot", "early_answering_plot",
-    "forest_plot", "infogain_plot", "panel_limits", "patching_plot",
+    "forest_plot", "infogain_plot", "panel_limits", "patching_plot", "resampling_plot",
 ]
 
 READING_COLORS = {"clear increase": "#c0392b", "clear decrease": "#c0392b",
@@ -150,9 +151,33 @@ def infogain_plot(groups: Mapping[str, Sequence[Record]], *, n_boot: int = 1000,
             data[label] = rows
     if not data:
         return Plot(name, title, None, "no usable infogain records: InfoGain was not measured")
+    return _step_bars(name, title, data, first=1, xlabel="step j",
+                      ylabel="IG_j = H_(j-1) - H_j  (nats, 95% CI)")
+
+
+def resampling_plot(groups: Mapping[str, Sequence[Record]], *, n_boot: int = 1000,
+                    seed: int = 0) -> Plot:
+    """Counterfactual resampling importance of each step (mean over traces, bootstrap
+    intervals over traces), bars per label."""
+    name, title = "resampling", "Resampling importance per step (counterfactual)"
+    data = {}
+    for label, recs in groups.items():
+        rows = resampling_by_step(recs, n_boot=n_boot, seed=seed)
+        if rows:
+            data[label] = [row[:4] for row in rows]
+    if not data:
+        return Plot(name, title, None, "no usable resample records: resampling was not run "
+                    "([resample] enabled) or no resampled step differed from the original")
+    return _step_bars(name, title, data, first=0, xlabel="step i",
+                      ylabel="TV(kept, resampled)  (95% CI)")
+
+
+def _step_bars(name: str, title: str, data: Mapping[str, list[tuple[int, float, float, float]]],
+               *, first: int, xlabel: str, ylabel: str) -> Plot:
+    """Bars of (step, mean, ci_low, ci_high) rows, one colour per label, with error bars."""
     n_steps = max(j for rows in data.values() for j, *_ in rows)
     with style():
-        fig = figure(min(14.0, 3.0 + 0.35 * n_steps * len(data)), 3.2)
+        fig = figure(min(14.0, 3.0 + 0.35 * (n_steps + 1 - first) * len(data)), 3.2)
         ax = fig.add_subplot()
         width = 0.8 / len(data)
         for i, (label, rows) in enumerate(data.items()):
@@ -164,10 +189,10 @@ def infogain_plot(groups: Mapping[str, Sequence[Record]], *, n_boot: int = 1000,
             ax.bar(js + (i - (len(data) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
                    label=label, color=color(i), error_kw={"lw": 0.8})
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xlabel("step j")
-        ax.set_ylabel("IG_j = H_(j-1) - H_j  (nats, 95% CI)")
-        every = max(1, -(-n_steps // 30))
-        ax.set_xticks(range(1, n_steps + 1, every))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        every = max(1, -(-(n_steps + 1 - first) // 30))
+        ax.set_xticks(range(first, n_steps + 1, every))
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
         ax.legend()

@@ -41,7 +41,7 @@ NO_CLEAR = "no clear change"
 
 # decimals of a value in tables / in the verdict, per display unit
 _DECIMALS = {"points": (1, 0), "aoc": (2, 2), "nats": (2, 2), "steps": (2, 1),
-             "perplexity": (1, 0), "value": (3, 3)}
+             "perplexity": (1, 0), "rho": (2, 2), "value": (3, 3)}
 
 
 def metric_display(metric: str) -> tuple[str, str, str]:

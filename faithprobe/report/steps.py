@@ -10,7 +10,9 @@ Each method measures how much one step matters to the answer, in its own unit:
   0..i-1)``, nats;
 - ``patch``: the share of the clean answer's logit difference that patching the step's residual
   stream removes (noising, the lowest patched ``resid_pre`` layer: the ``patching_effect`` site);
-- ``infogain``: IG of the step, ``H_(j-1) - H_j`` (answer-only form), nats.
+- ``infogain``: IG of the step, ``H_(j-1) - H_j`` (answer-only form), nats;
+- ``resample``: counterfactual resampling importance, the total variation between the answer
+  distributions with the step kept and resampled to a different step.
 
 With the checkpoint as its own InfoGain scorer and a one-token answer, ``truncate`` and
 ``infogain`` are the same number (the answer's log-probability is its mean token NLL negated).
@@ -45,7 +47,7 @@ _ROW_CHARS = 44  # characters a line of a row label
 METHODS: Mapping[str, str] = {
     "corrupt": "corrupt\nKL (nats)", "delete": "delete\nKL (nats)",
     "truncate": "truncate\nd log p (nats)", "patch": "patching\nshare",
-    "infogain": "InfoGain\nIG (nats)",
+    "infogain": "InfoGain\nIG (nats)", "resample": "resampling\nTV",
 }
 
 
@@ -106,6 +108,9 @@ def _trace_methods(recs: Sequence[Record], continuation: str) -> dict[str, dict[
                     lowest[r.step] = (layer, float(r.value))
     out["patch"] = {k: v for k, (_, v) in sorted(lowest.items())}
     out["infogain"] = {j - 1: g for j, g in step_gains(list(recs)).items()}
+    out["resample"] = {r.step: float(r.value) for r in recs
+                       if r.intervention == "resample" and is_usable(r)
+                       and r.value is not None and r.step is not None}
     return {k: v for k, v in out.items() if v}
 
 

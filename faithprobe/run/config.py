@@ -71,6 +71,19 @@ class PatchingConfig(TypedDict):
     directions: list[Literal["noising", "denoising"]]
     max_traces: int
     knockout: bool
+    method: Literal["exact", "attribution", "both"]
+
+
+class ResampleSection(TypedDict):
+    enabled: bool
+    samples: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    different: Literal["any", "text", "numbers", "cosine"]
+    threshold: float
+    batch_size: int
+    max_traces: int
 
 
 class MetricsConfig(TypedDict):
@@ -94,6 +107,7 @@ class RunConfig(TypedDict, total=False):
     infogain: InfogainConfig
     ki: KiConfig
     patching: PatchingConfig
+    resample: ResampleSection
     metrics: MetricsConfig
     ray: dict[str, int | float]  # --engine ray: cpus_per_task, gpus_per_task, traces_per_task
 
@@ -163,6 +177,18 @@ SCHEMA: dict[str, Any] = {
         "directions": [str],  # noising (corrupted step into the clean run), denoising
         "max_traces": int,  # patch at most this many traces per checkpoint (it is the slow part)
         "knockout": bool,  # attention knockout of each step
+        "method": str,  # exact | attribution (gradient estimate) | both
+    },
+    "resample": {  # counterfactual resampling importance (Thought Anchors); README "Resampling"
+        "enabled": bool,
+        "samples": int,  # K rollouts from each prefix
+        "temperature": float,
+        "top_p": float,
+        "max_new_tokens": int,  # a rollout's budget: the rest of the reasoning
+        "different": str,  # any | text | numbers | cosine: when a resampled step counts
+        "threshold": float,  # cosine: different below this similarity of hidden states
+        "batch_size": int,  # rollouts generated together
+        "max_traces": int,  # resample at most this many traces per checkpoint
     },
     "metrics": {"n_boot": int},
     # --engine ray only (optional; it does not change any record)
@@ -192,7 +218,11 @@ DEFAULTS: dict[str, Any] = {
     "infogain": {"enabled": True, "scorer": "self", "ppl": True},
     "ki": {"enabled": True},
     "patching": {"enabled": True, "components": ["resid_pre", "attn_out", "mlp_out"],
-                 "directions": ["noising"], "max_traces": 20, "knockout": True},
+                 "directions": ["noising"], "max_traces": 20, "knockout": True,
+                 "method": "exact"},
+    "resample": {"enabled": False, "samples": 8, "temperature": 0.6, "top_p": 0.95,
+                 "max_new_tokens": 256, "different": "text", "threshold": 0.8,
+                 "batch_size": 64, "max_traces": 20},
     "metrics": {"n_boot": 1000},
 }
 
@@ -207,6 +237,8 @@ _CHOICES = {
     "probe.interventions": tuple(_INTERVENTION_OPTIONS),
     "patching.components": ("resid_pre", "attn_out", "mlp_out"),
     "patching.directions": ("noising", "denoising"),
+    "patching.method": ("exact", "attribution", "both"),
+    "resample.different": ("any", "text", "numbers", "cosine"),
 }
 # key -> (lowest, highest) allowed value: README's "Run configs" limits
 MAX_SEED = 2**32 - 1
@@ -224,6 +256,13 @@ LIMITS: dict[str, tuple[float, float]] = {
     "patching.max_traces": (1, 100_000),
     "threads": (1, 1_024),
     "probe.max_batch_tokens": (1, 10**9),
+    "resample.samples": (2, 10_000),
+    "resample.temperature": (0.01, 100.0),
+    "resample.top_p": (0.01, 1.0),
+    "resample.max_new_tokens": (1, 65_536),
+    "resample.threshold": (-1.0, 1.0),
+    "resample.batch_size": (1, 4_096),
+    "resample.max_traces": (1, 100_000),
     "ray.cpus_per_task": (1, 1_024),
     "ray.gpus_per_task": (0.0, 64.0),
     "ray.traces_per_task": (1, 100_000),
