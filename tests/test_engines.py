@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -87,7 +89,7 @@ def test_shards_with_patching_merge_to_the_unsharded_run(local_run, study, tmp_p
     assert _summary(merged) == _summary(local_run)
 
 
-# --- Ray --------------------------------------------------------------------------------------------
+# --- Ray ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray cluster of 2 CPUs for the module (the engine joins it)."""
@@ -161,6 +163,30 @@ def test_resume_on_ray_completes_a_killed_run(local_run, study, tmp_path, cluste
     assert main(["run", str(study), "--out", str(out), "--quiet", "--resume",
                  "--engine", "ray"]) == 0
     assert _lines(out) == _lines(local_run)
+
+
+def test_a_driver_killed_by_sigkill_is_resumed_to_the_local_run(tmp_path, cluster):
+    """The real thing: the driver process (with the local cluster it started) dies mid-run."""
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY.format(count=12, patched=3) + "[ray]\ntraces_per_task = 2\n",
+                    encoding="utf-8")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "faithprobe", "run", str(path), "--out",
+                             str(out), "--quiet", "--engine", "ray"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = out / "progress.jsonl"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (
+            progress.is_file() and len(progress.read_text().splitlines()) >= 4):
+        time.sleep(0.02)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it was killed"
+    assert json.loads((out / "header.json").read_text())["status"] == "started"
+    assert main(["run", str(path), "--out", str(out), "--quiet", "--resume",
+                 "--engine", "ray"]) == 0
+    whole = tmp_path / "whole"
+    assert main(["run", str(path), "--out", str(whole), "--quiet"]) == 0
+    assert _lines(out) == _lines(whole)
 
 
 def test_the_ray_engine_generates_traces_as_a_local_run(tmp_path, cluster):
