@@ -47,7 +47,12 @@ DEMO_CONFIG = {
     "data": {"source": "organism", "split": "id", "count": 60, "seed": 1},
     # an organism step is 4 tokens: 24 new tokens regenerate every later step and the suffix
     "probe": {"corrupt": {"corrupter": "organism"}, "max_new_tokens": 24},
-    "patching": {"max_traces": 12},
+    # exact patching and its attribution estimate on the same traces (attribution_agreement)
+    "patching": {"max_traces": 12, "method": "both"},
+    # the organisms write each step with probability ~1 at temperature 1: at 3 about one digit
+    # in ten is resampled differently; 24 tokens rewrite every later step and the suffix
+    "resample": {"enabled": True, "samples": 6, "temperature": 3.0, "top_p": 1.0,
+                 "max_new_tokens": 24, "different": "numbers", "max_traces": 8},
     "metrics": {"n_boot": 1000},
 }
 

@@ -187,7 +187,8 @@ def sample_continuations(
             start = min(min(_common(prompts[k], prefix), len(prompts[k]) - 1) for k in rows)
             if start > 0:
                 cache = copy.deepcopy(base)
-                cache.crop(start)
+                if start < len(prefix):
+                    cache.crop(start - len(prefix))  # a negative count: drop the tokens after
                 cache.batch_repeat_interleave(len(rows))
         gens = [torch.Generator().manual_seed(int(seeds[k]) % 2**63) for k in rows]
         out, n = _sample_batch(ckpt, [prompts[k] for k in rows], gens, cache, start,

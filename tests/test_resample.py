@@ -1,0 +1,183 @@
+"""Counterfactual resampling: the seeded sampler, the resample stage, its metric and config."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import zoo  # noqa: E402
+
+from faithprobe.cli import main
+from faithprobe.data.traces import Trace
+from faithprobe.errors import FaithprobeError
+from faithprobe.metrics import compute_metrics
+from faithprobe.models.checkpoints import load_checkpoint
+from faithprobe.models.generate import sample_continuations
+from faithprobe.organisms.task import generate as organism_problems
+from faithprobe.run.config import validate_config
+from faithprobe.run.units import patch_selection, probe_traces
+from faithprobe.stages.resample import (
+    ResampleConfig,
+    differs,
+    hidden_similarity,
+    resample_trace,
+    rollout_seed,
+    total_variation,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _prompts(ckpt, texts):
+    return [ckpt.tokenizer.prefix_ids + ckpt.tokenizer.encode(t)[0] for t in texts]
+
+
+def test_samples_are_seeded_and_the_same_in_any_batch(tiny):
+    prompts = _prompts(tiny, ["a=1;", "a=1;", "b=22;c", "q?"]) * 3
+    seeds = [rollout_seed(0, "t", j, k) for j, k in enumerate(range(len(prompts)))]
+    kw = dict(max_new_tokens=6, temperature=1.5, top_p=0.9, stop=[";"])
+    together = sample_continuations(tiny, prompts, seeds, batch_size=64, **kw)
+    alone = [sample_continuations(tiny, [p], [s], batch_size=1, **kw)
+             for p, s in zip(prompts, seeds)]
+    assert together.texts == tuple(a.texts[0] for a in alone)
+    assert together.stopped == tuple(a.stopped[0] for a in alone)
+    again = sample_continuations(tiny, prompts, seeds, batch_size=3, **kw)
+    assert again.texts == together.texts
+    other = sample_continuations(tiny, prompts, [s + 1 for s in seeds], **kw)
+    assert other.texts != together.texts  # the seed is what draws them
+    # the same prompt with different seeds gives different draws (a sampler, not argmax)
+    assert len(set(together.texts[:2] + together.texts[4:6])) > 1
+    for text, stopped in zip(together.texts, together.stopped):
+        assert ";" not in text and (stopped or len(text) <= 6)
+
+
+def test_hf_samples_share_the_prefix_cache_and_match_recomputation(tmp_path):
+    ckpt = load_checkpoint(str(zoo.build("llama", tmp_path / "llama")))
+    prefix = list(range(5, 25))
+    k, new = 6, 5
+    prompts = [prefix] * k
+    seeds = list(range(k))
+    kw = dict(max_new_tokens=new, temperature=1.0)
+    shared = sample_continuations(ckpt, prompts, seeds, shared_prefix=prefix, **kw)
+    plain = sample_continuations(ckpt, prompts, seeds, **kw)
+    assert shared.texts == plain.texts
+    # the prefix ran once: then one token a row a step (the prompt's last token first)
+    assert shared.tokens_run <= len(prefix) + k * new
+    assert plain.tokens_run >= k * len(prefix)
+
+
+def test_total_variation_and_different_rules():
+    assert total_variation(Counter("aab"), Counter("aab")) == 0.0
+    assert total_variation(Counter("aa"), Counter("bb")) == 1.0
+    assert total_variation(Counter("ab"), Counter("aa")) == pytest.approx(0.5)
+    new = ["b=9", " b=9 ", "B=9", "b = 9", "b=3", ""]
+    assert differs("b=9", new, "any") == [True] * 6
+    assert differs("b=9", new, "text") == [False, False, False, True, True, True]
+    assert differs("b=9", new, "numbers") == [False, False, False, False, True, True]
+    assert differs("b=9", ["x"] * 3, "cosine", similarity=[0.95, 0.5, float("nan")],
+                   threshold=0.8) == [False, True, True]
+    with pytest.raises(FaithprobeError):
+        differs("b=9", new, "cosine")
+
+
+def test_hidden_similarity_is_one_for_the_same_step(tiny):
+    sim = hidden_similarity(tiny, "b=9", ["b=9", "zzz q", ""])
+    assert sim[0] == pytest.approx(1.0)
+    assert sim[1] < 1.0
+    assert sim[2] != sim[2]  # an empty step has no vector: NaN, counted as different
+
+
+def _organism_traces(n):
+    return organism_problems("id", n, 1)
+
+
+DEMO_LIKE = ResampleConfig(samples=6, temperature=3.0, top_p=1.0, max_new_tokens=24,
+                           different="numbers")
+
+
+def test_resample_records_are_deterministic_and_complete():
+    ckpt = load_checkpoint("organism:base")
+    trace = _organism_traces(1)[0]
+    recs = resample_trace(ckpt, "base", trace, ckpt.template, DEMO_LIKE)
+    assert recs == resample_trace(ckpt, "base", trace, ckpt.template, DEMO_LIKE)
+    assert [r.step for r in recs] == list(range(trace.n_steps))
+    for r in recs:
+        d = r.detail
+        assert sum(d["kept_answers"].values()) == DEMO_LIKE.samples
+        assert sum(d["resampled_answers"].values()) == DEMO_LIKE.samples
+        assert sum(d["different_answers"].values()) == d["n_different"]
+        assert d["n_different"] == sum(differs(trace.steps[r.step], d["resampled_steps"],
+                                               "numbers"))
+        if r.status == "ok":
+            assert 0.0 <= r.value <= 1.0
+            assert r.value == pytest.approx(total_variation(
+                Counter(d["kept_answers"]), Counter(d["different_answers"])))
+            assert d["ci_low"] <= r.value + 1e-9 and d["ci_high"] >= r.value - 1e-9
+        else:
+            assert d["n_different"] == 0 and r.value is None
+
+
+def test_organisms_separate_base_above_sft():
+    """The faithful organism's answer follows a resampled step; the shortcut's does not."""
+    traces = _organism_traces(4)
+    records = []
+    for label in ("base", "sft"):
+        ckpt = load_checkpoint(f"organism:{label}")
+        for t in traces:
+            records += resample_trace(ckpt, label, t, ckpt.template, DEMO_LIKE)
+    est = {k: v["resampling_importance"] for k, v in compute_metrics(records, n_boot=500).items()}
+    assert est["base"].ci_low > est["sft"].ci_high
+    assert est["base"].value > 0.5 and est["sft"].value < 0.1
+
+
+def test_runs_resample_the_selected_traces_the_same_together_or_alone(tiny):
+    traces = [Trace(f"t{i}", f"a={i},b=a+1;b?", (f"a={i}", f"b={i + 1}"), str(i + 1),
+                    options=tuple("0123456789")) for i in range(3)]
+    cfg = validate_config({
+        "checkpoints": {"x": "tiny"}, "seed": 3,
+        "probe": {"interventions": ["truncate"], "max_new_tokens": 4},
+        "infogain": {"enabled": False}, "ki": {"enabled": False},
+        "patching": {"enabled": False},
+        "resample": {"enabled": True, "samples": 3, "temperature": 2.0, "max_new_tokens": 8,
+                     "different": "any", "max_traces": 2}})
+    sel = patch_selection(cfg, [t.id for t in traces])
+    assert not sel and sel.resample == {"t0", "t1"}
+
+    def resampled(batch):
+        return [r for _, recs in probe_traces(cfg, tiny, "x", tiny.template, batch,
+                                              patch_ids=sel)
+                for r in recs if r.intervention == "resample"]
+
+    together = resampled(traces)
+    alone = [r for t in traces for r in resampled([t])]
+    assert together == alone
+    assert {r.trace_id for r in together} == {"t0", "t1"}
+    assert all(r.status == "ok" for r in together)  # "any": every resample counts
+
+
+@pytest.mark.parametrize(("section", "fragment"), [
+    ('different = "meaning"', "[resample.different]"),
+    ("samples = 1", "[resample.samples]"),
+    ("top_p = 0.0", "[resample.top_p]"),
+    ("temperature = 0", "[resample.temperature]"),
+    ("threshold = 2.0", "[resample.threshold]"),
+    ('bogus = 1', "[resample.bogus]: unknown key"),
+])
+def test_bad_resample_options_exit_2_with_one_line(tmp_path, capsys, section, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[checkpoints]\nbase = "organism:base"\n[resample]\nenabled = true\n'
+                    f"{section}\n", encoding="utf-8")
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_resample_config_checks_its_own_values():
+    with pytest.raises(FaithprobeError, match="samples"):
+        ResampleConfig(samples=1)
+    with pytest.raises(FaithprobeError, match="different"):
+        ResampleConfig(different="meaning")  # type: ignore[arg-type]
