@@ -36,6 +36,8 @@ _HINTS = {
     "infogain_ppl": "the perplexity form was off ([infogain] ppl)",
     "patch": "activation patching was off ([patching] enabled)",
     "ki": "the traces carry no step_truth and no judge was given",
+    "resample": "resampling was off ([resample] enabled)",
+    "attribution": "attribution patching was not run ([patching] method)",
     **{kind: f"{kind} was not among the [probe] interventions"
        for kind in ("truncate", "corrupt", "paraphrase", "filler", "delete")},
 }
