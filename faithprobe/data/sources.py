@@ -59,13 +59,13 @@ def arithmetic_step_truth(step: str) -> bool | None:
     checked = False
     for m in _EQUATION.finditer(text):
         expr, value = m.group(1).strip(), m.group(2).replace(",", "")
-        if not re.search(r"\d\s*[-+*/]\s*\(?\s*\d", expr):
+        if not re.search(r"\d\s*[-+*/]\s*\(?\s*-?\s*\d", expr):
             continue  # a bare number restated is not a computation
         try:
             got = _eval(ast.parse(expr, mode="eval"))
         except (ValueError, SyntaxError, ZeroDivisionError):
             continue
-        if abs(got - float(value)) > 1e-6 * max(1.0, abs(got)):
+        if abs(got - float(value)) > 1e-9 * max(1.0, abs(got)):  # float noise, not a digit
             return False
         checked = True
     return True if checked else None
