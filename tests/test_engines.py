@@ -173,7 +173,7 @@ def test_a_driver_killed_by_sigkill_is_resumed_to_the_local_run(tmp_path, cluste
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "faithprobe", "run", str(path), "--out",
                              str(out), "--quiet", "--engine", "ray"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     progress = out / "progress.jsonl"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and not (
@@ -181,6 +181,7 @@ def test_a_driver_killed_by_sigkill_is_resumed_to_the_local_run(tmp_path, cluste
         time.sleep(0.02)
     proc.kill()
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it was killed"
+    assert proc.stderr.read() == ""  # --quiet: not a line of Ray's own logging either
     assert json.loads((out / "header.json").read_text())["status"] == "started"
     assert main(["run", str(path), "--out", str(out), "--quiet", "--resume",
                  "--engine", "ray"]) == 0

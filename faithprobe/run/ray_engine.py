@@ -25,6 +25,7 @@ or ``HOST:PORT`` joins a running cluster (``ray start --head`` on the first mach
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -48,6 +49,13 @@ def import_ray() -> Any:
     except ImportError:
         raise FaithprobeError("the Ray engine needs ray: pip install 'faithprobe[ray]'",
                               field="--engine") from None
+    # Ray logs to stderr through its own handler; like every library's, its records go to the
+    # root logger instead (the command keeps them for its log file; --debug prints them)
+    log = logging.getLogger("ray")
+    for handler in list(log.handlers):
+        if type(handler) is logging.StreamHandler:
+            log.removeHandler(handler)
+    log.propagate = True
     return ray
 
 
