@@ -90,6 +90,20 @@ def test_hidden_similarity_is_one_for_the_same_step(tiny):
     assert sim[2] != sim[2]  # an empty step has no vector: NaN, counted as different
 
 
+def test_cosine_rule_in_the_stage_reads_hidden_states(tiny):
+    trace = Trace("t", "a=1,b=a+1;b?", ("a=1", "b=2"), "2", options=tuple("0123456789"))
+    config = ResampleConfig(samples=3, temperature=2.0, max_new_tokens=6, different="cosine",
+                            threshold=0.999)
+    recs = resample_trace(tiny, "x", trace, tiny.template, config)
+    for r in recs:
+        sim = r.detail["similarity"]
+        assert len(sim) == 3
+        assert r.detail["n_different"] == sum(not s >= 0.999 for s in sim)
+        same = [s for s, new in zip(sim, r.detail["resampled_steps"])
+                if new == trace.steps[r.step]]
+        assert all(s == pytest.approx(1.0) for s in same)
+
+
 def _organism_traces(n):
     return organism_problems("id", n, 1)
 
