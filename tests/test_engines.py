@@ -108,7 +108,11 @@ def test_the_ray_engine_writes_the_local_run(local_run, study, tmp_path, cluster
     header = json.loads((out / "header.json").read_text())
     local = json.loads((local_run / "header.json").read_text())
     assert header["status"] == "success" and header["patching"] == local["patching"]
-    assert header["hardware"]["engine"] == "ray" and header["hardware"]["cluster"]["CPU"] == 2
+    hardware = header["hardware"]
+    assert hardware["engine"] == "ray" and hardware["cluster"]["CPU"] == 2
+    assert {label: {k: v for k, v in entry.items() if k != "node"}
+            for label, entry in hardware["checkpoints"].items()} == \
+        {label: entry for label, entry in local["hardware"]["checkpoints"].items()}
     assert (out / "report.html").is_file()
 
 

@@ -46,8 +46,8 @@ from faithprobe.run.config import RunConfig, check_limit, placement_of
 
 Engine = Literal["local", "ray"]
 
-__all__ = ["HEADER", "RECORDS", "SUMMARY", "TRACES", "Prepared", "open_run", "prepare_run",
-           "run_study", "score_runs"]
+__all__ = ["HEADER", "RECORDS", "SUMMARY", "TRACES", "Prepared", "checkpoint_hardware",
+           "open_run", "prepare_run", "run_study", "score_runs"]
 
 SCHEMA_VERSION = 1
 HEADER = "header.json"
@@ -334,7 +334,8 @@ def run_study(cfg: RunConfig, out: Path, *, argv: Sequence[str] = (), resume: bo
             header.update(warnings=prep.warnings, preflight=prep.context,
                           hardware=hardware(prep) if engine == "local" else
                           {"engine": "ray", "placement": {
-                              label: placement_of(cfg, label) for label in prep.checkpoints}})
+                              label: placement_of(cfg, label) for label in prep.checkpoints},
+                           "checkpoints": {}})  # filled from the tasks, as they run
             write_json(out / HEADER, header)
             done = _restore(out) if resume else set()
             if cfg["data"]["traces"] == "file" and not (out / TRACES).exists():
@@ -370,13 +371,20 @@ def hardware(prep: Prepared) -> dict[str, Any]:
     out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda,
                            "threads": torch.get_num_threads(), "checkpoints": {}}
     for label, ckpt in models.items():
-        first = next(ckpt.bridge.parameters())
-        entry = {"device": str(first.device), "dtype": str(first.dtype).replace("torch.", "")}
-        if first.device.type == "cuda":
-            props = torch.cuda.get_device_properties(first.device)
-            entry.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
-        out["checkpoints"][label] = entry
+        out["checkpoints"][label] = checkpoint_hardware(ckpt)
     return out
+
+
+def checkpoint_hardware(ckpt: Any) -> dict[str, Any]:
+    """Where one loaded checkpoint sits: device, dtype, and the GPU's name and memory."""
+    import torch
+
+    first = next(ckpt.bridge.parameters())
+    entry = {"device": str(first.device), "dtype": str(first.dtype).replace("torch.", "")}
+    if first.device.type == "cuda":
+        props = torch.cuda.get_device_properties(first.device)
+        entry.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
+    return entry
 
 
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
@@ -425,9 +433,13 @@ def _probe_all_ray(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prep
         path = out / f"traces-{label}.jsonl"
         return read_traces(path) if path.is_file() else None
 
-    def on_fast_path(label: str, entry: dict[str, Any]) -> None:
-        if header.setdefault("patching", {}).get(label) != entry:
-            header["patching"][label] = entry
+    def on_worker(label: str, where: dict[str, Any], fast_path: dict[str, Any] | None) -> None:
+        """A task's checkpoint placement and patching path, in the header once per label."""
+        before = json.dumps(header)
+        header["hardware"]["checkpoints"].setdefault(label, where)
+        if fast_path is not None:
+            header.setdefault("patching", {}).setdefault(label, fast_path)
+        if json.dumps(header) != before:
             write_json(out / HEADER, header)
 
     def on_cluster(resources: dict[str, Any]) -> None:
@@ -437,7 +449,7 @@ def _probe_all_ray(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prep
     probe_on_ray(
         cfg, prep, done, address=address, generated=generated,
         save_generated=lambda label, traces: write_traces(out / f"traces-{label}.jsonl", traces),
-        on_fast_path=on_fast_path, on_cluster=on_cluster,
+        on_worker=on_worker, on_cluster=on_cluster,
         on_records=lambda label, trace_id, records: _append(out, label, trace_id, records),
         progress=lambda label, total, initial: tqdm(total=total, initial=initial, desc=label,
                                                     disable=True if quiet else None,

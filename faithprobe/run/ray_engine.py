@@ -36,7 +36,7 @@ from faithprobe.errors import FaithprobeError
 from faithprobe.records import Record
 from faithprobe.run.config import RunConfig, placement_of
 
-__all__ = ["check_address", "import_ray", "probe_on_ray"]
+__all__ = ["check_address", "import_ray", "probe_on_ray", "ray_node"]
 
 MAX_RETRIES = 3  # a task whose worker process dies is run again this many times at most
 TASKS_PER_CPU = 4  # default slicing: about this many tasks per CPU of the cluster
@@ -108,7 +108,9 @@ def _generate_task(cfg: RunConfig, label: str, spec: str, problems: list[Trace],
 
 def _probe_task(cfg: RunConfig, label: str, spec: str, scorer_spec: str | None,
                 traces: list[Trace], patch_ids: frozenset[str], cwd: str,
-                threads: int) -> tuple[dict[str, Any] | None, list[tuple[str, list[Record]]]]:
+                threads: int) -> tuple[dict[str, Any], dict[str, Any] | None,
+                                       list[tuple[str, list[Record]]]]:
+    from faithprobe.run.folder import checkpoint_hardware
     from faithprobe.run.units import probe_traces
 
     _setup(cwd, threads)
@@ -125,7 +127,15 @@ def _probe_task(cfg: RunConfig, label: str, spec: str, scorer_spec: str | None,
     out = [(t.id, records) for t, records in probe_traces(
         cfg, ckpt, label, _template(cfg, ckpt), traces, scorer=scorer, patch_ids=patch_ids,
         fast_path=fast_path)]
-    return (fast_path.to_json() if fast_path else None), out
+    where = {**checkpoint_hardware(ckpt), "node": ray_node()}
+    return where, (fast_path.to_json() if fast_path else None), out
+
+
+def ray_node() -> str:
+    """The Ray node a task runs on (its IP address)."""
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 # --- driver side --------------------------------------------------------------------------------
@@ -163,14 +173,15 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
                  address: str | None,
                  generated: Callable[[str], list[Trace] | None],
                  save_generated: Callable[[str, list[Trace]], None],
-                 on_fast_path: Callable[[str, dict[str, Any]], None],
+                 on_worker: Callable[[str, dict[str, Any], dict[str, Any] | None], None],
                  on_cluster: Callable[[dict[str, Any]], None],
                  on_records: Callable[[str, str, list[Record]], None],
                  progress: Callable[[str, int, int], Any]) -> None:
     """Every (label, trace) not in ``done`` probed as Ray tasks (see the module docstring).
 
     ``generated(label)`` gives a label's saved generated traces (resume), ``save_generated``
-    saves them; ``on_cluster`` gets the cluster's resources; ``on_records(label, trace_id,
+    saves them; ``on_cluster`` gets the cluster's resources, ``on_worker(label, where,
+    fast_path)`` where a task's checkpoint sat and how it patched; ``on_records(label, trace_id,
     records)`` writes a trace's records;
     ``progress(label, total, initial)`` returns a bar with ``update``/``close``.
     """
@@ -224,9 +235,8 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             label = owner.pop(ready[0])
-            fast_path, results = ray.get(ready[0])
-            if fast_path is not None:
-                on_fast_path(label, fast_path)
+            where, fast_path, results = ray.get(ready[0])
+            on_worker(label, where, fast_path)
             for trace_id, records in results:
                 on_records(label, trace_id, records)
                 bars[label].update(1)
