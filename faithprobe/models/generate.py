@@ -202,22 +202,24 @@ def sample_continuations(
 def _sample_batch(ckpt: Checkpoint, prompts: list[Sequence[int]], gens: list[torch.Generator],
                   cache: Any, start: int, max_new_tokens: int, warpers: list[Any],
                   stop: Sequence[str]) -> tuple[list[tuple[str, bool]], int]:
-    """One batch: the prompts' tails after ``start`` left-padded behind the cached prefix;
-    finished rows are dropped from the batch (and from the cache)."""
+    """One batch: the prompts' tails after ``start`` left-padded behind the cached prefix.
+    Finished rows leave the batch (and the cache, where it can select rows; else they are fed
+    padding and ignored). Each unfinished row draws one number from its generator a step."""
     device = ckpt.device
     cached = has_kv_cache(ckpt)
     ids, mask = _left_pad([p[start:] for p in prompts], ckpt.tokenizer.pad_token_id)
     if start:
         mask = torch.cat([torch.ones(len(prompts), start, dtype=torch.long), mask], 1)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, start:] if start else \
-        (mask.cumsum(-1) - 1).clamp(min=0)
-    live = list(range(len(prompts)))
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+    rows = list(range(len(prompts)))  # the prompt of each row of the batch
     new: list[list[int]] = [[] for _ in prompts]
     result = [("", False)] * len(prompts)
+    done = [False] * len(prompts)
     eos = ckpt.tokenizer.eos_token_id
     fresh, run = True, 0
     for _ in range(max_new_tokens):
-        if not live or mask.shape[1] >= ckpt.n_ctx:
+        active = [r for r, k in enumerate(rows) if not done[k]]
+        if not active or mask.shape[1] >= ckpt.n_ctx:
             break
         feed, feed_pos = (ids, pos) if (fresh or not cached) else (ids[:, -1:], pos[:, -1:])
         if cached:
@@ -229,34 +231,34 @@ def _sample_batch(ckpt: Checkpoint, prompts: list[Sequence[int]], gens: list[tor
                                  position_ids=feed_pos.to(device))
         run += int(feed.numel())
         fresh = False
-        scores = logits[:, -1].float().cpu()
+        scores = logits[active, -1].float().cpu()
         for w in warpers:
             scores = w(None, scores)
         cdf = torch.softmax(scores, dim=-1).cumsum(-1)
-        u = torch.cat([torch.rand(1, generator=gens[k]) for k in live])[:, None]
-        toks = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-        toks = toks.clamp(max=cdf.shape[1] - 1)[:, 0]
-        keep = []
-        for row, k in enumerate(live):
-            tok = int(toks[row])
-            done = eos is not None and tok == eos
-            if not done:
-                new[k].append(tok)
-                text = ckpt.tokenizer.decode(new[k])
-                cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-                done = cut >= 0
-                result[k] = (text[:cut] if done else text, done)
-            else:
+        u = torch.cat([torch.rand(1, generator=gens[rows[r]]) for r in active])[:, None]
+        drawn = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+        toks = torch.full((len(rows),), ckpt.tokenizer.pad_token_id, dtype=torch.long)
+        toks[active] = drawn.clamp(max=cdf.shape[1] - 1)[:, 0]
+        for r in active:
+            k, tok = rows[r], int(toks[r])
+            if eos is not None and tok == eos:
+                done[k] = True
                 result[k] = (result[k][0], True)
-            if not done:
-                keep.append(row)
+                continue
+            new[k].append(tok)
+            text = ckpt.tokenizer.decode(new[k])
+            cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+            done[k] = cut >= 0
+            result[k] = (text[:cut] if done[k] else text, done[k])
         ids = torch.cat([ids, toks[:, None]], 1)
-        mask = torch.cat([mask, torch.ones(len(live), 1, dtype=torch.long)], 1)
+        mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=torch.long)], 1)
         pos = torch.cat([pos, pos[:, -1:] + 1], 1)
-        if len(keep) < len(live):
+        keep = [r for r, k in enumerate(rows) if not done[k]]
+        if keep and len(keep) < len(rows) and (
+                cache is None or hasattr(cache, "batch_select_indices")):
             index = torch.tensor(keep, dtype=torch.long)
             ids, mask, pos = ids[index], mask[index], pos[index]
-            if cache is not None and keep:
+            if cache is not None:
                 cache.batch_select_indices(index.to(device))
-            live = [live[row] for row in keep]
+            rows = [rows[r] for r in keep]
     return result, run
