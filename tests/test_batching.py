@@ -38,7 +38,7 @@ class OomAbove:
 
 
 def test_out_of_memory_halves_the_batch_and_retries(tiny):
-    seqs = [[1, 5, 6, 7, 8, 9][: 3 + k % 4] for k in range(7)]
+    seqs = [[1, 5 + k % 3, 6, 7, 8, 9][: 3 + k % 4] for k in range(7)]  # 7 distinct
     reads = [[len(s) - 1] for s in seqs]
     want = forward_logprobs(tiny, seqs, reads, batch_size=1)
     tiny.bridge = OomAbove(tiny.bridge, rows=2)

@@ -10,18 +10,20 @@ Native (tiny) models have no cache and always run whole sequences.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from faithprobe.errors import FaithprobeError
+from faithprobe.models.batches import halving_on_oom, is_out_of_memory, token_batches
 from faithprobe.models.checkpoints import Checkpoint
 
-__all__ = ["PaddingSide", "croppable", "forward_logprobs", "generate", "halving_on_oom",
-           "has_kv_cache", "is_out_of_memory", "token_batches"]
+__all__ = ["GreedyAfter", "PaddingSide", "croppable", "forward_logprobs", "forward_token_logprobs",
+           "generate", "halving_on_oom", "has_kv_cache", "is_out_of_memory", "token_batches"]
 
 PaddingSide = Literal["left", "right"]  # where a batch's shorter sequences are padded
 
@@ -51,6 +53,54 @@ def _positions(mask: Int[Tensor, "batch pos"], start: int = 0) -> Int[Tensor, "b
     return (mask.cumsum(-1) - 1).clamp(min=0) + start
 
 
+def _keeps_logits(ckpt: Checkpoint) -> bool:
+    """Whether the wrapped Hugging Face model computes logits only at chosen positions
+    (``logits_to_keep``): a 4,096-token run then skips 4,095 rows of the unembedding and
+    their vocabulary-wide logits."""
+    model = getattr(ckpt.bridge, "original_model", None)
+    try:
+        return model is not None and has_kv_cache(ckpt) and \
+            "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _logprobs_at(ckpt: Checkpoint, ids: Tensor, at: Sequence[Sequence[int]], keep: bool,
+                 targets: Sequence[Sequence[int]] | None = None, **kwargs: Any
+                 ) -> tuple[list[Tensor], Any]:
+    """One forward of ``ids``; row ``r``'s log-softmax at its positions ``at[r]`` (float32,
+    on the CPU; with ``targets``, only the log-probability of ``targets[r][j]`` at ``at[r][j]``)
+    and what else the bridge returned (the cache, with ``return_type="logits_and_cache"``).
+    With ``keep`` only the positions read are unembedded."""
+    device = ckpt.device
+    wanted = sorted({p for row in at for p in row})
+    if keep:
+        kwargs["logits_to_keep"] = torch.tensor(wanted or [ids.shape[1] - 1], device=device)
+        index = {p: i for i, p in enumerate(wanted)}
+    else:
+        index = {p: p for p in wanted}
+    out = ckpt.bridge(ids.to(device), **kwargs)
+    logits, rest = out if isinstance(out, tuple) else (out, None)
+    rows = []
+    for r, pos in enumerate(at):
+        sel = torch.tensor([index[p] for p in pos], dtype=torch.long, device=device)
+        lp = torch.log_softmax(logits[r, sel].float(), dim=-1)
+        if targets is not None:
+            tgt = torch.tensor(list(targets[r]), dtype=torch.long, device=device)
+            lp = lp.gather(-1, tgt[:, None])[:, 0]
+        rows.append(lp.cpu())
+    return rows, rest
+
+
+def _unique(seqs: Sequence[Sequence[int]], reads: Sequence[Sequence[int]]
+            ) -> tuple[list[int], list[int]]:
+    """Indices of the distinct (sequence, reads) pairs, and for every pair the index of its
+    distinct one (the suite scores a truncation twice: as an edit and for InfoGain)."""
+    first: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+    owner = [first.setdefault((tuple(s), tuple(r)), k) for k, (s, r) in enumerate(zip(seqs, reads))]
+    return sorted(set(owner)), owner
+
+
 @torch.no_grad()
 def forward_logprobs(
     ckpt: Checkpoint,
@@ -61,76 +111,52 @@ def forward_logprobs(
     padding_side: PaddingSide = "right",
     reuse_prefix: Sequence[int] | None = None,
     max_batch_tokens: int | None = None,
+    greedy: GreedyAfter | None = None,
 ) -> list[Float[Tensor, "n_read vocab"]]:
     """Log-softmax of the logits at positions ``reads[k]`` of sequence ``k`` (unpadded index).
 
     With ``reuse_prefix`` (token ids every sequence is compared against, usually the unedited
     trace) and a model with a KV cache, the prefix is run once; each sequence then runs only
     from its first token that differs from ``reuse_prefix`` (sequences with the same divergence
-    point are batched together on a copy of the cache cut there). ``max_batch_tokens`` bounds
+    point are batched together on a view of the cache cut there). ``max_batch_tokens`` bounds
     a batch's padded size besides its row count; a batch that runs out of device memory is
-    halved and retried.
+    halved and retried. A pair (sequence, reads) given twice is computed once; only the
+    positions read are unembedded where the model allows it. With ``greedy`` (and prefix
+    reuse) the sequences' greedy continuations are decoded on the scoring runs' caches.
     """
+    distinct, owner = _unique(seqs, reads)
+    if len(distinct) < len(seqs):
+        sub = None if greedy is None else GreedyAfter(
+            [greedy.prompts[k] for k in distinct],
+            lambda i, lp: greedy.wanted(distinct[i], lp), greedy.max_new_tokens, greedy.stop)
+        got = forward_logprobs(ckpt, [seqs[k] for k in distinct], [reads[k] for k in distinct],
+                               batch_size=batch_size, padding_side=padding_side,
+                               reuse_prefix=reuse_prefix, max_batch_tokens=max_batch_tokens,
+                               greedy=sub)
+        where = {k: i for i, k in enumerate(distinct)}
+        if greedy is not None and sub is not None:
+            greedy.results.update({k: sub.results[where[owner[k]]] for k in range(len(seqs))
+                                   if where[owner[k]] in sub.results})
+        return [got[where[owner[k]]] for k in range(len(seqs))]
     if reuse_prefix is not None and has_kv_cache(ckpt) and len(seqs) > 1:
         return _forward_reusing(ckpt, seqs, reads, list(reuse_prefix), batch_size,
-                                max_batch_tokens)
+                                max_batch_tokens, greedy)
     out: list[Tensor | None] = [None] * len(seqs)
     device = ckpt.device
+    keep = _keeps_logits(ckpt)
 
     def run(rows: list[int]) -> None:
         ids, mask, offsets = _pad([seqs[k] for k in rows], ckpt.tokenizer.pad_token_id,
                                   padding_side)
-        logits = ckpt.bridge(ids.to(device), attention_mask=mask.to(device),
-                             position_ids=_positions(mask).to(device))
-        for row, (k, off) in enumerate(zip(rows, offsets)):
-            pos = torch.tensor([off + p for p in reads[k]], dtype=torch.long)
-            out[k] = torch.log_softmax(logits[row, pos.to(device)].float(), dim=-1).cpu()
+        at = [[off + p for p in reads[k]] for k, off in zip(rows, offsets)]
+        got, _ = _logprobs_at(ckpt, ids, at, keep, attention_mask=mask.to(device),
+                              position_ids=_positions(mask).to(device))
+        for k, lp in zip(rows, got):
+            out[k] = lp
 
     for rows in token_batches([len(s) for s in seqs], batch_size, max_batch_tokens):
         halving_on_oom(run, rows, max(len(seqs[k]) for k in rows))
     return out  # type: ignore[return-value]
-
-
-def token_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
-                  ) -> list[list[int]]:
-    """Consecutive indices grouped into batches of at most ``batch_size`` rows and, with
-    ``max_tokens``, at most that many padded tokens (rows x longest row): a 6k-token trace and
-    a 200-token one both fit one budget. A row longer than the budget runs alone."""
-    batches: list[list[int]] = []
-    widest = 0
-    for k, n in enumerate(lengths):
-        if batches and len(batches[-1]) < batch_size and (
-                max_tokens is None or (len(batches[-1]) + 1) * max(widest, n) <= max_tokens):
-            batches[-1].append(k)
-            widest = max(widest, n)
-        else:
-            batches.append([k])
-            widest = n
-    return batches
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
-def halving_on_oom(run: Callable[[list[int]], None], rows: list[int], width: int) -> None:
-    """``run(rows)``; when the device runs out of memory, halve the batch and retry each half
-    instead of ending the run. One row that does not fit is a clear error."""
-    try:
-        run(rows)
-    except RuntimeError as exc:
-        if not is_out_of_memory(exc):
-            raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if len(rows) == 1:
-            raise FaithprobeError(f"one sequence of {width} tokens does not fit in the device's "
-                                  "memory (lower probe.max_batch_tokens, or use a device "
-                                  "with more memory)", field="probe.max_batch_tokens") from None
-        half = len(rows) // 2
-        halving_on_oom(run, rows[:half], width)
-        halving_on_oom(run, rows[half:], width)
 
 
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -142,16 +168,16 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-_GROUP_SLACK = 16  # tokens
+GROUP_SLACK = 16  # tokens
 
 
 def _groups(starts: Sequence[int], batch_size: int) -> list[tuple[int, list[int]]]:
     """Batches of sequence indices by divergence point: sequences whose points lie within
-    ``_GROUP_SLACK`` tokens share one batch that starts at the earliest of them (a few tokens
+    ``GROUP_SLACK`` tokens share one batch that starts at the earliest of them (a few tokens
     recomputed buy one forward call fewer)."""
     groups: list[tuple[int, list[int]]] = []
     for k in sorted(range(len(starts)), key=lambda k: starts[k]):
-        if groups and starts[k] - groups[-1][0] <= _GROUP_SLACK and \
+        if groups and starts[k] - groups[-1][0] <= GROUP_SLACK and \
                 len(groups[-1][1]) < batch_size:
             groups[-1][1].append(k)
         else:
@@ -170,24 +196,123 @@ def croppable(cache: Any) -> bool:
                                                for layer in cache.layers)
 
 
-def _cache_at(base_cache, start: int, length: int, rows: int):
-    """A copy of a one-row KV cache of ``length`` tokens, cut to ``start``, for ``rows`` rows."""
-    cache = copy.deepcopy(base_cache)
-    if start < length:
-        cache.crop(start - length)  # a negative count: drop the tokens after start
-    cache.batch_repeat_interleave(rows)
+def _cache_at(base_cache: Any, start: int, rows: int) -> Any:
+    """A one-row KV cache cut to its first ``start`` tokens, for ``rows`` rows: views of the
+    prefix's tensors, nothing copied (a layer's update concatenates into new tensors)."""
+    cache = copy.copy(base_cache)
+    cache.layers = []
+    for layer in base_cache.layers:
+        view = copy.copy(layer)
+        view.keys = layer.keys[:, :, :start].expand(rows, -1, -1, -1)
+        view.values = layer.values[:, :, :start].expand(rows, -1, -1, -1)
+        cache.layers.append(view)
     return cache
 
 
-def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=None
-                     ) -> list[Tensor]:
+def _prefix_cache(ckpt: Checkpoint, prefix: Sequence[int]) -> Any:
+    """The KV cache of one run of ``prefix`` (its logits are not needed: only the last
+    position is unembedded where the model allows it)."""
+    keep = {"logits_to_keep": 1} if _keeps_logits(ckpt) else {}
+    _, cache = ckpt.bridge(torch.tensor([list(prefix)], device=ckpt.device),
+                           return_type="logits_and_cache", **keep)
+    return cache
+
+
+@dataclass
+class GreedyAfter:
+    """Greedy continuations decoded from the scoring runs' own caches (prefix reuse only).
+
+    ``prompts[k]``: sequence ``k``'s first that many tokens are the prompt to continue (None:
+    none wanted); ``wanted(k, logprobs)`` decides from the sequence's reads whether its
+    continuation is needed. The tokens the sequence itself holds after the prompt are taken
+    while greedy decoding would write them (read from the scoring run), the rest is decoded on
+    the batch's cache, with the sequence's later tokens masked out: the prompt is never run
+    twice. ``results[k]`` is what :func:`generate` returns with ``return_logprob``; a sequence
+    whose reads do not cover its prompt's last position is left out (generate it instead).
+    """
+
+    prompts: Sequence[int | None]
+    wanted: Callable[[int, Tensor], bool]
+    max_new_tokens: int
+    stop: Sequence[str] = ()
+    results: dict[int, tuple[str, bool, float]] = field(default_factory=dict)
+
+
+def _greedy_after(ckpt: Checkpoint, greedy: GreedyAfter, seqs, reads, chunk: list[int],
+                  got: list[Tensor], cache: Any, mask: Tensor) -> None:
+    """Continue the sequences of one scored batch (``chunk``, their read log-probabilities
+    ``got``, the batch's ``cache`` and attention ``mask``, right-padded tails)."""
+    rows = _Rows(ckpt, len(chunk), greedy.stop, greedy.max_new_tokens)
+    todo: list[tuple[int, int, int]] = []  # (row, position to feed at, token to feed)
+    for r, k in enumerate(chunk):
+        prompt = greedy.prompts[k]
+        at = {p: j for j, p in enumerate(reads[k])}
+        if prompt is None or prompt - 1 not in at or not greedy.wanted(k, got[r]):
+            continue
+        p = prompt
+        while rows.live(r) and p - 1 in at:
+            lp = got[r][at[p - 1]]
+            tok = int(torch.argmax(lp))
+            rows.emit(r, tok, float(lp[tok]))
+            if p < len(seqs[k]) and tok == seqs[k][p]:
+                p += 1  # greedy writes the sequence's own token: its next logits are read
+                continue
+            if rows.live(r) and p < ckpt.n_ctx:
+                todo.append((r, p, tok))
+            break
+        greedy.results[k] = rows.result(r)
+    if not todo:
+        return
+    sel = torch.tensor([r for r, _, _ in todo], device=ckpt.device)
+    sub = copy.copy(cache)
+    sub.layers = []
+    for layer in cache.layers:
+        view = copy.copy(layer)
+        view.keys, view.values = layer.keys[sel], layer.values[sel]
+        sub.layers.append(view)
+    sub_mask = mask[sel.cpu()].clone()
+    for b, (_, p, _) in enumerate(todo):
+        sub_mask[b, p:] = 0  # the sequence's own tokens from p on are not the continuation's
+    _decode(ckpt, rows, [r for r, _, _ in todo], torch.tensor([[t] for _, _, t in todo]),
+            torch.cat([sub_mask, torch.ones(len(todo), 1, dtype=torch.long)], 1),
+            torch.tensor([[p] for _, p, _ in todo]), sub, 0.0, torch.Generator())
+    for r, _, _ in todo:
+        greedy.results[chunk[r]] = rows.result(r)
+
+
+_PAD_WASTE = 0.25  # a tail batch's padding: at most this share of its real tokens
+
+
+def _tail_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None,
+                  cached: int) -> list[list[int]]:
+    """Indices into ``lengths`` (tails run after ``cached`` tokens of cache), longest first,
+    in batches of at most ``batch_size`` rows whose padding stays within ``_PAD_WASTE`` of
+    their tokens (a 10-token truncation is not padded to a 2,000-token deletion) and, with
+    ``max_tokens``, whose rows x (cached + widest tail) stays within it."""
+    batches: list[list[int]] = []
+    used = 0
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if batches:
+            rows, width = len(batches[-1]) + 1, lengths[batches[-1][0]]
+            if rows <= batch_size and rows * width <= (1 + _PAD_WASTE) * (used + lengths[i]) \
+                    and (max_tokens is None or rows * (cached + width) <= max_tokens):
+                batches[-1].append(i)
+                used += lengths[i]
+                continue
+        batches.append([i])
+        used = lengths[i]
+    return batches
+
+
+def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=None,
+                     greedy: GreedyAfter | None = None) -> list[Tensor]:
     device = ckpt.device
+    keep = _keeps_logits(ckpt)
     # a sequence reuses the prefix up to (not including) the first position it must compute:
     # its first differing token, and no later than its first read position
     starts = [min(_lcp(s, prefix), min(r) if len(r) else len(s), len(s) - 1)
               for s, r in zip(seqs, reads)]
-    _, base_cache = ckpt.bridge(torch.tensor([prefix], device=device),
-                                return_type="logits_and_cache")
+    base_cache = _prefix_cache(ckpt, prefix)
     if not croppable(base_cache):
         return forward_logprobs(ckpt, seqs, reads, batch_size=batch_size,
                                 max_batch_tokens=max_batch_tokens)
@@ -201,20 +326,115 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=Non
             continue
 
         def run(chunk: list[int], start: int = start) -> None:
-            cache = _cache_at(base_cache, start, len(prefix), len(chunk))
+            ids, mask, _ = _pad([seqs[k][start:] for k in chunk], ckpt.tokenizer.pad_token_id,
+                                "right")
+            full_mask = torch.cat([torch.ones(len(chunk), start, dtype=torch.long), mask], 1)
+            # every read lies in the tail: a sequence's start is at or before its first read
+            got, cache = _logprobs_at(
+                ckpt, ids, [[p - start for p in reads[k]] for k in chunk], keep,
+                attention_mask=full_mask.to(device),
+                position_ids=_positions(mask, start).to(device),
+                past_key_values=_cache_at(base_cache, start, len(chunk)),
+                return_type="logits_and_cache" if greedy is not None else "logits")
+            for k, lp in zip(chunk, got):
+                out[k] = lp
+            if greedy is not None:
+                _greedy_after(ckpt, greedy, seqs, reads, chunk, got, cache, full_mask)
+
+        tails = [len(seqs[k]) - start for k in group]
+        for rows in _tail_batches(tails, batch_size, max_batch_tokens, start):
+            chunk = [group[i] for i in rows]
+            halving_on_oom(run, chunk, max(len(seqs[k]) for k in chunk))
+    return out  # type: ignore[return-value]
+
+
+CHUNK = 512  # tokens a shared sequence is run in at a time, so its logits stay small
+
+
+@torch.no_grad()
+def forward_token_logprobs(
+    ckpt: Checkpoint,
+    seqs: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 16,
+    max_batch_tokens: int | None = None,
+    share_prefix: bool = False,
+) -> list[Float[Tensor, " n"]]:
+    """Per sequence, the log-probability of each token after the first given the tokens
+    before it (``len - 1`` values, float32): what a whole string's perplexity reads.
+
+    With ``share_prefix`` on a model whose KV cache can be cut (the truncations of one trace),
+    the longest sequence is run once, ``CHUNK`` tokens at a time, and every other one runs
+    only from the position before its first token that differs from it; the positions before
+    are that run's. Only the log-probabilities of the actual tokens are kept.
+    """
+    if share_prefix and has_kv_cache(ckpt) and len(seqs) > 1:
+        got = _token_logprobs_reusing(ckpt, seqs, batch_size, max_batch_tokens)
+        if got is not None:
+            return got
+    out: list[Tensor | None] = [None] * len(seqs)
+    device = ckpt.device
+    keep = _keeps_logits(ckpt)
+
+    def run(rows: list[int]) -> None:
+        ids, mask, _ = _pad([seqs[k] for k in rows], ckpt.tokenizer.pad_token_id, "right")
+        got, _ = _logprobs_at(ckpt, ids, [range(len(seqs[k]) - 1) for k in rows], keep,
+                              targets=[seqs[k][1:] for k in rows],
+                              attention_mask=mask.to(device),
+                              position_ids=_positions(mask).to(device))
+        for k, lp in zip(rows, got):
+            out[k] = lp
+
+    for rows in token_batches([len(s) for s in seqs], batch_size, max_batch_tokens):
+        halving_on_oom(run, rows, max(len(seqs[k]) for k in rows))
+    return out  # type: ignore[return-value]
+
+
+def _token_logprobs_reusing(ckpt, seqs, batch_size, max_batch_tokens) -> list[Tensor] | None:
+    """:func:`forward_token_logprobs` on the longest sequence's cache; None where that cache
+    cannot be cut exactly."""
+    device = ckpt.device
+    keep = _keeps_logits(ckpt)
+    r = max(range(len(seqs)), key=lambda k: len(seqs[k]))
+    ref = list(seqs[r])
+    cache, pieces = None, []
+    for lo in range(0, len(ref), CHUNK):
+        piece, targets = ref[lo: lo + CHUNK], ref[lo + 1: lo + CHUNK + 1]
+        got, cache = _logprobs_at(ckpt, torch.tensor([piece]), [range(len(targets))], keep,
+                                  targets=[targets], past_key_values=cache,
+                                  return_type="logits_and_cache")
+        if not croppable(cache):
+            return None
+        pieces.append(got[0])
+    ref_lp = torch.cat(pieces)
+    out: list[Tensor | None] = [None] * len(seqs)
+    starts: dict[int, int] = {}
+    for k, s in enumerate(seqs):
+        shared = _lcp(s, ref)
+        if shared >= len(s):  # a prefix of the longest: its positions were all computed
+            out[k] = ref_lp[: len(s) - 1].clone()
+        else:  # logits from the last shared position on predict what differs
+            starts[k] = max(shared - 1, 0)
+    order = sorted(starts)
+    for start, group in _groups([starts[k] for k in order], batch_size):
+        group = [order[i] for i in group]
+
+        def run(chunk: list[int], start: int = start) -> None:
             tails = [seqs[k][start:] for k in chunk]
             ids, mask, _ = _pad(tails, ckpt.tokenizer.pad_token_id, "right")
+            kw: dict[str, Any] = {}
+            if start:
+                kw = dict(past_key_values=_cache_at(cache, start, len(chunk)),
+                          position_ids=_positions(mask, start).to(device))
             full_mask = torch.cat([torch.ones(len(chunk), start, dtype=torch.long), mask], 1)
-            logits = ckpt.bridge(ids.to(device), attention_mask=full_mask.to(device),
-                                 position_ids=_positions(mask, start).to(device),
-                                 past_key_values=cache)
-            for row, k in enumerate(chunk):
-                # every read lies in the tail: a sequence's start is at or before its first read
-                at = torch.tensor([p - start for p in reads[k]], dtype=torch.long, device=device)
-                out[k] = torch.log_softmax(logits[row, at].float(), dim=-1).cpu()
+            got, _ = _logprobs_at(ckpt, ids, [range(len(t) - 1) for t in tails], keep,
+                                  targets=[t[1:] for t in tails],
+                                  attention_mask=full_mask.to(device), **kw)
+            for k, lp in zip(chunk, got):
+                out[k] = torch.cat([ref_lp[:start], lp])
 
-        lengths = [len(seqs[k]) for k in group]  # the cache's keys count toward the budget
-        for rows in token_batches(lengths, batch_size, max_batch_tokens):
+        tails = [len(seqs[k]) - start for k in group]
+        for rows in _tail_batches(tails, batch_size, max_batch_tokens, start):
             chunk = [group[i] for i in rows]
             halving_on_oom(run, chunk, max(len(seqs[k]) for k in chunk))
     return out  # type: ignore[return-value]
@@ -247,16 +467,14 @@ def generate(
     base_cache = None
     if reuse_prefix is not None and has_kv_cache(ckpt) and len(prompts) > 0:
         prefix = list(reuse_prefix)
-        with torch.no_grad():
-            _, base_cache = ckpt.bridge(torch.tensor([prefix], device=ckpt.device),
-                                        return_type="logits_and_cache")
+        base_cache = _prefix_cache(ckpt, prefix)
         if not croppable(base_cache):  # sliding windows, recurrent state: no shared prefix
             base_cache = None
     if base_cache is not None:
         starts = [min(_lcp(p, prefix), len(p) - 1) for p in prompts]
         results: list[tuple | None] = [None] * len(prompts)
         for start, idx in _groups(starts, batch_size):
-            cache = _cache_at(base_cache, start, len(prefix), len(idx)) if start else None
+            cache = _cache_at(base_cache, start, len(idx)) if start else None
             out = _generate_batch(ckpt, [prompts[i] for i in idx], max_new_tokens, stop,
                                   temperature, gen, cache=cache, start=start)
             for i, r in zip(idx, out):
@@ -269,60 +487,88 @@ def generate(
     return [r if return_logprob else r[:2] for r in results]  # type: ignore[index]
 
 
-def _generate_batch(ckpt, prompts, max_new_tokens, stop, temperature, gen, *, cache=None,
-                    start: int = 0) -> list[tuple]:
-    """One batch; with ``cache`` (the shared prefix's KV cache, ``start`` tokens) only the
-    prompts' tails after ``start`` are fed, left-padded between prefix and tail."""
+class _Rows:
+    """Texts being generated, one a row: tokens kept, text, summed log-probability, whether
+    the row reached its end (end-of-sequence or a stop string), tokens it may still write."""
+
+    def __init__(self, ckpt: Checkpoint, n: int, stop: Sequence[str], max_new_tokens: int
+                 ) -> None:
+        self.tokenizer, self.stop, self.eos = ckpt.tokenizer, stop, ckpt.tokenizer.eos_token_id
+        self.out: list[list[int]] = [[] for _ in range(n)]
+        self.texts = ["" for _ in range(n)]
+        self.logps = [0.0 for _ in range(n)]
+        self.stopped = [False for _ in range(n)]
+        self.left = [max_new_tokens for _ in range(n)]
+
+    def live(self, i: int) -> bool:
+        return not self.stopped[i] and self.left[i] > 0
+
+    def emit(self, i: int, tok: int, logp: float) -> None:
+        self.left[i] -= 1
+        if self.eos is not None and tok == self.eos:
+            self.stopped[i] = True
+            return
+        self.out[i].append(tok)
+        self.logps[i] += logp
+        self.texts[i] = self.tokenizer.decode(self.out[i])
+        for s in self.stop:
+            at = self.texts[i].find(s)
+            if s and at >= 0:
+                self.texts[i] = self.texts[i][:at]
+                self.stopped[i] = True
+                break
+
+    def result(self, i: int) -> tuple[str, bool, float]:
+        return self.texts[i], self.stopped[i], self.logps[i]
+
+
+def _decode(ckpt: Checkpoint, rows: _Rows, which: list[int], ids: Tensor, mask: Tensor,
+            pos: Tensor, cache: Any, temperature: float, gen: torch.Generator) -> None:
+    """Feed ``ids`` (at positions ``pos``, attending where ``mask`` is 1, after ``cache``), then
+    one token a step until every row of ``which`` (batch row -> ``rows`` index) is done or
+    the model's context is full."""
     device = ckpt.device
-    n = len(prompts)
-    out: list[list[int]] = [[] for _ in prompts]
-    texts = ["" for _ in prompts]
-    logps = [0.0 for _ in prompts]
-    stopped = [False for _ in prompts]
-    eos = ckpt.tokenizer.eos_token_id
     cached = has_kv_cache(ckpt)
-    ids, mask, _ = _pad([p[start:] for p in prompts], ckpt.tokenizer.pad_token_id, "left")
-    pos = _positions(mask, start)
+    keep = {"logits_to_keep": 1} if _keeps_logits(ckpt) else {}
     fresh = True
-    if start:
-        mask = torch.cat([torch.ones(n, start, dtype=torch.long), mask], 1)
-    for _ in range(max_new_tokens):
-        live = [i for i in range(n) if not stopped[i]]
-        if not live or mask.shape[1] >= ckpt.n_ctx:
+    while True:
+        live = [b for b, i in enumerate(which) if rows.live(i)]
+        if not live or int(pos[:, -1].max()) + 1 >= ckpt.n_ctx:
             break
         if cached:
-            feed = ids if fresh else ids[:, -1:]
-            feed_pos = pos if fresh else pos[:, -1:]
+            feed, feed_pos = (ids, pos) if fresh else (ids[:, -1:], pos[:, -1:])
             logits, cache = ckpt.bridge(feed.to(device), attention_mask=mask.to(device),
                                         position_ids=feed_pos.to(device),
-                                        past_key_values=cache, return_type="logits_and_cache")
+                                        past_key_values=cache, return_type="logits_and_cache",
+                                        **keep)
             fresh = False
         else:
             logits = ckpt.bridge(ids.to(device), attention_mask=mask.to(device),
                                  position_ids=pos.to(device))
         lp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
-        nxt = torch.full((n,), ckpt.tokenizer.pad_token_id, dtype=torch.long)
-        for i in live:
-            row = lp[i]
+        nxt = torch.full((len(which),), ckpt.tokenizer.pad_token_id, dtype=torch.long)
+        for b in live:
             if temperature > 0:
-                tok = int(torch.multinomial(torch.softmax(row / temperature, dim=-1), 1,
+                tok = int(torch.multinomial(torch.softmax(lp[b] / temperature, dim=-1), 1,
                                             generator=gen))
             else:
-                tok = int(torch.argmax(row))
-            nxt[i] = tok
-            if eos is not None and tok == eos:
-                stopped[i] = True
-                continue
-            out[i].append(tok)
-            logps[i] += float(row[tok])
-            texts[i] = ckpt.tokenizer.decode(out[i])
-            for s in stop:
-                at = texts[i].find(s)
-                if s and at >= 0:
-                    texts[i] = texts[i][:at]
-                    stopped[i] = True
-                    break
+                tok = int(torch.argmax(lp[b]))
+            nxt[b] = tok
+            rows.emit(which[b], tok, float(lp[b, tok]))
         ids = torch.cat([ids, nxt[:, None]], 1)
-        mask = torch.cat([mask, torch.ones(n, 1, dtype=torch.long)], 1)
+        mask = torch.cat([mask, torch.ones(len(which), 1, dtype=torch.long)], 1)
         pos = torch.cat([pos, pos[:, -1:] + 1], 1)
-    return list(zip(texts, stopped, logps))
+
+
+def _generate_batch(ckpt, prompts, max_new_tokens, stop, temperature, gen, *, cache=None,
+                    start: int = 0) -> list[tuple]:
+    """One batch; with ``cache`` (the shared prefix's KV cache, ``start`` tokens) only the
+    prompts' tails after ``start`` are fed, left-padded between prefix and tail."""
+    n = len(prompts)
+    rows = _Rows(ckpt, n, stop, max_new_tokens)
+    ids, mask, _ = _pad([p[start:] for p in prompts], ckpt.tokenizer.pad_token_id, "left")
+    pos = _positions(mask, start)
+    if start:
+        mask = torch.cat([torch.ones(n, start, dtype=torch.long), mask], 1)
+    _decode(ckpt, rows, list(range(n)), ids, mask, pos, cache, temperature, gen)
+    return [rows.result(i) for i in range(n)]

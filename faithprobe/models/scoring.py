@@ -27,7 +27,7 @@ from faithprobe.data.prompts import PromptTemplate
 from faithprobe.data.tokens import Aligned, align
 from faithprobe.errors import FaithprobeError
 from faithprobe.models.checkpoints import Checkpoint
-from faithprobe.models.forward import PaddingSide, forward_logprobs, generate
+from faithprobe.models.forward import GreedyAfter, PaddingSide, forward_logprobs, generate
 
 __all__ = [
     "AnswerScore",
@@ -232,9 +232,12 @@ def score(
         seqs += item_seqs
         reads += item_reads
     reuse_prefix = seqs[0] if share_prefix and seqs else None
+    greedy = None
+    if reuse_prefix is not None and any(p.mode == "free_form" for p in plans):
+        greedy = _greedy_after(ckpt, template, items, plans, seqs, max_answer_tokens)
     logprobs = forward_logprobs(ckpt, seqs, reads, batch_size=batch_size,
                                 padding_side=padding_side, reuse_prefix=reuse_prefix,
-                                max_batch_tokens=max_batch_tokens)
+                                max_batch_tokens=max_batch_tokens, greedy=greedy)
     results: list[AnswerScore] = []
     undecided: list[int] = []  # free-form items whose greedy answer must be generated
     for k, (item, plan) in enumerate(zip(items, plans)):
@@ -246,11 +249,17 @@ def score(
         else:
             sc = _option_score(item, plan, item_reads)
         results.append(sc)
-    if undecided:
-        answers = _greedy_answers(ckpt, template, [items[k] for k in undecided],
-                                  max_answer_tokens, batch_size, reuse_prefix=reuse_prefix)
-        for k, (pred, prob) in zip(undecided, answers):
-            results[k] = replace(results[k], pred=pred, pred_prob=prob)
+    decoded = {} if greedy is None else {k: greedy.results[plans[k].first] for k in undecided
+                                         if plans[k].first in greedy.results}
+    rest = [k for k in undecided if k not in decoded]
+    if rest:  # not decoded along with the scoring runs: generated from their prompts
+        prompts = [_render(ckpt, template, items[k], None).ids for k in rest]
+        decoded.update(zip(rest, generate(ckpt, prompts, max_new_tokens=max_answer_tokens,
+                                          stop=_ANSWER_STOP, batch_size=batch_size,
+                                          return_logprob=True, reuse_prefix=reuse_prefix)))
+    for k in undecided:
+        pred, prob = _greedy_answer(items[k], *decoded[k])
+        results[k] = replace(results[k], pred=pred, pred_prob=prob)
     return results
 
 
@@ -278,15 +287,33 @@ def _teacher_forced_greedy(ckpt: Checkpoint, item: ScoreItem, segment: Sequence[
     return said, float(math.exp(sum(float(lp[i, t]) for i, t in enumerate(segment))))
 
 
-def _greedy_answers(ckpt: Checkpoint, template: PromptTemplate, items: Sequence[ScoreItem],
-                    max_tokens: int, batch_size: int,
-                    reuse_prefix: Sequence[int] | None = None) -> list[tuple[str, float]]:
-    """Greedy-decode each free-form item's answer after the suffix: (answer, probability)."""
-    prompts = [_render(ckpt, template, it, None).ids for it in items]
-    outs = generate(ckpt, prompts, max_new_tokens=max_tokens, stop=("\n",),
-                    batch_size=batch_size, return_logprob=True, reuse_prefix=reuse_prefix)
-    answers = []
-    for item, (text, _stopped, logp) in zip(items, outs):
-        numeric = bool(_NUMBER.fullmatch(normalize_answer(item.answer)))
-        answers.append((normalize_answer(text, numeric=numeric), float(math.exp(logp))))
-    return answers
+_ANSWER_STOP = ("\n",)  # a free-form answer ends with its line
+
+
+def _greedy_after(ckpt: Checkpoint, template: PromptTemplate, items: Sequence[ScoreItem],
+                  plans: Sequence[_ItemPlan], seqs: Sequence[Sequence[int]], max_tokens: int
+                  ) -> GreedyAfter:
+    """Free-form items' greedy answers, decoded along with their scoring runs where the
+    prompt (the rendering without an answer) begins the scored sequence: wanted where the
+    teacher-forced answer is not what greedy decoding writes."""
+    prompts: list[int | None] = [None] * len(seqs)
+    owner: dict[int, int] = {}
+    for k, (item, plan) in enumerate(zip(items, plans)):
+        if plan.mode == "free_form":
+            ids = _render(ckpt, template, item, None).ids
+            if tuple(seqs[plan.first][: len(ids)]) == tuple(ids):
+                prompts[plan.first] = len(ids)
+                owner[plan.first] = k
+
+    def wanted(s: int, lp: torch.Tensor) -> bool:
+        item, plan = items[owner[s]], plans[owner[s]]
+        return _teacher_forced_greedy(ckpt, item, plan.segment, lp) is None
+
+    return GreedyAfter(prompts, wanted, max_tokens, _ANSWER_STOP)
+
+
+def _greedy_answer(item: ScoreItem, text: str, _stopped: bool, logp: float
+                   ) -> tuple[str, float]:
+    """(answer, probability) of a greedy continuation after the forced-answer suffix."""
+    numeric = bool(_NUMBER.fullmatch(normalize_answer(item.answer)))
+    return normalize_answer(text, numeric=numeric), float(math.exp(logp))

@@ -20,7 +20,7 @@ from faithprobe.data.traces import Trace
 from faithprobe.edits.interventions import Edit, EditContext, make_intervention
 from faithprobe.errors import FaithprobeError
 from faithprobe.models.checkpoints import Checkpoint
-from faithprobe.models.forward import PaddingSide, forward_logprobs, generate
+from faithprobe.models.forward import PaddingSide, forward_token_logprobs, generate
 from faithprobe.models.scoring import (
     AnswerScore,
     ScoreItem,
@@ -30,7 +30,7 @@ from faithprobe.models.scoring import (
 )
 from faithprobe.records import Record
 
-__all__ = ["ProbeConfig", "item_of", "iter_probe", "probe"]
+__all__ = ["PPL_JOINER", "ProbeConfig", "item_of", "iter_probe", "ppl_text", "probe"]
 
 Judge = Callable[[Trace, int], int]
 
@@ -166,18 +166,18 @@ def _with_regeneration(ckpt: Checkpoint, template: PromptTemplate, trace: Trace,
     return out
 
 
-def _ppl(ckpt: Checkpoint, texts: Sequence[str], batch_size: int) -> list[float]:
-    """Perplexity of each whole string (every token after the prefix ids)."""
-    seqs, reads = [], []
+def _ppl(ckpt: Checkpoint, texts: Sequence[str], config: ProbeConfig) -> list[float]:
+    """Perplexity of each whole string (every token after the prefix ids); the strings of one
+    trace's truncations share the longest one's run where the model allows it."""
     prefix = ckpt.tokenizer.prefix_ids
-    for t in texts:
-        ids = prefix + ckpt.tokenizer.encode(t)[0]  # without a BOS the first token is unscored
-        seqs.append(ids)
-        reads.append(list(range(0, len(ids) - 1)))
-    lps = forward_logprobs(ckpt, seqs, reads, batch_size=batch_size)
+    # without a BOS the first token is unscored
+    seqs = [prefix + ckpt.tokenizer.encode(t)[0] for t in texts]
+    lps = forward_token_logprobs(ckpt, seqs, batch_size=config.batch_size,
+                                 max_batch_tokens=config.max_batch_tokens,
+                                 share_prefix=config.share_prefix)
     out = []
-    for ids, lp in zip(seqs, lps):
-        nll = -float(lp[range(len(ids) - 1), ids[1:]].mean())
+    for lp in lps:
+        nll = -float(lp.mean())
         out.append(math.exp(nll) if math.isfinite(nll) else float("nan"))
     return out
 
@@ -249,14 +249,14 @@ def _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge) 
                                 {"scorer": who, "form": "answer_only"})
     if config.infogain_ppl:
         ppl_model = scorer or ckpt
-        joiner = _PPL_JOINER
+        joiner = PPL_JOINER
         try:
             ppl_model.tokenizer.encode(joiner)
         except FaithprobeError:  # a character-level tokenizer without those letters
             joiner = template.suffix + template.answer_sep
-        texts = [_ppl_text(trace, s, joiner) for s in truncations]
+        texts = [ppl_text(trace, s, joiner) for s in truncations]
         records += _step_values(trace, label, ckpt, "infogain_ppl",
-                                _ppl(ppl_model, texts, config.batch_size),
+                                _ppl(ppl_model, texts, config),
                                 {"scorer": "self" if scorer is None else scorer.spec,
                                  "form": "whole_string_ppl", "joiner": joiner})
     if config.ki:
@@ -276,10 +276,10 @@ def _step_values(trace: Trace, label: str, ckpt: Checkpoint,
             for j, v in enumerate(values)]
 
 
-_PPL_JOINER = " Answer: "
+PPL_JOINER = " Answer: "
 
 
-def _ppl_text(trace: Trace, steps: Sequence[str], joiner: str) -> str:
+def ppl_text(trace: Trace, steps: Sequence[str], joiner: str) -> str:
     """Wu et al.'s public-code string: question, steps, " Answer: ", answer."""
     return " ".join([trace.question, *steps]) + joiner + trace.answer
 

