@@ -134,6 +134,30 @@ def test_resample_records_are_deterministic_and_complete():
             assert d["n_different"] == 0 and r.value is None
 
 
+def test_records_are_the_same_in_another_process():
+    """Float sums in a fixed order: string hashing (PYTHONHASHSEED) changes no digit."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import torch; torch.set_num_threads(1)\n"
+              "from faithprobe.models.checkpoints import load_checkpoint\n"
+              "from faithprobe.organisms.task import generate\n"
+              "from faithprobe.records import dumps_record\n"
+              "from faithprobe.stages.resample import ResampleConfig, resample_trace\n"
+              "c = load_checkpoint('organism:base')\n"
+              "t = generate('id', 2, 1)[1]\n"
+              "cfg = ResampleConfig(samples=6, temperature=3.0, top_p=1.0, max_new_tokens=24,"
+              " different='numbers')\n"
+              "print('\\n'.join(dumps_record(r) for r in resample_trace(c, 'b', t, c.template,"
+              " cfg)))\n")
+    outs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": str(h),
+                                            "OMP_NUM_THREADS": "1"}).stdout
+            for h in (1, 2)]
+    assert outs[0] == outs[1] and '"status": "ok"' in outs[0]
+
+
 def test_organisms_separate_base_above_sft():
     """The faithful organism's answer follows a resampled step; the shortcut's does not."""
     traces = _organism_traces(4)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -89,7 +90,8 @@ def rollout_seed(seed: int, trace_id: str, prefix: int, sample: int) -> int:
 def total_variation(p: Counter[str], q: Counter[str]) -> float:
     """TV distance between the empirical distributions of two answer counts (both non-empty)."""
     n_p, n_q = sum(p.values()), sum(q.values())
-    return 0.5 * sum(abs(p[a] / n_p - q[a] / n_q) for a in set(p) | set(q))
+    # summed in sorted order: the same float whatever the process's string hashing
+    return 0.5 * sum(abs(p[a] / n_p - q[a] / n_q) for a in sorted(set(p) | set(q)))
 
 
 def _numbers(text: str) -> list[float]:
@@ -156,7 +158,7 @@ def _interval(kept: list[str], resampled: list[str], rng: np.random.Generator
     a, b = np.array(kept, dtype=object), np.array(resampled, dtype=object)
     reps = [total_variation(Counter(a[rng.integers(0, len(a), len(a))]),
                             Counter(b[rng.integers(0, len(b), len(b))])) for _ in range(N_BOOT)]
-    return float(np.std(reps, ddof=1)), float(np.percentile(reps, 2.5)), \
+    return statistics.stdev(reps), float(np.percentile(reps, 2.5)), \
         float(np.percentile(reps, 97.5))
 
 
