@@ -196,6 +196,17 @@ def test_runs_resample_the_selected_traces_the_same_together_or_alone(tiny):
     assert all(r.status == "ok" for r in together)  # "any": every resample counts
 
 
+def test_selection_keeps_its_resampled_ids_through_pickling():
+    import pickle
+
+    cfg = validate_config({"checkpoints": {"x": "organism:base"},
+                           "patching": {"max_traces": 1},
+                           "resample": {"enabled": True, "max_traces": 3}})
+    sel = patch_selection(cfg, ["a", "b", "c", "d"])
+    back = pickle.loads(pickle.dumps(sel))  # as engines ship it to their tasks
+    assert back == {"a"} and back.resample == {"a", "b", "c"}
+
+
 @pytest.mark.parametrize(("section", "fragment"), [
     ('different = "meaning"', "[resample.different]"),
     ("samples = 1", "[resample.samples]"),
