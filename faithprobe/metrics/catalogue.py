@@ -196,7 +196,7 @@ CATALOGUE: tuple[Metric, ...] = (
            "resampling importance",
            "per trace, the mean over steps of the total variation between the answer "
            "distribution with the step kept and with it resampled to a different step "
-           "(counterfactual resampling, Bogdan et al.)", table=18, mmd=_POINT,
+           "(counterfactual resampling, Bogdan et al.)", table=18, verdict=11, mmd=_POINT,
            reads=("resample",), needs="a step with a resample that differs from it",
            direction=1),
     Metric("attribution_agreement", agreement_features, ratio, "rho",
