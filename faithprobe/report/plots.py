@@ -186,9 +186,17 @@ def _step_bars(name: str, title: str, data: Mapping[str, list[tuple[int, float, 
             lo = np.array([lo for _, _, lo, _ in rows])
             hi = np.array([hi for _, _, _, hi in rows])
             err = np.vstack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)])
-            ax.bar(js + (i - (len(data) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
-                   label=label, color=color(i), error_kw={"lw": 0.8})
+            xs = js + (i - (len(data) - 1) / 2) * width
+            ax.bar(xs, mean, width, yerr=err, capsize=2, label=label, color=color(i),
+                   error_kw={"lw": 0.8})
+            # a marker at each mean: a bar of height 0 is a measured 0, not a missing value
+            ax.scatter(xs, mean, s=8, color=color(i), edgecolors="black", linewidths=0.5,
+                       zorder=3)
         ax.axhline(0, color="black", lw=0.8)
+        low = min(0.0, *(v for rows in data.values() for _, m, lo, _ in rows for v in (m, lo)))
+        high = max(0.0, *(v for rows in data.values() for _, m, _, hi in rows for v in (m, hi)))
+        pad = 0.05 * ((high - low) or 1.0)
+        ax.set_ylim(low - pad, high + pad)  # room for a marker at 0
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         every = max(1, -(-(n_steps + 1 - first) // 30))
