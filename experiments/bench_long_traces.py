@@ -271,7 +271,15 @@ def run_length(ckpt: Checkpoint, target: int, args: argparse.Namespace) -> dict[
     counter = ckpt.bridge
     t_fwd = time_forward(ckpt, prompt_ids(ckpt, trace, trace.steps), args.device)
     row: dict[str, Any] = {"target": target, "tokens": tokens, "steps": n_steps,
-                           "forward_s": t_fwd}
+                           "forward_s": t_fwd, "threads": torch.get_num_threads(),
+                           "argv": sys.argv[1:], "commit": commit()}
+    if target in args.patching_lengths:
+        p = patching_case(ckpt, trace, args.device)
+        p["floor_s"] = p["floor_forwards"] * t_fwd
+        p["floor_ratio"] = p["seconds"] / p["floor_s"]
+        row["patching"] = p
+    if target not in args.lengths:
+        return row
     counter.positions = counter.generated = 0
     with Phase(args.device) as ph:
         records = probe(ckpt, "bench", [trace], SUITE)
@@ -288,29 +296,25 @@ def run_length(ckpt: Checkpoint, target: int, args: argparse.Namespace) -> dict[
         diff, other = compare(records, naive)
         row["naive"] = {"seconds": ph.seconds, "peak_mib": ph.peak_mib, "load": ph.load,
                         "max_abs_diff": diff, "records_differing": other}
-    if target in args.patching_lengths:
-        p = patching_case(ckpt, trace, args.device)
-        p["floor_s"] = p["floor_forwards"] * t_fwd
-        p["floor_ratio"] = p["seconds"] / p["floor_s"]
-        row["patching"] = p
     return row
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'tokens':>7} {'steps':>5} {'fwd s':>7} | {'suite s':>8} {'floor s':>8} "
-            f"{'ratio':>5} {'MiB':>6} {'load':>4} | {'naive s':>8} {'diff':>8} | "
-            f"{'patch s':>8} {'floor s':>8} {'ratio':>5} {'MiB':>6}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        s, n, p = r["suite"], r.get("naive"), r.get("patching")
-        lines.append(
-            f"{r['tokens']:>7} {r['steps']:>5} {r['forward_s']:>7.2f} | {s['seconds']:>8.1f} "
-            f"{s['floor_s']:>8.1f} {s['floor_ratio']:>5.2f} {s['peak_mib']:>6.0f} "
-            f"{s['load']:>4.1f} | "
-            + (f"{n['seconds']:>8.1f} {n['max_abs_diff']:>8.1e} | " if n else f"{'-':>8} "
-               f"{'-':>8} | ")
-            + (f"{p['seconds']:>8.1f} {p['floor_s']:>8.1f} {p['floor_ratio']:>5.2f} "
-               f"{p['peak_mib']:>6.0f}" if p else f"{'-':>8} {'-':>8} {'-':>5} {'-':>6}"))
+    """The rows as a Markdown table (blank where a length did not run that part)."""
+    def cells(r: dict[str, Any]) -> list[str]:
+        s, n, p = r.get("suite"), r.get("naive"), r.get("patching")
+        out = [str(r["tokens"]), str(r["steps"]), f"{r['forward_s']:.2f}"]
+        out += ([f"{s['seconds']:.1f}", f"{s['floor_s']:.1f}", f"{s['floor_ratio']:.2f}",
+                 f"{s['peak_mib']:.0f}", f"{s['load']:.1f}"] if s else [""] * 5)
+        out += [f"{n['seconds']:.1f}" if n else ""]
+        out += ([f"{p['seconds']:.1f}", f"{p['floor_s']:.1f}", f"{p['floor_ratio']:.2f}",
+                 f"{p['peak_mib']:.0f}", f"{p['load']:.1f}"] if p else [""] * 5)
+        return out
+
+    head = ["tokens", "steps", "1 forward s", "suite s", "floor s", "ratio", "peak MiB", "load",
+            "naive s", "patching s", "floor s", "ratio", "peak MiB", "load"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -321,9 +325,12 @@ def plot(rows: list[dict[str, Any]], path: Path, device: str) -> None:
     import matplotlib.pyplot as plt
 
     tokens = [r["tokens"] for r in rows]
+    suite = [r for r in rows if "suite" in r]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
-    ax.plot(tokens, [r["suite"]["seconds"] for r in rows], "o-", label="text suite")
-    ax.plot(tokens, [r["suite"]["floor_s"] for r in rows], "k--", label="its floor")
+    ax.plot([r["tokens"] for r in suite], [r["suite"]["seconds"] for r in suite], "o-",
+            label="text suite")
+    ax.plot([r["tokens"] for r in suite], [r["suite"]["floor_s"] for r in suite], "k--",
+            label="its floor")
     naive = [r for r in rows if "naive" in r]
     if naive:
         ax.plot([r["tokens"] for r in naive], [r["naive"]["seconds"] for r in naive], "s:",
@@ -342,7 +349,8 @@ def plot(rows: list[dict[str, Any]], path: Path, device: str) -> None:
     ax.set_ylabel("seconds")
     ax.set_title(f"time ({device})")
     ax.legend(fontsize=8)
-    bx.plot(tokens, [r["suite"]["peak_mib"] for r in rows], "o-", label="text suite")
+    bx.plot([r["tokens"] for r in suite], [r["suite"]["peak_mib"] for r in suite], "o-",
+            label="text suite")
     if pat:
         bx.plot([r["tokens"] for r in pat], [r["patching"]["peak_mib"] for r in pat], "^-",
                 label="patching grid")
@@ -354,13 +362,24 @@ def plot(rows: list[dict[str, Any]], path: Path, device: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def commit() -> str:
+    """The code measured: the repository's commit, ``+dirty`` with uncommitted changes."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain",
+                                                                   "faithprobe") else "")
+
+
 def ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=ints, default=LENGTHS)
+    parser.add_argument("--lengths", type=ints, default=LENGTHS, help="text suite lengths")
     parser.add_argument("--naive-lengths", type=ints, default=LENGTHS[:2])
     parser.add_argument("--patching-lengths", type=ints, default=LENGTHS[:2])
     parser.add_argument("--config-dir", type=Path, help="SmolLM2's config.json and tokenizer")
@@ -368,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
     parser.add_argument("--out", type=Path, default=Path("results/bench/long-traces.json"))
     parser.add_argument("--plot", type=Path, default=Path("results/bench/long-traces.png"))
+    parser.add_argument("--append", action="store_true",
+                        help="merge these lengths into --out's rows (same device) and redraw")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -378,18 +399,26 @@ def main(argv: list[str] | None = None) -> None:
           f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f}", flush=True)
     time_forward(ckpt, tuple(range(1, 65)), args.device)  # warm-up
     rows = []
-    for target in args.lengths:
+    for target in sorted(set(args.lengths) | set(args.patching_lengths)):
         rows.append(run_length(ckpt, target, args))
         print(json.dumps(rows[-1]), flush=True)
     total = time.perf_counter() - started
-    print(table(rows))
     print(f"total_s={total:.0f}")
     result = {"model": "smollm2-random", "device": args.device, "card": card,
-              "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "rows": rows,
-              "total_s": total, "argv": sys.argv, "suite": {
-                  "interventions": list(SUITE.interventions), "options": SUITE.options,
-                  "infogain": SUITE.infogain, "infogain_ppl": SUITE.infogain_ppl},
+              "cpus": os.cpu_count(), "rows": rows, "total_s": [total],
+              "suite": {"interventions": list(SUITE.interventions), "options": SUITE.options,
+                        "infogain": SUITE.infogain, "infogain_ppl": SUITE.infogain_ppl},
               "tolerance": TOLERANCE}
+    if args.append and args.out.exists():
+        old = json.loads(args.out.read_text())
+        if (old["device"], old["card"]) != (args.device, card):
+            raise SystemExit(f"{args.out} holds {old['device']} ({old['card']}) rows")
+        merged = {r["target"]: r for r in old["rows"]}
+        for r in rows:
+            merged[r["target"]] = {**merged.get(r["target"], {}), **r}
+        result["rows"] = rows = [merged[t] for t in sorted(merged)]
+        result["total_s"] = list(old["total_s"]) + [total]
+    print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, args.plot, args.device)
@@ -397,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
                                                  or r["naive"]["records_differing"])]
     for r in bad:
         print(f"suite and naive records differ at {r['tokens']} tokens: {r['naive']}")
-    last = rows[-1]
+    last = [r for r in rows if "suite" in r][-1]
     print(f"tokens={last['target']} steps={last['steps']} "
           f"floor_ratio={last['suite']['floor_ratio']:.2f} "
           f"peak_rss_mib={last['suite']['peak_mib']:.0f}")
