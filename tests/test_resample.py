@@ -18,7 +18,7 @@ from faithprobe.models.checkpoints import load_checkpoint
 from faithprobe.models.generate import sample_continuations
 from faithprobe.organisms.task import generate as organism_problems
 from faithprobe.run.config import validate_config
-from faithprobe.run.units import patch_selection, probe_traces
+from faithprobe.run.units import probe_traces, select_traces
 from faithprobe.stages.resample import (
     ResampleConfig,
     differs,
@@ -181,12 +181,12 @@ def test_runs_resample_the_selected_traces_the_same_together_or_alone(tiny):
         "patching": {"enabled": False},
         "resample": {"enabled": True, "samples": 3, "temperature": 2.0, "max_new_tokens": 8,
                      "different": "any", "max_traces": 2}})
-    sel = patch_selection(cfg, [t.id for t in traces])
-    assert not sel and sel.resample == {"t0", "t1"}
+    sel = select_traces(cfg, [t.id for t in traces])
+    assert not sel.patch and sel.resample == {"t0", "t1"}
 
     def resampled(batch):
         return [r for _, recs in probe_traces(cfg, tiny, "x", tiny.template, batch,
-                                              patch_ids=sel)
+                                              selection=sel)
                 for r in recs if r.intervention == "resample"]
 
     together = resampled(traces)
@@ -196,15 +196,15 @@ def test_runs_resample_the_selected_traces_the_same_together_or_alone(tiny):
     assert all(r.status == "ok" for r in together)  # "any": every resample counts
 
 
-def test_selection_keeps_its_resampled_ids_through_pickling():
+def test_selection_is_the_first_traces_of_the_whole_list_and_pickles():
     import pickle
 
     cfg = validate_config({"checkpoints": {"x": "organism:base"},
                            "patching": {"max_traces": 1},
                            "resample": {"enabled": True, "max_traces": 3}})
-    sel = patch_selection(cfg, ["a", "b", "c", "d"])
+    sel = select_traces(cfg, ["a", "b", "c", "d"])
     back = pickle.loads(pickle.dumps(sel))  # as engines ship it to their tasks
-    assert back == {"a"} and back.resample == {"a", "b", "c"}
+    assert back == sel and back.patch == {"a"} and back.resample == {"a", "b", "c"}
 
 
 @pytest.mark.parametrize(("section", "fragment"), [

@@ -189,7 +189,7 @@ class Prepared:
     scorer: Any = None  # the fixed InfoGain scorer, if any
     warnings: dict[str, Any] = field(default_factory=dict)
     context: dict[str, dict[str, int]] = field(default_factory=dict)
-    patch_ids: frozenset[str] = frozenset()  # decided over the whole trace list, not the shard
+    selection: Any = None  # units.Selection: decided over the whole trace list, not the shard
 
 
 def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
@@ -205,7 +205,7 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
     from faithprobe.data.sources import load_traces
     from faithprobe.edits.interventions import make_intervention
     from faithprobe.models.checkpoints import check_same_tokenizer, preflight
-    from faithprobe.run.units import patch_selection, probe_config
+    from faithprobe.run.units import probe_config, select_traces
 
     check_out(Path(out), resume=resume)
     try:
@@ -238,7 +238,7 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
                 raise FaithprobeError(str(exc), source=config_source, field=key) from None
         return loaded[ident]
 
-    prep = Prepared(traces, {}, {}, patch_ids=patch_selection(cfg, [t.id for t in every]))
+    prep = Prepared(traces, {}, {}, selection=select_traces(cfg, [t.id for t in every]))
     for label, spec in cfg["checkpoints"].items():
         ckpt = prep.checkpoints[label] = load(f"checkpoints.{label}", spec, label)
         template = ckpt.template
@@ -417,7 +417,7 @@ def _probe_all(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prepared
         bar = tqdm(total=len(traces), initial=len(traces) - len(todo_all), desc=label,
                    disable=True if quiet else None, unit="trace")
         for trace, records in probe_traces(cfg, ckpt, label, template, todo_all,
-                                           scorer=scorer, patch_ids=prep.patch_ids,
+                                           scorer=scorer, selection=prep.selection,
                                            fast_path=fast_path):
             _append(out, label, trace.id, records)
             bar.update(1)

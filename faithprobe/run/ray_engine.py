@@ -6,8 +6,8 @@ every input as a local run does, then submits, per checkpoint label:
 - with generated traces, one task that writes the label's chains of thought (one task, so the
   generation batches are those of a local run);
 - one task per slice of ``ray.traces_per_task`` traces: the probe of each trace and, for the
-  traces the run patches (:func:`faithprobe.run.units.patch_selection`, decided over the whole
-  trace list), its patching stage; the task returns every record of its traces.
+  traces the run patches or resamples (:func:`faithprobe.run.units.select_traces`, decided
+  over the whole trace list), those stages; the task returns every record of its traces.
 
 Each task loads its checkpoint once per worker process (kept for the next task of the same
 checkpoint) with the checkpoint's placement, and asks Ray for ``ray.cpus_per_task`` CPUs, plus
@@ -107,7 +107,7 @@ def _generate_task(cfg: RunConfig, label: str, spec: str, problems: list[Trace],
 
 
 def _probe_task(cfg: RunConfig, label: str, spec: str, scorer_spec: str | None,
-                traces: list[Trace], patch_ids: frozenset[str], cwd: str,
+                traces: list[Trace], selection: Any, cwd: str,
                 threads: int) -> tuple[dict[str, Any], dict[str, Any] | None,
                                        list[tuple[str, list[Record]]]]:
     from faithprobe.run.folder import checkpoint_hardware
@@ -125,7 +125,7 @@ def _probe_task(cfg: RunConfig, label: str, spec: str, scorer_spec: str | None,
             _FAST_PATHS[key] = check_fast_path(ckpt.bridge)
         fast_path = _FAST_PATHS[key]
     out = [(t.id, records) for t, records in probe_traces(
-        cfg, ckpt, label, _template(cfg, ckpt), traces, scorer=scorer, patch_ids=patch_ids,
+        cfg, ckpt, label, _template(cfg, ckpt), traces, scorer=scorer, selection=selection,
         fast_path=fast_path)]
     where = {**checkpoint_hardware(ckpt), "node": ray_node()}
     return where, (fast_path.to_json() if fast_path else None), out
@@ -229,7 +229,7 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
                 1, math.ceil(len(todo) / (TASKS_PER_CPU * total_cpus)))
             for part in _slices(todo, int(size)):
                 ref = options(_probe_task, label).remote(
-                    cfg, label, specs[label], scorer_spec, part, prep.patch_ids, cwd, cpus)
+                    cfg, label, specs[label], scorer_spec, part, prep.selection, cwd, cpus)
                 owner[ref] = label
                 pending.append(ref)
         while pending:

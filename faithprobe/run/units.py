@@ -2,37 +2,29 @@
 
 A unit is one checkpoint's probe of a list of traces, with the activation patching and the
 counterfactual resampling of those of them the run patches or resamples. Which traces those are
-is decided once over the whole, unsharded trace list (:func:`patch_selection`), so shards and
+is decided once over the whole, unsharded trace list (:func:`select_traces`), so shards and
 engines patch and resample the same traces as one local run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from faithprobe.data.traces import Trace
 from faithprobe.records import Record
 from faithprobe.run.config import RunConfig
 
-__all__ = ["TraceSelection", "patch_selection", "probe_config", "probe_traces",
-           "resample_config"]
+__all__ = ["Selection", "probe_config", "probe_traces", "resample_config", "select_traces"]
 
 
-class TraceSelection(frozenset):
-    """The ids of the traces a run patches (the set itself, what engines pass around as
-    ``patch_ids``) with, as ``resample``, the ids of those it resamples."""
+@dataclass(frozen=True)
+class Selection:
+    """The ids of the traces a run patches and of those it resamples."""
 
-    resample: frozenset[str]
-
-    def __new__(cls, patch: Iterable[str] = (), resample: Iterable[str] = ()
-                ) -> TraceSelection:
-        obj = super().__new__(cls, patch)
-        obj.resample = frozenset(resample)
-        return obj
-
-    def __reduce__(self) -> tuple[Any, ...]:  # pickled into engine tasks with both sets
-        return (TraceSelection, (frozenset(self), self.resample))
+    patch: frozenset[str] = frozenset()
+    resample: frozenset[str] = frozenset()
 
 
 def probe_config(cfg: RunConfig):
@@ -56,14 +48,15 @@ def probe_config(cfg: RunConfig):
     )
 
 
-def patch_selection(cfg: RunConfig, trace_ids: Sequence[str]) -> TraceSelection:
-    """The ids of the traces a run patches, the first ``patching.max_traces`` of the whole
-    trace list, and of those it resamples, the first ``resample.max_traces`` (every shard and
-    every engine gets the same sets)."""
+def select_traces(cfg: RunConfig, trace_ids: Sequence[str]) -> Selection:
+    """The traces a run patches, the first ``patching.max_traces`` of the whole trace list,
+    and those it resamples, the first ``resample.max_traces`` (every shard and every engine
+    gets the same sets)."""
     resample = cfg.get("resample", {})
-    return TraceSelection(
-        trace_ids[: cfg["patching"]["max_traces"]] if cfg["patching"]["enabled"] else (),
-        trace_ids[: resample["max_traces"]] if resample.get("enabled") else ())
+    return Selection(
+        frozenset(trace_ids[: cfg["patching"]["max_traces"]] if cfg["patching"]["enabled"]
+                  else ()),
+        frozenset(trace_ids[: resample["max_traces"]] if resample.get("enabled") else ()))
 
 
 def resample_config(cfg: RunConfig):
@@ -92,19 +85,18 @@ def patch_records(cfg: RunConfig, ckpt: Any, label: str, trace: Trace, template:
 
 def probe_traces(cfg: RunConfig, ckpt: Any, label: str, template: Any,
                  traces: Sequence[Trace], *, scorer: Any = None,
-                 patch_ids: frozenset[str] = frozenset(),
+                 selection: Selection = Selection(),
                  fast_path: Any = None) -> Iterator[tuple[Trace, list[Record]]]:
-    """Each trace with all its records: probe, then patching where ``patch_ids`` names it,
-    then resampling where ``patch_ids.resample`` (a :class:`TraceSelection`) names it."""
+    """Each trace with all its records: probe, then patching and resampling where
+    ``selection`` names it."""
     from faithprobe.stages.probe import iter_probe
 
-    resample_ids = getattr(patch_ids, "resample", frozenset())
-    rcfg = resample_config(cfg) if resample_ids else None
+    rcfg = resample_config(cfg) if selection.resample else None
     for trace, records in zip(traces, iter_probe(ckpt, label, traces, probe_config(cfg),
                                                  template=template, scorer=scorer)):
-        if trace.id in patch_ids:
+        if trace.id in selection.patch:
             records = records + patch_records(cfg, ckpt, label, trace, template, fast_path)
-        if rcfg is not None and trace.id in resample_ids:
+        if rcfg is not None and trace.id in selection.resample:
             from faithprobe.stages.resample import resample_trace
 
             records = records + resample_trace(ckpt, label, trace, template, rcfg,
