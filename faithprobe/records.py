@@ -20,6 +20,10 @@ Fields (all plain JSON; floats are finite or written as the strings "nan"/"inf"/
     ``ki`` (``value`` is the 0/1 knowledge judgement of step ``step``),
     ``patch`` (activation patching of step ``step`` at hook ``site``; ``value`` is the
     normalised effect, 0 = clean behaviour, 1 = corrupted behaviour),
+    ``attribution`` (the same cell estimated by attribution patching, a gradient),
+    ``attn_knockout`` and ``attention`` (knockout of the step's tokens; attention paid to them),
+    ``resample`` (counterfactual resampling importance of step ``step``, with the answer
+    distributions in ``detail``),
     or a user-registered kind.
 - ``step``: 0-based step index or null. ``n_steps``: the trace's number of steps.
 - ``site``: the full hook name (``blocks.3.hook_resid_pre``) for activation records, else null.
