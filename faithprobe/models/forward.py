@@ -3,7 +3,8 @@
 Sequences are padded into batches with an attention mask and explicit position ids (so a padded
 row computes what it computes alone). Models wrapped from Hugging Face keep a key-value cache:
 generation feeds one token per step, and :func:`forward_logprobs` can reuse the cache of a
-shared prefix so that edits of a trace recompute only what follows their first changed token.
+shared prefix so that edits of a trace recompute only what follows their first changed token
+(only the positions read are unembedded; greedy answers continue on the same caches).
 Native (tiny) models have no cache and always run whole sequences.
 """
 
@@ -238,46 +239,63 @@ class GreedyAfter:
     results: dict[int, tuple[str, bool, float]] = field(default_factory=dict)
 
 
-def _greedy_after(ckpt: Checkpoint, greedy: GreedyAfter, seqs, reads, chunk: list[int],
-                  got: list[Tensor], cache: Any, mask: Tensor) -> None:
+DECODE_TOKENS = 16384  # continuations waiting to be decoded together hold at most this cache
+
+_Pending = tuple[int, int, int, list[tuple[Tensor, Tensor]]]  # (seq, position, token, cache)
+
+
+def _greedy_after(ckpt: Checkpoint, greedy: GreedyAfter, rows: _Rows, seqs, reads,
+                  chunk: list[int], got: list[Tensor], cache: Any,
+                  pending: list[_Pending]) -> None:
     """Continue the sequences of one scored batch (``chunk``, their read log-probabilities
-    ``got``, the batch's ``cache`` and attention ``mask``, right-padded tails)."""
-    rows = _Rows(ckpt, len(chunk), greedy.stop, greedy.max_new_tokens)
-    todo: list[tuple[int, int, int]] = []  # (row, position to feed at, token to feed)
+    ``got``, the batch's ``cache`` of right-padded tails) as far as the reads go; what must
+    be decoded joins ``pending`` with its own cache up to where it continues (a copy)."""
     for r, k in enumerate(chunk):
         prompt = greedy.prompts[k]
         at = {p: j for j, p in enumerate(reads[k])}
         if prompt is None or prompt - 1 not in at or not greedy.wanted(k, got[r]):
             continue
         p = prompt
-        while rows.live(r) and p - 1 in at:
+        while rows.live(k) and p - 1 in at:
             lp = got[r][at[p - 1]]
             tok = int(torch.argmax(lp))
-            rows.emit(r, tok, float(lp[tok]))
+            rows.emit(k, tok, float(lp[tok]))
             if p < len(seqs[k]) and tok == seqs[k][p]:
                 p += 1  # greedy writes the sequence's own token: its next logits are read
                 continue
-            if rows.live(r) and p < ckpt.n_ctx:
-                todo.append((r, p, tok))
+            if rows.live(k) and p < ckpt.n_ctx:
+                pending.append((k, p, tok, [(layer.keys[r: r + 1, :, :p].clone(),
+                                             layer.values[r: r + 1, :, :p].clone())
+                                            for layer in cache.layers]))
             break
-        greedy.results[k] = rows.result(r)
-    if not todo:
+        greedy.results[k] = rows.result(k)
+
+
+def _decode_pending(ckpt: Checkpoint, greedy: GreedyAfter, rows: _Rows, shell: Any,
+                    pending: list[_Pending]) -> None:
+    """Decode the pending continuations as one batch: each row's cache right-padded to the
+    longest and masked there (``shell``: a cache whose type and layers to copy)."""
+    if not pending:
         return
-    sel = torch.tensor([r for r, _, _ in todo], device=ckpt.device)
-    sub = copy.copy(cache)
-    sub.layers = []
-    for layer in cache.layers:
+    width = max(p for _, p, _, _ in pending)
+    mask = torch.zeros(len(pending), width + 1, dtype=torch.long)
+    for b, (_, p, _, _) in enumerate(pending):
+        mask[b, :p] = 1
+    mask[:, -1] = 1
+    cache = copy.copy(shell)
+    cache.layers = []
+    for i, layer in enumerate(shell.layers):
         view = copy.copy(layer)
-        view.keys, view.values = layer.keys[sel], layer.values[sel]
-        sub.layers.append(view)
-    sub_mask = mask[sel.cpu()].clone()
-    for b, (_, p, _) in enumerate(todo):
-        sub_mask[b, p:] = 0  # the sequence's own tokens from p on are not the continuation's
-    _decode(ckpt, rows, [r for r, _, _ in todo], torch.tensor([[t] for _, _, t in todo]),
-            torch.cat([sub_mask, torch.ones(len(todo), 1, dtype=torch.long)], 1),
-            torch.tensor([[p] for _, p, _ in todo]), sub, 0.0, torch.Generator())
-    for r, _, _ in todo:
-        greedy.results[chunk[r]] = rows.result(r)
+        view.keys, view.values = (torch.cat([
+            torch.nn.functional.pad(kv[i][j], (0, 0, 0, width - p)) for _, p, _, kv in pending])
+            for j in (0, 1))
+        cache.layers.append(view)
+    seq, pos, tok, _ = zip(*pending)
+    _decode(ckpt, rows, list(seq), torch.tensor([[t] for t in tok]), mask,
+            torch.tensor([[p] for p in pos]), cache, 0.0, torch.Generator())
+    for k in seq:
+        greedy.results[k] = rows.result(k)
+    pending.clear()
 
 
 _PAD_WASTE = 0.25  # a tail batch's padding: at most this share of its real tokens
@@ -317,6 +335,9 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=Non
         return forward_logprobs(ckpt, seqs, reads, batch_size=batch_size,
                                 max_batch_tokens=max_batch_tokens)
     out: list[Tensor | None] = [None] * len(seqs)
+    pending: list[_Pending] = []  # greedy continuations to decode together
+    rows = None if greedy is None else _Rows(ckpt, len(seqs), greedy.stop,
+                                             greedy.max_new_tokens)
     for start, group in _groups(starts, batch_size):
         if start == 0:  # nothing shared: an ordinary batch
             for k, lp in zip(group, forward_logprobs(
@@ -339,12 +360,17 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=Non
             for k, lp in zip(chunk, got):
                 out[k] = lp
             if greedy is not None:
-                _greedy_after(ckpt, greedy, seqs, reads, chunk, got, cache, full_mask)
+                _greedy_after(ckpt, greedy, rows, seqs, reads, chunk, got, cache, pending)
 
         tails = [len(seqs[k]) - start for k in group]
-        for rows in _tail_batches(tails, batch_size, max_batch_tokens, start):
-            chunk = [group[i] for i in rows]
+        for batch in _tail_batches(tails, batch_size, max_batch_tokens, start):
+            chunk = [group[i] for i in batch]
             halving_on_oom(run, chunk, max(len(seqs[k]) for k in chunk))
+            if greedy is not None and rows is not None and (len(pending) >= batch_size or sum(
+                    p for _, p, _, _ in pending) >= (max_batch_tokens or DECODE_TOKENS)):
+                _decode_pending(ckpt, greedy, rows, base_cache, pending)
+    if greedy is not None and rows is not None:
+        _decode_pending(ckpt, greedy, rows, base_cache, pending)
     return out  # type: ignore[return-value]
 
 
