@@ -277,7 +277,7 @@ def run_length(ckpt: Checkpoint, target: int, args: argparse.Namespace) -> dict[
         p = patching_case(ckpt, trace, args.device)
         p["floor_s"] = p["floor_forwards"] * t_fwd
         p["floor_ratio"] = p["seconds"] / p["floor_s"]
-        row["patching"] = p
+        row["patching"] = {**p, "forward_s": t_fwd, "commit": row["commit"]}
     if target not in args.lengths:
         return row
     counter.positions = counter.generated = 0
@@ -414,8 +414,9 @@ def main(argv: list[str] | None = None) -> None:
         if (old["device"], old["card"]) != (args.device, card):
             raise SystemExit(f"{args.out} holds {old['device']} ({old['card']}) rows")
         merged = {r["target"]: r for r in old["rows"]}
-        for r in rows:
-            merged[r["target"]] = {**merged.get(r["target"], {}), **r}
+        for r in rows:  # an earlier row keeps its fields and gains the parts measured now
+            parts = {k: v for k, v in r.items() if k in ("suite", "naive", "patching")}
+            merged[r["target"]] = {**r, **merged.get(r["target"], {}), **parts}
         result["rows"] = rows = [merged[t] for t in sorted(merged)]
         result["total_s"] = list(old["total_s"]) + [total]
     print(table(rows))
