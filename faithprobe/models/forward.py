@@ -161,12 +161,8 @@ def forward_logprobs(
 
 
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    """The length of the longest common prefix of ``a`` and ``b``."""
+    return next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 GROUP_SLACK = 16  # tokens
@@ -239,7 +235,7 @@ class GreedyAfter:
     results: dict[int, tuple[str, bool, float]] = field(default_factory=dict)
 
 
-DECODE_TOKENS = 16384  # continuations waiting to be decoded together hold at most this cache
+DECODE_TOKENS = 8192  # continuations waiting to be decoded together hold at most this cache
 
 _Pending = tuple[int, int, int, list[tuple[Tensor, Tensor]]]  # (seq, position, token, cache)
 
@@ -290,6 +286,8 @@ def _decode_pending(ckpt: Checkpoint, greedy: GreedyAfter, rows: _Rows, shell: A
             torch.nn.functional.pad(kv[i][j], (0, 0, 0, width - p)) for _, p, _, kv in pending])
             for j in (0, 1))
         cache.layers.append(view)
+        for _, _, _, kv in pending:  # each copy freed once in the batch
+            kv[i] = None  # type: ignore[call-overload]
     seq, pos, tok, _ = zip(*pending)
     _decode(ckpt, rows, list(seq), torch.tensor([[t] for t in tok]), mask,
             torch.tensor([[p] for p in pos]), cache, 0.0, torch.Generator())
