@@ -105,7 +105,7 @@ run, start, end, path = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys
 header = json.load(open(f"{run}/header.json"))
 summary = json.load(open(f"{run}/summary.json"))
 json.dump({"run": run, "wall_s": end - start, "status": header.get("status"),
-           "placement": {k: v for k, v in header.items() if k in ("device", "dtype", "checkpoints")},
+           "hardware": header.get("hardware"),
            "summary": summary}, open(path, "w"), indent=2, default=str)
 print(f"smollm2 bf16 run: {end - start:.1f} s, status {header.get('status')}")
 EOF
