@@ -2,8 +2,10 @@
 
 Exact commands (from the repository root, virtualenv active)::
 
-    python experiments/bench_long_traces.py                    # 512 to 4,096 tokens (CPU: long)
-    python experiments/bench_long_traces.py --lengths 512,1024 --naive-lengths 512
+    python experiments/bench_long_traces.py                    # 512 to 4,096 tokens (CPU: hours)
+    python experiments/bench_long_traces.py --lengths 512,1024 --patching-lengths 512
+    python experiments/bench_long_traces.py --lengths 2048 --naive-lengths "" \
+        --patching-lengths "" --append             # one more length into the same JSON
     python experiments/bench_long_traces.py --device cuda --out results/bench/gpu-long-traces.json
 
 The model is SmolLM2-135M's architecture and tokenizer with random weights (seeded): its config
@@ -23,7 +25,8 @@ steps (10 to 80) rendered with the model's chat template, and runs:
   ``--patching-lengths``, the corrupted run having a number changed in every step.
 
 The floor. One full forward of the trace (the scored prompt, all L tokens, logits at its last
-position only) is timed in the same process, ``t_fwd``. A sequence the suite scores shares a
+position only) is timed in the same process before and after the parts; ``t_fwd`` is the
+faster of the two. A sequence the suite scores shares a
 prefix with its reference (the unedited prompt; for the perplexity form, the whole-string text
 of all steps): only the tokens after the longest common prefix must be computed. The floor of
 the text suite is ``(sum of those tokens over the distinct sequences + the two references' own
@@ -41,7 +44,9 @@ with every phase: another process on the machine slows a CPU run.
 
 It writes ``--out`` (JSON) and ``--plot`` (PNG: time and floor against tokens, peak memory
 against tokens) and prints a table, then last
-``tokens=<L> steps=<n> floor_ratio=<x> peak_rss_mib=<y>`` for the longest length.
+``tokens=<L> steps=<n> floor_ratio=<x> peak_rss_mib=<y>`` for the longest length. On one CPU
+thread a forward of 4,096 tokens takes over a minute, so that length's floor alone (82 forward
+equivalents) is hours: on a CPU pass ``--lengths``; the whole default set is for a GPU.
 """
 
 from __future__ import annotations
