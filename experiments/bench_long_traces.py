@@ -68,6 +68,7 @@ from faithprobe.data.tokens import align
 from faithprobe.data.traces import Trace
 from faithprobe.edits.interventions import EditContext, make_intervention
 from faithprobe.models.checkpoints import Checkpoint, wrap_hf
+from faithprobe.models.forward import common_prefix
 from faithprobe.records import Record
 from faithprobe.stages.probe import PPL_JOINER, ProbeConfig, ppl_text, probe
 
@@ -162,15 +163,6 @@ def prompt_ids(ckpt: Checkpoint, trace: Trace, steps: tuple[str, ...],
     return align(r.text, r.segments, ckpt.tokenizer).ids
 
 
-def lcp(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def suite_floor_tokens(ckpt: Checkpoint, trace: Trace) -> int:
     """Tokens the text suite must compute: each distinct scored sequence after its longest
     common prefix with its reference, plus the two references (see the module docstring)."""
@@ -182,13 +174,13 @@ def suite_floor_tokens(ckpt: Checkpoint, trace: Trace) -> int:
     truncations = [trace.steps[:k] for k in range(trace.n_steps + 1)]
     steps |= set(truncations)
     ref = prompt_ids(ckpt, trace, trace.steps)
-    total = len(ref) + sum(len(s) - lcp(s, ref) for s in
+    total = len(ref) + sum(len(s) - common_prefix(s, ref) for s in
                            {prompt_ids(ckpt, trace, st) for st in steps} - {ref})
     prefix = ckpt.tokenizer.prefix_ids
     texts = {tuple(prefix) + tuple(ckpt.tokenizer.encode(ppl_text(trace, s, PPL_JOINER))[0])
              for s in truncations}
     ppl_ref = max(texts, key=len)
-    return total + len(ppl_ref) + sum(len(s) - lcp(s, ppl_ref) for s in texts - {ppl_ref})
+    return total + len(ppl_ref) + sum(len(s) - common_prefix(s, ppl_ref) for s in texts - {ppl_ref})
 
 
 class Phase:

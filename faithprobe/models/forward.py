@@ -23,7 +23,8 @@ from torch import Tensor
 from faithprobe.models.batches import halving_on_oom, is_out_of_memory, token_batches
 from faithprobe.models.checkpoints import Checkpoint
 
-__all__ = ["GreedyAfter", "PaddingSide", "croppable", "forward_logprobs", "forward_token_logprobs",
+__all__ = ["GreedyAfter", "PaddingSide", "common_prefix", "croppable", "forward_logprobs",
+           "forward_token_logprobs",
            "generate", "halving_on_oom", "has_kv_cache", "is_out_of_memory", "token_batches"]
 
 PaddingSide = Literal["left", "right"]  # where a batch's shorter sequences are padded
@@ -160,7 +161,7 @@ def forward_logprobs(
     return out  # type: ignore[return-value]
 
 
-def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """The length of the longest common prefix of ``a`` and ``b``."""
     return next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
@@ -326,7 +327,7 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=Non
     keep = _keeps_logits(ckpt)
     # a sequence reuses the prefix up to (not including) the first position it must compute:
     # its first differing token, and no later than its first read position
-    starts = [min(_lcp(s, prefix), min(r) if len(r) else len(s), len(s) - 1)
+    starts = [min(common_prefix(s, prefix), min(r) if len(r) else len(s), len(s) - 1)
               for s, r in zip(seqs, reads)]
     base_cache = _prefix_cache(ckpt, prefix)
     if not croppable(base_cache):
@@ -434,7 +435,7 @@ def _token_logprobs_reusing(ckpt, seqs, batch_size, max_batch_tokens) -> list[Te
     out: list[Tensor | None] = [None] * len(seqs)
     starts: dict[int, int] = {}
     for k, s in enumerate(seqs):
-        shared = _lcp(s, ref)
+        shared = common_prefix(s, ref)
         if shared >= len(s):  # a prefix of the longest: its positions were all computed
             out[k] = ref_lp[: len(s) - 1].clone()
         else:  # logits from the last shared position on predict what differs
@@ -495,7 +496,7 @@ def generate(
         if not croppable(base_cache):  # sliding windows, recurrent state: no shared prefix
             base_cache = None
     if base_cache is not None:
-        starts = [min(_lcp(p, prefix), len(p) - 1) for p in prompts]
+        starts = [min(common_prefix(p, prefix), len(p) - 1) for p in prompts]
         results: list[tuple | None] = [None] * len(prompts)
         for start, idx in _groups(starts, batch_size):
             cache = _cache_at(base_cache, start, len(idx)) if start else None

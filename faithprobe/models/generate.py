@@ -24,7 +24,13 @@ from faithprobe.data.thinking import split_thinking
 from faithprobe.data.traces import MAX_FIELD_CHARS, SplitMode, Trace, split_steps
 from faithprobe.errors import FaithprobeError
 from faithprobe.models.checkpoints import Checkpoint
-from faithprobe.models.forward import croppable, generate, has_kv_cache, token_batches
+from faithprobe.models.forward import (
+    common_prefix,
+    croppable,
+    generate,
+    has_kv_cache,
+    token_batches,
+)
 from faithprobe.models.scoring import ScoreItem, continuation_ids, normalize_answer, score
 
 __all__ = ["NO_ANSWER", "Samples", "generate_traces", "sample_continuations", "steps_of"]
@@ -129,15 +135,6 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 @torch.no_grad()
 def sample_continuations(
     ckpt: Checkpoint,
@@ -184,7 +181,7 @@ def sample_continuations(
     for rows in token_batches([len(p) for p in prompts], batch_size):
         start, cache = 0, None
         if base is not None:
-            start = min(min(_common(prompts[k], prefix), len(prompts[k]) - 1) for k in rows)
+            start = min(min(common_prefix(prompts[k], prefix), len(prompts[k]) - 1) for k in rows)
             if start > 0:
                 cache = copy.deepcopy(base)
                 if start < len(prefix):
