@@ -228,6 +228,19 @@ def _paired(entry: Metric, records: Sequence[Record], a: str, b: str
             mat_b[[pos_b[t] for t in shared]])
 
 
+def _paired_values(entry: Metric, records: Sequence[Record], a: str, b: str) -> tuple | None:
+    """:func:`_paired` and each side's value over the shared traces; None when there is no
+    shared trace or a side has no value."""
+    shared, keys_a, mat_a, keys_b, mat_b = _paired(entry, list(records), a, b)
+    if not shared:
+        return None
+    value_a = _combine(entry, keys_a, mat_a.sum(axis=0))
+    value_b = _combine(entry, keys_b, mat_b.sum(axis=0))
+    if value_a is None or value_b is None:
+        return None
+    return shared, keys_a, mat_a, keys_b, mat_b, value_a, value_b
+
+
 def _paired_reps(entry: Metric, keys_a: list[Hashable], mat_a: np.ndarray,
                  keys_b: list[Hashable], mat_b: np.ndarray, n_boot: int, seed: int
                  ) -> Iterator[tuple[float | None, float | None]]:
@@ -250,13 +263,10 @@ def compare(records: Sequence[Record], a: str, b: str, metric: str, *, n_boot: i
         metric has no value on the shared traces.
     """
     entry = get_metric(metric)
-    shared, keys_a, mat_a, keys_b, mat_b = _paired(entry, list(records), a, b)
-    if not shared:
+    paired = _paired_values(entry, records, a, b)
+    if paired is None:
         return None
-    value_a = _combine(entry, keys_a, mat_a.sum(axis=0))
-    value_b = _combine(entry, keys_b, mat_b.sum(axis=0))
-    if value_a is None or value_b is None:
-        return None
+    shared, keys_a, mat_a, keys_b, mat_b, value_a, value_b = paired
     delta = value_b - value_a
     if entry.unit == "count":
         lo = hi = delta
@@ -286,13 +296,10 @@ def compare_relative(records: Sequence[Record], a: str, b: str, metric: str, *,
     entry = get_metric(metric)
     if entry.unit == "count":
         raise FaithprobeError("a count has no relative change", field=metric)
-    shared, keys_a, mat_a, keys_b, mat_b = _paired(entry, list(records), a, b)
-    if not shared:
+    paired = _paired_values(entry, records, a, b)
+    if paired is None:
         return None
-    value_a = _combine(entry, keys_a, mat_a.sum(axis=0))
-    value_b = _combine(entry, keys_b, mat_b.sum(axis=0))
-    if value_a is None or value_b is None:
-        return None
+    shared, keys_a, mat_a, keys_b, mat_b, value_a, value_b = paired
     out: dict[str, Any] = {"a": a, "b": b, "metric": metric, "value_a": value_a,
                            "value_b": value_b, "relative_change": None, "ci_low": None,
                            "ci_high": None, "n": len(shared)}
