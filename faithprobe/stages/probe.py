@@ -32,7 +32,7 @@ from faithprobe.records import Record
 
 __all__ = ["PPL_JOINER", "ProbeConfig", "item_of", "iter_probe", "ppl_text", "probe"]
 
-Judge = Callable[[Trace, int], int]
+Judge = Callable[[Trace, int], "int | None"]  # 0/1, or None: nothing to judge
 
 
 @dataclass(frozen=True)
