@@ -41,8 +41,11 @@ def _spawn(args: list[str], code: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "faithprobe",
                                                             *args]
+    # a shell starts background jobs with SIGINT ignored and children inherit it (Python then
+    # leaves it ignored): give the run the default disposition, as a foreground command has
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(path: Path, lines: int, proc: subprocess.Popen, timeout: float = 240) -> None:
