@@ -143,6 +143,14 @@ def forward_logprobs(
     if reuse_prefix is not None and has_kv_cache(ckpt) and len(seqs) > 1:
         return _forward_reusing(ckpt, seqs, reads, list(reuse_prefix), batch_size,
                                 max_batch_tokens, greedy)
+    return _whole(ckpt, seqs, reads, batch_size, max_batch_tokens, padding_side)
+
+
+def _whole(ckpt: Checkpoint, seqs: Sequence[Sequence[int]], reads: Sequence[Sequence[int]],
+           batch_size: int, max_batch_tokens: int | None, padding_side: PaddingSide,
+           targets: Sequence[Sequence[int]] | None = None) -> list[Tensor]:
+    """Every sequence run whole, in batches of rows and tokens (a batch out of device memory
+    is halved): the log-softmax at each one's ``reads`` (of its ``targets`` there, if given)."""
     out: list[Tensor | None] = [None] * len(seqs)
     device = ckpt.device
     keep = _keeps_logits(ckpt)
@@ -151,7 +159,9 @@ def forward_logprobs(
         ids, mask, offsets = _pad([seqs[k] for k in rows], ckpt.tokenizer.pad_token_id,
                                   padding_side)
         at = [[off + p for p in reads[k]] for k, off in zip(rows, offsets)]
-        got, _ = _logprobs_at(ckpt, ids, at, keep, attention_mask=mask.to(device),
+        got, _ = _logprobs_at(ckpt, ids, at, keep,
+                              targets=None if targets is None else [targets[k] for k in rows],
+                              attention_mask=mask.to(device),
                               position_ids=_positions(mask).to(device))
         for k, lp in zip(rows, got):
             out[k] = lp
@@ -397,22 +407,8 @@ def forward_token_logprobs(
         got = _token_logprobs_reusing(ckpt, seqs, batch_size, max_batch_tokens)
         if got is not None:
             return got
-    out: list[Tensor | None] = [None] * len(seqs)
-    device = ckpt.device
-    keep = _keeps_logits(ckpt)
-
-    def run(rows: list[int]) -> None:
-        ids, mask, _ = _pad([seqs[k] for k in rows], ckpt.tokenizer.pad_token_id, "right")
-        got, _ = _logprobs_at(ckpt, ids, [range(len(seqs[k]) - 1) for k in rows], keep,
-                              targets=[seqs[k][1:] for k in rows],
-                              attention_mask=mask.to(device),
-                              position_ids=_positions(mask).to(device))
-        for k, lp in zip(rows, got):
-            out[k] = lp
-
-    for rows in token_batches([len(s) for s in seqs], batch_size, max_batch_tokens):
-        halving_on_oom(run, rows, max(len(seqs[k]) for k in rows))
-    return out  # type: ignore[return-value]
+    return _whole(ckpt, seqs, [range(len(s) - 1) for s in seqs], batch_size, max_batch_tokens,
+                  "right", targets=[s[1:] for s in seqs])
 
 
 def _token_logprobs_reusing(ckpt, seqs, batch_size, max_batch_tokens) -> list[Tensor] | None:
