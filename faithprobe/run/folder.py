@@ -201,11 +201,10 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
 
     ``on_cpu``: load the checkpoints on the CPU whatever their placement (the Ray engine's
     driver, which only checks them; its tasks load them where the config places them)."""
-    from faithprobe.data.prompts import PromptTemplate
     from faithprobe.data.sources import load_traces
     from faithprobe.edits.interventions import make_intervention
     from faithprobe.models.checkpoints import check_same_tokenizer, preflight
-    from faithprobe.run.units import probe_config, select_traces
+    from faithprobe.run.units import probe_config, select_traces, template_of
 
     check_out(Path(out), resume=resume)
     try:
@@ -241,11 +240,7 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
     prep = Prepared(traces, {}, {}, selection=select_traces(cfg, [t.id for t in every]))
     for label, spec in cfg["checkpoints"].items():
         ckpt = prep.checkpoints[label] = load(f"checkpoints.{label}", spec, label)
-        template = ckpt.template
-        if cfg["template"]:
-            template = PromptTemplate.from_json({**ckpt.template.to_json(), **cfg["template"]},
-                                                source=f"{config_source} [template]")
-        prep.templates[label] = template
+        prep.templates[label] = template_of(cfg, ckpt, config_source)
     if cfg["infogain"]["enabled"] and cfg["infogain"]["scorer"] != "self":
         prep.scorer = load("infogain.scorer", cfg["infogain"]["scorer"], "scorer")
     first, *others = prep.checkpoints

@@ -35,6 +35,7 @@ from faithprobe.data.traces import Trace
 from faithprobe.errors import FaithprobeError
 from faithprobe.records import Record
 from faithprobe.run.config import RunConfig, placement_of
+from faithprobe.run.units import template_of
 
 __all__ = ["check_address", "import_ray", "probe_on_ray", "ray_node"]
 
@@ -87,22 +88,13 @@ def _setup(cwd: str, threads: int) -> None:
     set_threads(threads)
 
 
-def _template(cfg: RunConfig, ckpt: Any) -> Any:
-    from faithprobe.data.prompts import PromptTemplate
-
-    if not cfg["template"]:
-        return ckpt.template
-    return PromptTemplate.from_json({**ckpt.template.to_json(), **cfg["template"]},
-                                    source="config [template]")
-
-
 def _generate_task(cfg: RunConfig, label: str, spec: str, problems: list[Trace], cwd: str,
                    threads: int) -> list[Trace]:
     from faithprobe.models.generate import generate_traces
 
     _setup(cwd, threads)
     ckpt = _load(cfg, spec, label)
-    return generate_traces(ckpt, problems, _template(cfg, ckpt), cfg["generation"],
+    return generate_traces(ckpt, problems, template_of(cfg, ckpt), cfg["generation"],
                            seed=cfg["seed"], batch_size=cfg["probe"]["batch_size"], quiet=True)
 
 
@@ -125,7 +117,7 @@ def _probe_task(cfg: RunConfig, label: str, spec: str, scorer_spec: str | None,
             _FAST_PATHS[key] = check_fast_path(ckpt.bridge)
         fast_path = _FAST_PATHS[key]
     out = [(t.id, records) for t, records in probe_traces(
-        cfg, ckpt, label, _template(cfg, ckpt), traces, scorer=scorer, selection=selection,
+        cfg, ckpt, label, template_of(cfg, ckpt), traces, scorer=scorer, selection=selection,
         fast_path=fast_path)]
     where = {**checkpoint_hardware(ckpt), "node": ray_node()}
     return where, (fast_path.to_json() if fast_path else None), out

@@ -16,7 +16,8 @@ from faithprobe.data.traces import Trace
 from faithprobe.records import Record
 from faithprobe.run.config import RunConfig
 
-__all__ = ["Selection", "probe_config", "probe_traces", "resample_config", "select_traces"]
+__all__ = ["Selection", "probe_config", "probe_traces", "resample_config", "select_traces",
+           "template_of"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,17 @@ class Selection:
 
     patch: frozenset[str] = frozenset()
     resample: frozenset[str] = frozenset()
+
+
+def template_of(cfg: RunConfig, ckpt: Any, source: str = "config") -> Any:
+    """The prompt template a run uses for a checkpoint: its own, with the config's
+    ``[template]`` overrides (errors name ``source``)."""
+    from faithprobe.data.prompts import PromptTemplate
+
+    if not cfg["template"]:
+        return ckpt.template
+    return PromptTemplate.from_json({**ckpt.template.to_json(), **cfg["template"]},
+                                    source=f"{source} [template]")
 
 
 def probe_config(cfg: RunConfig):
