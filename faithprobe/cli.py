@@ -153,7 +153,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from faithprobe.run.folder import score_runs
 
-    run = score_runs([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    run = score_runs([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None,
+                     args.pair)
     print(run / "summary.json")
     return 0
 
@@ -282,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "records alone (no model). Several folders (shards) merge into --out.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="merged run folder (needed with several RUN_DIRs)")
+    p.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"),
+                   help="compare checkpoint B with A (repeat for more pairs); replaces the "
+                   "config's metrics.pairs (default: the first checkpoint against each other)")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("compare", help="one comparison report across run folders",

@@ -127,11 +127,13 @@ def load_run(run_dir: str | Path) -> RunFrames:
     if (run_dir / SUMMARY).is_file():
         summary = read_json(run_dir / SUMMARY, "summary")
     else:
-        from faithprobe.metrics import summarize
+        from faithprobe.metrics import checkpoint_labels, summarize
+        from faithprobe.run.config import pairs_of
 
         metrics_cfg = header["config"].get("metrics") or {}
         summary = summarize(records, n_boot=metrics_cfg.get("n_boot", 1000),
-                            seed=header["config"].get("seed", 0))
+                            seed=header["config"].get("seed", 0),
+                            pairs=pairs_of(header["config"], checkpoint_labels(records)))
     if not isinstance(summary, dict) or not isinstance(summary.get("checkpoints"), dict):
         raise FaithprobeError("not a faithprobe summary (no checkpoints)",
                               source=str(run_dir / SUMMARY))

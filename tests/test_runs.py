@@ -212,3 +212,33 @@ def test_header_and_records_say_how_patching_ran(study, tmp_path, monkeypatch):
     assert {r.detail["method"] for r in slow} == {"reference"}
     assert {r.detail["fallback_reason"] for r in slow} == {"forced by the test"}
     assert len(slow) == len(patches)
+
+
+def test_comparison_pairs_from_the_config_and_from_score(study, tmp_path):
+    """``metrics.pairs`` picks the comparisons (a fine-tune against another, not only against
+    the first checkpoint); ``score --pair`` re-picks them from records alone and the header
+    keeps the choice, so a later plain ``score`` gives the same summary."""
+    text = study.read_text(encoding="utf-8")
+    text = text.replace('sft = "', 'other = "{0}"\nsft = "'.format(
+        text.split('base = "')[1].split('"')[0]))
+    text = text.replace("n_boot = 50", 'n_boot = 50\npairs = [["sft", "other"], ["base", "sft"]]')
+    study.write_text(text, encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["run", str(study), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {(c["a"], c["b"]) for c in summary["comparisons"]} == {("sft", "other"),
+                                                                  ("base", "sft")}
+    # the fine-tuning question is asked of a fine-tune against the first checkpoint only
+    assert [(q["a"], q["b"]) for q in summary["seed_question"]] == [("base", "sft")]
+    md = (out / "report.md").read_text()
+    assert "other vs sft" in md and "other vs base" not in md
+
+    assert main(["score", str(out), "--pair", "other", "base"]) == 0
+    header = json.loads((out / "header.json").read_text())
+    assert header["config"]["metrics"]["pairs"] == [["other", "base"]]
+    rescored = json.loads((out / "summary.json").read_text())
+    assert {(c["a"], c["b"]) for c in rescored["comparisons"]} == {("other", "base")}
+    assert rescored["seed_question"] == []  # "other" is not the first checkpoint
+    before = (out / "summary.json").read_text()
+    assert main(["score", str(out)]) == 0
+    assert (out / "summary.json").read_text() == before

@@ -134,3 +134,15 @@ def test_the_organisms_answer_the_seed_question():
     assert -1.0 <= rel["ci_low"] <= rel["relative_change"] <= rel["ci_high"] < -0.99
     assert seed_question_rows(summary)[0][4] == (
         "partly: accuracy no practical change, InfoGain clear decrease")
+
+
+def test_chosen_pairs_compare_fine_tunes_and_ask_the_question_of_the_base_only():
+    recs = study()
+    recs += [Record(**{**r.__dict__, "checkpoint": "ft2"}) for r in recs if r.checkpoint == "ft"]
+    s = summarize(recs, n_boot=50, pairs=[("ft", "ft2"), ("base", "ft2")])
+    assert {(c["a"], c["b"]) for c in s["comparisons"]} == {("ft", "ft2"), ("base", "ft2")}
+    same = next(c for c in s["comparisons"] if (c["a"], c["metric"]) == ("ft", "infogain_mean"))
+    assert same["delta"] == 0 and same["ci_low"] == 0 == same["ci_high"]  # ft2 is a copy of ft
+    assert [(q["a"], q["b"]) for q in s["seed_question"]] == [("base", "ft2")]
+    default = summarize(recs, n_boot=50)
+    assert {(c["a"], c["b"]) for c in default["comparisons"]} == {("base", "ft"), ("base", "ft2")}

@@ -55,14 +55,19 @@ from faithprobe.metrics.curves import (
     step_effects,
 )
 from faithprobe.metrics.features import ECE_BINS, ece_bin, reliability_bins
-from faithprobe.metrics.selection import has_nonfinite, is_usable, resolve_continuation
+from faithprobe.metrics.selection import (
+    checkpoint_labels,
+    has_nonfinite,
+    is_usable,
+    resolve_continuation,
+)
 
 __all__ = [
     "CATALOGUE", "COVERAGE_THRESHOLDS", "ECE_BINS", "HEADLINE_METRICS", "METRICS",
     "METRICS_BY_NAME", "METRIC_FNS", "SUMMARY_SCHEMA_VERSION", "TABLE_METRICS", "UNIT_TITLES",
-    "VERDICT_METRICS", "Estimate", "Metric", "adding_mistakes_curve", "bootstrap", "compare",
-    "compare_relative", "compute_metrics", "coverage_curve", "early_answering_curve", "ece_bin",
-    "get_metric",
-    "has_nonfinite", "infogain_by_step", "infogain_drop", "is_usable", "patching_grid",
-    "reliability_bins", "resolve_continuation", "seed_question", "step_effects", "summarize",
+    "VERDICT_METRICS", "Estimate", "Metric", "adding_mistakes_curve", "bootstrap",
+    "checkpoint_labels", "compare", "compare_relative", "compute_metrics", "coverage_curve",
+    "early_answering_curve", "ece_bin", "get_metric", "has_nonfinite", "infogain_by_step",
+    "infogain_drop", "is_usable", "patching_grid", "reliability_bins", "resolve_continuation",
+    "seed_question", "step_effects", "summarize",
 ]

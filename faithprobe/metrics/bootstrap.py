@@ -337,7 +337,8 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
         n_boot: bootstrap replicates per interval.
         seed: seed of the replicates.
         pairs: (a, b) label pairs to compare; default the first label (in order of first
-            appearance) against each other label.
+            appearance) against each other label. The seed question is asked of the pairs
+            whose ``a`` is the first label (a fine-tune against its base) only.
 
     Returns:
         ``{"schema_version", "checkpoints": {label: {metric: estimate}}, "comparisons",
@@ -362,7 +363,8 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
                 c = compare(records, a, b, metric, n_boot=n_boot, seed=seed)
                 if c is not None:
                     comparisons.append(c)
-    seeds = [seed_question(records, a, b, n_boot=n_boot, seed=seed) for a, b in pairs]
+    seeds = [seed_question(records, a, b, n_boot=n_boot, seed=seed) for a, b in pairs
+             if a == labels[0]]
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "checkpoints": {label: {m: e.to_json() for m, e in ests.items()}

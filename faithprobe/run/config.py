@@ -10,6 +10,7 @@ memory has a documented range (``LIMITS``), checked before anything is allocated
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -86,8 +87,9 @@ class ResampleSection(TypedDict):
     max_traces: int
 
 
-class MetricsConfig(TypedDict):
+class MetricsConfig(TypedDict, total=False):
     n_boot: int
+    pairs: list[list[str]]  # [a, b] label pairs compared; default the first against each
 
 
 class RunConfig(TypedDict, total=False):
@@ -190,7 +192,10 @@ SCHEMA: dict[str, Any] = {
         "batch_size": int,  # rollouts generated together
         "max_traces": int,  # resample at most this many traces per checkpoint
     },
-    "metrics": {"n_boot": int},
+    "metrics": {
+        "n_boot": int,
+        "pairs": [[str]],  # [a, b]: b compared with a; default the first label against each
+    },
     # --engine ray only (optional; it does not change any record)
     "ray": {
         "cpus_per_task": int,  # CPUs a task asks for (torch threads in it)
@@ -365,6 +370,7 @@ def validate_config(raw: dict[str, Any], *, source: str = "config",
                                   source=source, field=f"checkpoints.{label[:MAX_LABEL_CHARS]}")
     cfg = _merge(DEFAULTS, checked)
     _check_placement(cfg, source)
+    check_pairs(cfg["metrics"].get("pairs", []), list(cfg["checkpoints"]), source=source)
     data = cfg["data"]
     if data["source"] == "jsonl":
         if "path" not in data:
@@ -407,6 +413,30 @@ def _check_placement(cfg: dict[str, Any], source: str) -> None:
                 exc.field in cfg["placement"][label] else exc.field
             raise FaithprobeError(f"{exc.source}: {exc.message}", source=source,
                                   field=where) from None
+
+
+def check_pairs(pairs: Sequence[Sequence[str]], labels: Sequence[str] | None, *, source: str,
+                where: str = "metrics.pairs[{i}]") -> None:
+    """Refuse a pair that is not two different labels (of ``labels``, unless None); ``where``
+    names the field (formatted with the pair's index ``i`` and its labels ``pair``)."""
+    for i, pair in enumerate(pairs):
+        field = where.format(i=i, pair=" ".join(pair))
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise FaithprobeError("a pair is two different checkpoint labels, [a, b]",
+                                  source=source, field=field)
+        for label in pair if labels is not None else ():
+            if label not in labels:
+                raise FaithprobeError(f"no checkpoint labelled {label!r} (labels: "
+                                      f"{', '.join(labels)})", source=source, field=field)
+
+
+def pairs_of(cfg: RunConfig | dict[str, Any], labels: Sequence[str]) -> list[tuple[str, str]]:
+    """The (a, b) pairs a run's summary compares: ``metrics.pairs`` where set (those whose
+    checkpoints both have records, in ``labels``), else the first label against each other."""
+    given = (cfg.get("metrics") or {}).get("pairs")
+    if given is None:
+        return [(labels[0], other) for other in labels[1:]]
+    return [(a, b) for a, b in given if a in labels and b in labels]
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:

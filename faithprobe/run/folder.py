@@ -42,7 +42,7 @@ from faithprobe.data.traces import Trace, check_fit, read_traces, trace_warnings
 from faithprobe.errors import Cancelled, FaithprobeError
 from faithprobe.io import atomic_write, check_regular_file, lock_folder, read_json, write_json
 from faithprobe.records import Record, dumps_record, read_records, record_key, write_records
-from faithprobe.run.config import RunConfig, check_limit, placement_of
+from faithprobe.run.config import RunConfig, check_limit, check_pairs, placement_of
 
 Engine = Literal["local", "ray"]
 
@@ -486,6 +486,15 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[Record]]:
             check_limit(key, value)
         except FaithprobeError as exc:
             raise FaithprobeError(exc.message, source=source, field=f"config.{key}") from None
+    pairs = metrics_cfg.get("pairs") if isinstance(metrics_cfg, dict) else None
+    if pairs is not None:
+        if not isinstance(pairs, list) or not all(
+                isinstance(p, list) and all(isinstance(x, str) for x in p) for p in pairs):
+            raise FaithprobeError("expected a list of [a, b] checkpoint label pairs",
+                                  source=source, field="config.metrics.pairs")
+        labels = config.get("checkpoints")
+        check_pairs(pairs, list(labels) if isinstance(labels, dict) else None, source=source,
+                    where="config.metrics.pairs[{i}]")
     if (run_dir / RECORDS).exists():
         check_regular_file(run_dir / RECORDS, "records file")
     try:
@@ -536,13 +545,15 @@ def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None =
     """Summary and report of a run folder from its records; with ``mark_success`` the report is
     written from a header that says ``success`` (with the headline numbers), and the header file
     says so only once the report is written."""
-    from faithprobe.metrics import summarize
+    from faithprobe.metrics import checkpoint_labels, summarize
     from faithprobe.report.document import write_report
+    from faithprobe.run.config import pairs_of
 
     if records is None:
         records = read_records(out / RECORDS)
     summary = summarize(records, n_boot=header["config"]["metrics"]["n_boot"],
-                        seed=header["config"]["seed"])
+                        seed=header["config"]["seed"],
+                        pairs=pairs_of(header["config"], checkpoint_labels(records)))
     write_json(out / SUMMARY, summary)
     final = dict(header, status="success", ended=_now(), summary=_headline(summary)) \
         if mark_success else header
@@ -554,8 +565,10 @@ def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None =
     return summary
 
 
-def score_runs(run_dirs: Sequence[Path], out: Path | None = None) -> Path:
-    """Recompute summary and report from records alone (merging shards into ``out``)."""
+def score_runs(run_dirs: Sequence[Path], out: Path | None = None,
+               pairs: Sequence[Sequence[str]] | None = None) -> Path:
+    """Recompute summary and report from records alone (merging shards into ``out``);
+    ``pairs`` ([a, b] labels) replaces the config's ``metrics.pairs`` in the header."""
     run_dirs = [Path(d) for d in run_dirs]
     if len(run_dirs) > 1 and out is None:
         raise FaithprobeError("merging several run folders needs --out", field="--out")
@@ -572,6 +585,13 @@ def score_runs(run_dirs: Sequence[Path], out: Path | None = None) -> Path:
             raise FaithprobeError("output folder exists and is not empty", source=str(out),
                                   field="--out")
     header, records = merge_runs(run_dirs)
+    if pairs is not None:
+        from faithprobe.metrics import checkpoint_labels
+
+        check_pairs(pairs, checkpoint_labels(records), source=str(run_dirs[0]),
+                    where="--pair {pair}")
+        header["config"] = dict(header["config"], metrics=dict(
+            header["config"]["metrics"], pairs=[list(p) for p in pairs]))
     target = run_dirs[0] if in_place else out
     with lock_folder(target):
         if not in_place:

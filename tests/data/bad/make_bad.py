@@ -294,6 +294,23 @@ def more_cases(cases, trace_case, config_case, run_case, model, cfg, tok, header
                            "{bad}/run_ok"]})
     cases.append({"input": "garbage.gguf", "kind": "compare", "expect": "not a folder",
                   "argv": ["compare", "{bad}/run_ok", "--out", "{bad}/garbage.gguf"]})
+    pair_cases(cases, config_case, run_case, good_cfg, rec)
+
+
+def pair_cases(cases, config_case, run_case, good_cfg, rec) -> None:
+    """Comparison pairs (``metrics.pairs``, ``score --pair``) naming no checkpoint, or one twice."""
+    head = '[checkpoints]\nbase = "organism:base"\nsft = "organism:sft"\n'
+    config_case("config_pair_unknown_label.toml",
+                head + '[metrics]\npairs = [["base", "nobody"]]\n', "[metrics.pairs[0]]")
+    config_case("config_pair_same_label.toml",
+                head + '[metrics]\npairs = [["base", "sft"], ["sft", "sft"]]\n',
+                "[metrics.pairs[1]]")
+    run_case("run_bad_pairs", {"header.json": json.dumps(
+        {"schema_version": 1, "status": "success",
+         "config": {**good_cfg, "metrics": {"n_boot": 10, "pairs": "base"}}}),
+        "records.jsonl": rec + "\n"}, "score", "[config.metrics.pairs]")
+    cases.append({"input": "run_ok", "kind": "score", "expect": "[--pair base nobody]",
+                  "argv": ["score", "{bad}/run_ok", "--pair", "base", "nobody"]})
 
 
 def build_hf(folder: Path) -> None:
