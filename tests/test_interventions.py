@@ -2,13 +2,19 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import subprocess
 import sys
 
 import pytest
 
 from faithprobe.data.traces import Trace
-from faithprobe.edits.corrupters import corrupt_generic, corrupt_number, corrupt_operator
+from faithprobe.edits.corrupters import (
+    corrupt_generic,
+    corrupt_number,
+    corrupt_operator,
+    paraphrase_equations,
+)
 from faithprobe.edits.interventions import (
     CORRUPTERS,
     INTERVENTIONS,
@@ -99,6 +105,36 @@ def test_paraphrase_from_trace_field_and_missing_source(tiny):
     assert edits[1].steps == ("a is 3", "b is 7", "c=4")
     none = make_intervention("paraphrase").edits(_trace(paraphrases=None), ctx)
     assert all(e.skipped for e in none)
+
+
+@pytest.mark.parametrize(("step", "words"), [
+    ("Step 1: -33 * -22 = 788", "Step 1: -33 times -22 is 788"),
+    ("Step 3: 788 - 240 = 638", "Step 3: 788 minus 240 is 638"),
+    ("5 - -3 = 8, then 8 x 2 = 16.", "5 minus -3 is 8, then 8 times 2 is 16."),
+    ("It costs (3 * 4 = 12) dollars", "It costs (3 times 4 is 12) dollars"),
+    ("2.5 / 5 = 0.5", "2.5 divided by 5 is 0.5"),
+    ("3 + 4 * 2 = 11", None),  # "4 * 2 = 11" is part of a longer expression
+    ("3 * 4 = 12 + 1", None),
+    ("1 = 1", None),
+    ("no equation in it", None),
+])
+def test_equation_paraphrase_says_each_equation_in_words(step, words):
+    got = paraphrase_equations(Trace("t", "q", (step,), "1"), 0)
+    assert got == words
+    if got is not None:  # the same numbers, in the same order
+        assert re.findall(r"-?\d+(?:\.\d+)?", got) == re.findall(r"-?\d+(?:\.\d+)?", step)
+
+
+def test_basic_arithmetic_traces_get_the_equation_paraphraser_by_task(tiny):
+    ctx = EditContext(tiny.tokenizer, tiny.template)
+    steps = ("Step 1: 3 * 4 = 12", "then add", "Step 3: 12 + 1 = 13")
+    trace = Trace("t", "3 * 4 + 1?", steps, "13", metadata={"task": "basic_arithmetic"})
+    edits = make_intervention("paraphrase").edits(trace, ctx)
+    assert edits[0].steps == ("Step 1: 3 times 4 is 12",) + steps[1:]
+    assert edits[0].detail == {"paraphraser": "basic_arithmetic"}
+    assert [e.skipped for e in edits[1:]] == ["no paraphrase of step 1"] * 2
+    assert make_intervention("paraphrase", source="equations").edits(trace, ctx)[0].steps \
+        == edits[0].steps
 
 
 def test_unknown_intervention_and_option():

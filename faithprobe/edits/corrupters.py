@@ -19,6 +19,7 @@ __all__ = [
     "corrupt_number",
     "corrupt_off_by_one",
     "corrupt_operator",
+    "paraphrase_equations",
     "paraphrase_from_trace",
 ]
 
@@ -86,3 +87,26 @@ def corrupt_auto(trace: Trace, i: int, rng: random.Random) -> str | None:
 def paraphrase_from_trace(trace: Trace, i: int) -> str | None:
     """The paraphrase the trace file carries in its ``paraphrases`` field."""
     return None if trace.paraphrases is None else trace.paraphrases[i]
+
+
+_NUMBER = r"-?\d+(?:\.\d+)?"
+_BINARY_EQUATION = re.compile(rf"({_NUMBER})\s*([-+*/×÷x])\s*({_NUMBER})\s*=\s*({_NUMBER})")
+_OP_WORDS = {"+": "plus", "-": "minus", "*": "times", "×": "times", "x": "times",
+             "/": "divided by", "÷": "divided by"}
+
+
+def paraphrase_equations(trace: Trace, i: int) -> str | None:
+    """Each one-operation equation ``a op b = c`` of step ``i`` said in words (``a times b is
+    c``), the numbers and the rest of the step unchanged; None when the step has no such
+    equation, or one that is part of a longer expression (``3 + 4 * 2 = 11``: rewording
+    ``4 * 2 = 11`` alone would change what it says)."""
+    step, out, at = trace.steps[i], [], 0
+    for m in _BINARY_EQUATION.finditer(step):
+        before, after = step[:m.start()].rstrip(), step[m.end():].lstrip()
+        if (before and before[-1] in "+-*/×÷x=.0123456789") or (after and after[0] in "+-*/×÷("):
+            return None
+        a, op, b, c = m.groups()
+        out.append(step[at:m.start()] + f"{a} {_OP_WORDS[op]} {b} is {c}")
+        at = m.end()
+    return "".join(out) + step[at:] if out else None
+

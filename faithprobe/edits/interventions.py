@@ -126,6 +126,9 @@ _register_lazily(CORRUPTERS, {
 })
 _register_lazily(PARAPHRASERS, {
     "trace": "faithprobe.edits.corrupters:paraphrase_from_trace",
+    "equations": "faithprobe.edits.corrupters:paraphrase_equations",
+    # reasoning-gym's one-operation-a-step arithmetic: its equations said in words
+    "basic_arithmetic": "faithprobe.edits.corrupters:paraphrase_equations",
     # the organism task's rule, under its task's name (what a trace's metadata["task"] says)
     "chain-mod10": "faithprobe.organisms.task:paraphrase_organism",
 })
