@@ -109,4 +109,3 @@ def paraphrase_equations(trace: Trace, i: int) -> str | None:
         out.append(step[at:m.start()] + f"{a} {_OP_WORDS[op]} {b} is {c}")
         at = m.end()
     return "".join(out) + step[at:] if out else None
-
