@@ -128,12 +128,12 @@ def load_run(run_dir: str | Path) -> RunFrames:
         summary = read_json(run_dir / SUMMARY, "summary")
     else:
         from faithprobe.metrics import checkpoint_labels, summarize
-        from faithprobe.run.config import pairs_of
+        from faithprobe.run.config import summary_plan
 
         metrics_cfg = header["config"].get("metrics") or {}
         summary = summarize(records, n_boot=metrics_cfg.get("n_boot", 1000),
                             seed=header["config"].get("seed", 0),
-                            pairs=pairs_of(header["config"], checkpoint_labels(records)))
+                            **summary_plan(header["config"], checkpoint_labels(records)))
     if not isinstance(summary, dict) or not isinstance(summary.get("checkpoints"), dict):
         raise FaithprobeError("not a faithprobe summary (no checkpoints)",
                               source=str(run_dir / SUMMARY))

@@ -117,6 +117,14 @@ def test_paraphrase_from_trace_field_and_missing_source(tiny):
     ("3 * 4 = 12 + 1", None),
     ("1 = 1", None),
     ("no equation in it", None),
+    ("8 x 2 = 16", "8 times 2 is 16"),
+    ("2x-3 = 7", None),  # x is a variable here, -3 no number of its own
+    ("n-3 * 2 = 4", None),
+    ("8x2 = 16", None),
+    ("10 − 2 * 3 = 4", None),  # a Unicode minus joins the longer expression
+    ("2 · 3 + 4 = 10", None),
+    ("2 + 3 = 5 x 2 = 10", None),  # chained
+    ("2 + 3 = 5 = 5", None),
 ])
 def test_equation_paraphrase_says_each_equation_in_words(step, words):
     got = paraphrase_equations(Trace("t", "q", (step,), "1"), 0)

@@ -219,9 +219,10 @@ def test_comparison_pairs_from_the_config_and_from_score(study, tmp_path):
     the first checkpoint); ``score --pair`` re-picks them from records alone and the header
     keeps the choice, so a later plain ``score`` gives the same summary."""
     text = study.read_text(encoding="utf-8")
-    text = text.replace('sft = "', 'other = "{0}"\nsft = "'.format(
-        text.split('base = "')[1].split('"')[0]))
-    text = text.replace("n_boot = 50", 'n_boot = 50\npairs = [["sft", "other"], ["base", "sft"]]')
+    folder = text.split('base = "')[1].split('"')[0]
+    text = text.replace('sft = "', f'other = "{folder}"\nsft = "')
+    text = text.replace("n_boot = 50",
+                        'n_boot = 50\npairs = [["sft", "other"], ["base", "sft"]]')
     study.write_text(text, encoding="utf-8")
     out = tmp_path / "run"
     assert main(["run", str(study), "--out", str(out), "--quiet"]) == 0
@@ -242,3 +243,33 @@ def test_comparison_pairs_from_the_config_and_from_score(study, tmp_path):
     before = (out / "summary.json").read_text()
     assert main(["score", str(out)]) == 0
     assert (out / "summary.json").read_text() == before
+
+
+def test_the_base_is_the_configs_first_checkpoint_whatever_the_record_order(study, tmp_path):
+    """Merged shards hold their records sorted: the base (default pairs, seed question) stays
+    the config's first checkpoint, so scoring a merged folder again changes nothing."""
+    text = study.read_text(encoding="utf-8")
+    study.write_text(text.replace("base = ", "zbase = ").replace("sft = ", "asft = "),
+                     encoding="utf-8")
+    parts = []
+    for k in (1, 2):
+        d = tmp_path / f"s{k}"
+        assert main(["run", str(study), "--out", str(d), "--quiet", "--shard", f"{k}/2"]) == 0
+        parts.append(str(d))
+    merged = tmp_path / "merged"
+    assert main(["score", *parts, "--out", str(merged)]) == 0
+    first = json.loads((merged / "summary.json").read_text())
+    assert {(c["a"], c["b"]) for c in first["comparisons"]} == {("zbase", "asft")}
+    assert [(q["a"], q["b"]) for q in first["seed_question"]] == [("zbase", "asft")]
+    assert main(["score", str(merged)]) == 0
+    assert json.loads((merged / "summary.json").read_text()) == first
+
+
+def test_a_pair_given_twice_is_refused(study, tmp_path, capsys):
+    text = study.read_text(encoding="utf-8")
+    study.write_text(text.replace("n_boot = 50", 'n_boot = 50\npairs = [["base", "sft"], '
+                                  '["base", "sft"]]'), encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["run", str(study), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "[metrics.pairs[1]]" in err and "given twice" in err and not out.exists()

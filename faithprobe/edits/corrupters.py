@@ -95,15 +95,23 @@ _OP_WORDS = {"+": "plus", "-": "minus", "*": "times", "×": "times", "x": "times
              "/": "divided by", "÷": "divided by"}
 
 
+_JOINS = "+-*/×÷x=^%·−–—(.0123456789"  # a character that makes an equation part of more
+
+
 def paraphrase_equations(trace: Trace, i: int) -> str | None:
     """Each one-operation equation ``a op b = c`` of step ``i`` said in words (``a times b is
     c``), the numbers and the rest of the step unchanged; None when the step has no such
-    equation, or one that is part of a longer expression (``3 + 4 * 2 = 11``: rewording
-    ``4 * 2 = 11`` alone would change what it says)."""
+    equation, or one that may be part of something longer: a longer expression (``3 + 4 * 2 =
+    11``: rewording ``4 * 2 = 11`` alone would change what it says), a chained equation, or a
+    term glued to a letter (``2x-3 = 7``, ``n-3 * 2 = 4``)."""
     step, out, at = trace.steps[i], [], 0
     for m in _BINARY_EQUATION.finditer(step):
         before, after = step[:m.start()].rstrip(), step[m.end():].lstrip()
-        if (before and before[-1] in "+-*/×÷x=.0123456789") or (after and after[0] in "+-*/×÷("):
+        glued = m.start() > 0 and step[m.start() - 1].isalnum()
+        op_text = step[m.end(1):m.start(3)]  # "x" is "times" only with a space on each side
+        loose_x = m.group(2) == "x" and not (op_text[0].isspace() and op_text[-1].isspace())
+        if glued or loose_x or (before and before[-1] in _JOINS.replace("(", "")) \
+                or (after and after[0] in _JOINS.replace(".", "")):
             return None
         a, op, b, c = m.groups()
         out.append(step[at:m.start()] + f"{a} {_OP_WORDS[op]} {b} is {c}")

@@ -329,16 +329,18 @@ def seed_question(records: Sequence[Record], a: str, b: str, *, n_boot: int = 10
 
 
 def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
-              pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
+              pairs: Sequence[tuple[str, str]] | None = None,
+              base: str | None = None) -> dict[str, Any]:
     """The run summary: per-checkpoint estimates and paired comparisons, plain JSON, no NaN.
 
     Args:
         records: records of any number of checkpoints.
         n_boot: bootstrap replicates per interval.
         seed: seed of the replicates.
-        pairs: (a, b) label pairs to compare; default the first label (in order of first
-            appearance) against each other label. The seed question is asked of the pairs
-            whose ``a`` is the first label (a fine-tune against its base) only.
+        pairs: (a, b) label pairs to compare; default ``base`` against each other label.
+        base: the base checkpoint's label; default the first label (in order of first
+            appearance). The seed question is asked of the pairs whose ``a`` is ``base`` (a
+            fine-tune against its base) only.
 
     Returns:
         ``{"schema_version", "checkpoints": {label: {metric: estimate}}, "comparisons",
@@ -347,14 +349,15 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
     """
     records = list(records)
     labels = checkpoint_labels(records)
+    base = labels[0] if base is None else base
     if pairs is None:
-        pairs = [(labels[0], other) for other in labels[1:]]
-    for pair in pairs:
-        for label in pair:
+        pairs = [(base, other) for other in labels if other != base]
+    for field, named in (("base", [base]), ("pairs", [x for pair in pairs for x in pair])):
+        for label in named:
             if label not in labels:
                 raise FaithprobeError(
                     f"no records for checkpoint {label!r} (have: {', '.join(labels)})",
-                    field="pairs")
+                    field=field)
     per = compute_metrics(records, n_boot=n_boot, seed=seed)
     comparisons = []
     for a, b in pairs:
@@ -364,7 +367,7 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
                 if c is not None:
                     comparisons.append(c)
     seeds = [seed_question(records, a, b, n_boot=n_boot, seed=seed) for a, b in pairs
-             if a == labels[0]]
+             if a == base]
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "checkpoints": {label: {m: e.to_json() for m, e in ests.items()}

@@ -419,24 +419,33 @@ def check_pairs(pairs: Sequence[Sequence[str]], labels: Sequence[str] | None, *,
                 where: str = "metrics.pairs[{i}]") -> None:
     """Refuse a pair that is not two different labels (of ``labels``, unless None); ``where``
     names the field (formatted with the pair's index ``i`` and its labels ``pair``)."""
+    seen = set()
     for i, pair in enumerate(pairs):
-        field = where.format(i=i, pair=" ".join(pair))
+        field = where.format(i=i, pair=" ".join(repr(x[:MAX_LABEL_CHARS]) for x in pair))
         if len(pair) != 2 or pair[0] == pair[1]:
             raise FaithprobeError("a pair is two different checkpoint labels, [a, b]",
                                   source=source, field=field)
+        if tuple(pair) in seen:
+            raise FaithprobeError("this pair is given twice", source=source, field=field)
+        seen.add(tuple(pair))
         for label in pair if labels is not None else ():
             if label not in labels:
-                raise FaithprobeError(f"no checkpoint labelled {label!r} (labels: "
-                                      f"{', '.join(labels)})", source=source, field=field)
+                raise FaithprobeError(f"no checkpoint labelled {label[:MAX_LABEL_CHARS]!r} "
+                                      f"(labels: {', '.join(labels)})", source=source,
+                                      field=field)
 
 
-def pairs_of(cfg: RunConfig | dict[str, Any], labels: Sequence[str]) -> list[tuple[str, str]]:
-    """The (a, b) pairs a run's summary compares: ``metrics.pairs`` where set (those whose
-    checkpoints both have records, in ``labels``), else the first label against each other."""
+def summary_plan(cfg: RunConfig | dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    """``summarize`` keyword arguments of a run: ``base``, the config's first checkpoint that
+    has records (the order of the records may differ: merged shards are sorted), and ``pairs``,
+    ``metrics.pairs`` where set (those whose checkpoints both have records), else ``base``
+    against each other label."""
+    order = [label for label in cfg.get("checkpoints") or {} if label in labels]
+    order += [label for label in labels if label not in order]
     given = (cfg.get("metrics") or {}).get("pairs")
-    if given is None:
-        return [(labels[0], other) for other in labels[1:]]
-    return [(a, b) for a, b in given if a in labels and b in labels]
+    pairs = [(order[0], other) for other in order[1:]] if given is None else \
+        [(a, b) for a, b in given if a in labels and b in labels]
+    return {"base": order[0], "pairs": pairs}
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:

@@ -547,13 +547,13 @@ def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None =
     says so only once the report is written."""
     from faithprobe.metrics import checkpoint_labels, summarize
     from faithprobe.report.document import write_report
-    from faithprobe.run.config import pairs_of
+    from faithprobe.run.config import summary_plan
 
     if records is None:
         records = read_records(out / RECORDS)
     summary = summarize(records, n_boot=header["config"]["metrics"]["n_boot"],
                         seed=header["config"]["seed"],
-                        pairs=pairs_of(header["config"], checkpoint_labels(records)))
+                        **summary_plan(header["config"], checkpoint_labels(records)))
     write_json(out / SUMMARY, summary)
     final = dict(header, status="success", ended=_now(), summary=_headline(summary)) \
         if mark_success else header

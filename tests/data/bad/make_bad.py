@@ -309,7 +309,7 @@ def pair_cases(cases, config_case, run_case, good_cfg, rec) -> None:
         {"schema_version": 1, "status": "success",
          "config": {**good_cfg, "metrics": {"n_boot": 10, "pairs": "base"}}}),
         "records.jsonl": rec + "\n"}, "score", "[config.metrics.pairs]")
-    cases.append({"input": "run_ok", "kind": "score", "expect": "[--pair base nobody]",
+    cases.append({"input": "run_ok", "kind": "score", "expect": "[--pair 'base' 'nobody']",
                   "argv": ["score", "{bad}/run_ok", "--pair", "base", "nobody"]})
 
 
