@@ -349,10 +349,11 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
     """
     records = list(records)
     labels = checkpoint_labels(records)
-    base = labels[0] if base is None else base
+    base = (labels[0] if labels else None) if base is None else base
     if pairs is None:
         pairs = [(base, other) for other in labels if other != base]
-    for field, named in (("base", [base]), ("pairs", [x for pair in pairs for x in pair])):
+    named_base = [] if base is None else [base]
+    for field, named in (("base", named_base), ("pairs", [x for pair in pairs for x in pair])):
         for label in named:
             if label not in labels:
                 raise FaithprobeError(

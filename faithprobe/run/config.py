@@ -445,7 +445,7 @@ def summary_plan(cfg: RunConfig | dict[str, Any], labels: Sequence[str]) -> dict
     given = (cfg.get("metrics") or {}).get("pairs")
     pairs = [(order[0], other) for other in order[1:]] if given is None else \
         [(a, b) for a, b in given if a in labels and b in labels]
-    return {"base": order[0], "pairs": pairs}
+    return {"base": order[0] if order else None, "pairs": pairs}
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
