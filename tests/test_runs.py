@@ -90,9 +90,7 @@ def test_refuses_to_overwrite_and_resume_completes(study, tmp_path, capsys):
     assert _sorted_lines(out / "records.jsonl") == full
 
 
-def test_shards_merge_to_the_whole(study, tmp_path):
-    whole = tmp_path / "whole"
-    assert main(["run", str(study), "--out", str(whole), "--quiet"]) == 0
+def _run_in_two_shards_and_merge(study, tmp_path):
     parts = []
     for k in (1, 2):
         d = tmp_path / f"s{k}"
@@ -100,6 +98,13 @@ def test_shards_merge_to_the_whole(study, tmp_path):
         parts.append(str(d))
     merged = tmp_path / "merged"
     assert main(["score", *parts, "--out", str(merged)]) == 0
+    return merged
+
+
+def test_shards_merge_to_the_whole(study, tmp_path):
+    whole = tmp_path / "whole"
+    assert main(["run", str(study), "--out", str(whole), "--quiet"]) == 0
+    merged = _run_in_two_shards_and_merge(study, tmp_path)
     assert _sorted_lines(merged / "records.jsonl") == _sorted_lines(whole / "records.jsonl")
     a = json.loads((merged / "summary.json").read_text())
     b = json.loads((whole / "summary.json").read_text())
@@ -251,13 +256,7 @@ def test_the_base_is_the_configs_first_checkpoint_whatever_the_record_order(stud
     text = study.read_text(encoding="utf-8")
     study.write_text(text.replace("base = ", "zbase = ").replace("sft = ", "asft = "),
                      encoding="utf-8")
-    parts = []
-    for k in (1, 2):
-        d = tmp_path / f"s{k}"
-        assert main(["run", str(study), "--out", str(d), "--quiet", "--shard", f"{k}/2"]) == 0
-        parts.append(str(d))
-    merged = tmp_path / "merged"
-    assert main(["score", *parts, "--out", str(merged)]) == 0
+    merged = _run_in_two_shards_and_merge(study, tmp_path)
     first = json.loads((merged / "summary.json").read_text())
     assert {(c["a"], c["b"]) for c in first["comparisons"]} == {("zbase", "asft")}
     assert [(q["a"], q["b"]) for q in first["seed_question"]] == [("zbase", "asft")]
