@@ -272,3 +272,20 @@ def test_a_pair_given_twice_is_refused(study, tmp_path, capsys):
     assert main(["run", str(study), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "[metrics.pairs[1]]" in err and "given twice" in err and not out.exists()
+
+
+def test_shards_with_other_pairs_merge_only_with_pair(study, tmp_path, capsys):
+    parts = []
+    for k in (1, 2):
+        d = tmp_path / f"s{k}"
+        assert main(["run", str(study), "--out", str(d), "--quiet", "--shard", f"{k}/2"]) == 0
+        parts.append(str(d))
+    assert main(["score", parts[0], "--pair", "sft", "base"]) == 0
+    capsys.readouterr()
+    assert main(["score", *parts, "--out", str(tmp_path / "m1")]) == 2
+    err = capsys.readouterr().err
+    assert "choose them with --pair" in err and not (tmp_path / "m1").exists()
+    merged = tmp_path / "m2"
+    assert main(["score", *parts, "--out", str(merged), "--pair", "sft", "base"]) == 0
+    summary = json.loads((merged / "summary.json").read_text())
+    assert {(c["a"], c["b"]) for c in summary["comparisons"]} == {("sft", "base")}

@@ -507,8 +507,17 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[Record]]:
     return header, records
 
 
-def merge_runs(run_dirs: Sequence[Path]) -> tuple[dict[str, Any], list[Record]]:
-    """Shards of one study merged: same config, disjoint records."""
+def _without_pairs(config: dict[str, Any]) -> dict[str, Any]:
+    metrics = config.get("metrics")
+    if not isinstance(metrics, dict):
+        return config
+    return dict(config, metrics={k: v for k, v in metrics.items() if k != "pairs"})
+
+
+def merge_runs(run_dirs: Sequence[Path], *, repair: bool = False
+               ) -> tuple[dict[str, Any], list[Record]]:
+    """Shards of one study merged: same config, disjoint records. The comparisons chosen
+    (``metrics.pairs``) may differ only when ``repair`` (new pairs replace them)."""
     headers, records = [], []
     for d in run_dirs:
         h, r = load_run(Path(d))
@@ -516,8 +525,12 @@ def merge_runs(run_dirs: Sequence[Path]) -> tuple[dict[str, Any], list[Record]]:
         records.extend(r)
     first = headers[0]
     for d, h in zip(run_dirs[1:], headers[1:]):
-        if h["config"] != first["config"]:
+        if _without_pairs(h["config"]) != _without_pairs(first["config"]):
             raise FaithprobeError("is not a shard of the same study (config differs)",
+                                  source=str(d))
+        if h["config"] != first["config"] and not repair:
+            raise FaithprobeError("compares other checkpoint pairs than the first shard "
+                                  "(config.metrics.pairs); choose them with --pair",
                                   source=str(d))
     seen: dict[tuple, Record] = {}
     for r in records:
@@ -584,7 +597,7 @@ def score_runs(run_dirs: Sequence[Path], out: Path | None = None,
         if out.exists() and _content(out):
             raise FaithprobeError("output folder exists and is not empty", source=str(out),
                                   field="--out")
-    header, records = merge_runs(run_dirs)
+    header, records = merge_runs(run_dirs, repair=pairs is not None)
     if pairs is not None:
         from faithprobe.metrics import checkpoint_labels
 
