@@ -117,7 +117,8 @@ def _hardware_overrides(cfg: Any, args: argparse.Namespace) -> Any:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from faithprobe.run.config import load_config
-    from faithprobe.run.folder import parse_shard, run_study
+    from faithprobe.run.folder import run_study
+    from faithprobe.run.units import parse_shard
 
     cfg = _hardware_overrides(load_config(args.config), args)
     shard = parse_shard(args.shard)

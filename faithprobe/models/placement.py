@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 from faithprobe.errors import FaithprobeError
 
-__all__ = ["DTYPES", "Placement"]
+__all__ = ["DTYPES", "Placement", "checkpoint_hardware"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,15 @@ class Placement:
 
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def checkpoint_hardware(ckpt: Any) -> dict[str, Any]:
+    """Where one loaded checkpoint sits: device, dtype, and the GPU's name and memory."""
+    import torch
+
+    first = next(ckpt.bridge.parameters())
+    entry = {"device": str(first.device), "dtype": str(first.dtype).replace("torch.", "")}
+    if first.device.type == "cuda":
+        props = torch.cuda.get_device_properties(first.device)
+        entry.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
+    return entry

@@ -435,6 +435,34 @@ def check_pairs(pairs: Sequence[Sequence[str]], labels: Sequence[str] | None, *,
                                       field=field)
 
 
+def check_run_pairs(config: dict[str, Any], source: str) -> None:
+    """A run header's ``metrics.pairs`` (a hand-edited header too): the config's shape, and
+    labels of its checkpoints."""
+    metrics = config.get("metrics")
+    pairs = metrics.get("pairs") if isinstance(metrics, dict) else None
+    if pairs is None:
+        return
+    _check(pairs, SCHEMA["metrics"]["pairs"], "config.metrics.pairs", source)
+    labels = config.get("checkpoints")
+    check_pairs(pairs, list(labels) if isinstance(labels, dict) else None, source=source,
+                where="config.metrics.pairs[{i}]")
+
+
+def with_pairs(config: dict[str, Any], pairs: Sequence[Sequence[str]], labels: Sequence[str],
+               *, source: str) -> dict[str, Any]:
+    """``config`` comparing ``pairs`` (``score --pair``: labels of checkpoints with records)."""
+    check_pairs(pairs, labels, source=source, where="--pair {pair}")
+    return dict(config, metrics=dict(config["metrics"], pairs=[list(p) for p in pairs]))
+
+
+def without_pairs(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` less ``metrics.pairs``: the comparisons chosen change no record."""
+    metrics = config.get("metrics")
+    if not isinstance(metrics, dict):
+        return config
+    return dict(config, metrics={k: v for k, v in metrics.items() if k != "pairs"})
+
+
 def summary_plan(cfg: RunConfig | dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
     """``summarize`` keyword arguments of a run: ``base``, the config's first checkpoint that
     has records (the order of the records may differ: merged shards are sorted), and ``pairs``,

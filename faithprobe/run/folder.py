@@ -41,12 +41,20 @@ from typing import Any, Literal
 from faithprobe.data.traces import Trace, check_fit, read_traces, trace_warnings, write_traces
 from faithprobe.errors import Cancelled, FaithprobeError
 from faithprobe.io import atomic_write, check_regular_file, lock_folder, read_json, write_json
+from faithprobe.models.placement import checkpoint_hardware
 from faithprobe.records import Record, dumps_record, read_records, record_key, write_records
-from faithprobe.run.config import RunConfig, check_limit, check_pairs, placement_of
+from faithprobe.run.config import (
+    RunConfig,
+    check_limit,
+    check_run_pairs,
+    placement_of,
+    with_pairs,
+    without_pairs,
+)
 
 Engine = Literal["local", "ray"]
 
-__all__ = ["HEADER", "RECORDS", "SUMMARY", "TRACES", "Prepared", "checkpoint_hardware",
+__all__ = ["HEADER", "RECORDS", "SUMMARY", "TRACES", "Prepared",
            "open_run", "prepare_run", "run_study", "score_runs"]
 
 SCHEMA_VERSION = 1
@@ -86,26 +94,6 @@ def _versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise FaithprobeError("expected K/N, e.g. 2/8", field="--shard") from None
-    if not 1 <= k <= n:
-        raise FaithprobeError(f"shard {k} of {n} is out of range (1 <= K <= N)",
-                              field="--shard")
-    return k, n
-
-
-def _shard(traces: list[Trace], shard: tuple[int, int] | None) -> list[Trace]:
-    if shard is None:
-        return traces
-    k, n = shard
-    return [t for i, t in enumerate(traces) if i % n == k - 1]
 
 
 def _content(out: Path) -> list[Path]:
@@ -204,12 +192,12 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
     from faithprobe.data.sources import load_traces
     from faithprobe.edits.interventions import make_intervention
     from faithprobe.models.checkpoints import check_same_tokenizer, preflight
-    from faithprobe.run.units import probe_config, select_traces, template_of
+    from faithprobe.run.units import probe_config, select_traces, shard_traces, template_of
 
     check_out(Path(out), resume=resume)
     try:
         every = load_traces(cfg["data"])
-        traces = _shard(every, shard)
+        traces = shard_traces(every, shard)
     except FaithprobeError as exc:
         if exc.line is not None or exc.field is not None:
             raise
@@ -370,18 +358,6 @@ def hardware(prep: Prepared) -> dict[str, Any]:
     return out
 
 
-def checkpoint_hardware(ckpt: Any) -> dict[str, Any]:
-    """Where one loaded checkpoint sits: device, dtype, and the GPU's name and memory."""
-    import torch
-
-    first = next(ckpt.bridge.parameters())
-    entry = {"device": str(first.device), "dtype": str(first.dtype).replace("torch.", "")}
-    if first.device.type == "cuda":
-        props = torch.cuda.get_device_properties(first.device)
-        entry.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
-    return entry
-
-
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
     """Label -> the values of the catalogue's headline metrics the summary has."""
     from faithprobe.metrics import HEADLINE_METRICS
@@ -486,15 +462,7 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[Record]]:
             check_limit(key, value)
         except FaithprobeError as exc:
             raise FaithprobeError(exc.message, source=source, field=f"config.{key}") from None
-    pairs = metrics_cfg.get("pairs") if isinstance(metrics_cfg, dict) else None
-    if pairs is not None:
-        if not isinstance(pairs, list) or not all(
-                isinstance(p, list) and all(isinstance(x, str) for x in p) for p in pairs):
-            raise FaithprobeError("expected a list of [a, b] checkpoint label pairs",
-                                  source=source, field="config.metrics.pairs")
-        labels = config.get("checkpoints")
-        check_pairs(pairs, list(labels) if isinstance(labels, dict) else None, source=source,
-                    where="config.metrics.pairs[{i}]")
+    check_run_pairs(config, source)
     if (run_dir / RECORDS).exists():
         check_regular_file(run_dir / RECORDS, "records file")
     try:
@@ -505,13 +473,6 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[Record]]:
     if not records:
         raise FaithprobeError("run has no records", source=str(run_dir / RECORDS))
     return header, records
-
-
-def _without_pairs(config: dict[str, Any]) -> dict[str, Any]:
-    metrics = config.get("metrics")
-    if not isinstance(metrics, dict):
-        return config
-    return dict(config, metrics={k: v for k, v in metrics.items() if k != "pairs"})
 
 
 def merge_runs(run_dirs: Sequence[Path], *, repair: bool = False
@@ -525,7 +486,7 @@ def merge_runs(run_dirs: Sequence[Path], *, repair: bool = False
         records.extend(r)
     first = headers[0]
     for d, h in zip(run_dirs[1:], headers[1:]):
-        if _without_pairs(h["config"]) != _without_pairs(first["config"]):
+        if without_pairs(h["config"]) != without_pairs(first["config"]):
             raise FaithprobeError("is not a shard of the same study (config differs)",
                                   source=str(d))
         if h["config"] != first["config"] and not repair:
@@ -601,10 +562,8 @@ def score_runs(run_dirs: Sequence[Path], out: Path | None = None,
     if pairs is not None:
         from faithprobe.metrics import checkpoint_labels
 
-        check_pairs(pairs, checkpoint_labels(records), source=str(run_dirs[0]),
-                    where="--pair {pair}")
-        header["config"] = dict(header["config"], metrics=dict(
-            header["config"]["metrics"], pairs=[list(p) for p in pairs]))
+        header["config"] = with_pairs(header["config"], pairs, checkpoint_labels(records),
+                                      source=str(run_dirs[0]))
     target = run_dirs[0] if in_place else out
     with lock_folder(target):
         if not in_place:

@@ -102,7 +102,7 @@ def _probe_task(cfg: RunConfig, label: str, spec: str, scorer_spec: str | None,
                 traces: list[Trace], selection: Any, cwd: str,
                 threads: int) -> tuple[dict[str, Any], dict[str, Any] | None,
                                        list[tuple[str, list[Record]]]]:
-    from faithprobe.run.folder import checkpoint_hardware
+    from faithprobe.models.placement import checkpoint_hardware
     from faithprobe.run.units import probe_traces
 
     _setup(cwd, threads)

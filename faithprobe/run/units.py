@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from faithprobe.data.traces import Trace
+from faithprobe.errors import FaithprobeError
 from faithprobe.records import Record
 from faithprobe.run.config import RunConfig
 
-__all__ = ["Selection", "probe_config", "probe_traces", "resample_config", "select_traces",
-           "template_of"]
+__all__ = ["Selection", "parse_shard", "probe_config", "probe_traces", "resample_config",
+           "select_traces", "shard_traces", "template_of"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +115,25 @@ def probe_traces(cfg: RunConfig, ckpt: Any, label: str, template: Any,
             records = records + resample_trace(ckpt, label, trace, template, rcfg,
                                                score_batch_size=cfg["probe"]["batch_size"])
         yield trace, records
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard K/N`` as (K, N); None when not given."""
+    if text is None:
+        return None
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise FaithprobeError("expected K/N, e.g. 2/8", field="--shard") from None
+    if not 1 <= k <= n:
+        raise FaithprobeError(f"shard {k} of {n} is out of range (1 <= K <= N)",
+                              field="--shard")
+    return k, n
+
+
+def shard_traces(traces: list[Trace], shard: tuple[int, int] | None) -> list[Trace]:
+    """The K-th of N disjoint slices of ``traces`` (every N-th trace from the K-th on)."""
+    if shard is None:
+        return traces
+    k, n = shard
+    return [t for i, t in enumerate(traces) if i % n == k - 1]
