@@ -90,14 +90,18 @@ def test_refuses_to_overwrite_and_resume_completes(study, tmp_path, capsys):
     assert _sorted_lines(out / "records.jsonl") == full
 
 
-def _run_in_two_shards_and_merge(study, tmp_path):
+def _run_in_two_shards(study, tmp_path):
     parts = []
     for k in (1, 2):
         d = tmp_path / f"s{k}"
         assert main(["run", str(study), "--out", str(d), "--quiet", "--shard", f"{k}/2"]) == 0
         parts.append(str(d))
+    return parts
+
+
+def _run_in_two_shards_and_merge(study, tmp_path):
     merged = tmp_path / "merged"
-    assert main(["score", *parts, "--out", str(merged)]) == 0
+    assert main(["score", *_run_in_two_shards(study, tmp_path), "--out", str(merged)]) == 0
     return merged
 
 
@@ -275,11 +279,7 @@ def test_a_pair_given_twice_is_refused(study, tmp_path, capsys):
 
 
 def test_shards_with_other_pairs_merge_only_with_pair(study, tmp_path, capsys):
-    parts = []
-    for k in (1, 2):
-        d = tmp_path / f"s{k}"
-        assert main(["run", str(study), "--out", str(d), "--quiet", "--shard", f"{k}/2"]) == 0
-        parts.append(str(d))
+    parts = _run_in_two_shards(study, tmp_path)
     assert main(["score", parts[0], "--pair", "sft", "base"]) == 0
     capsys.readouterr()
     assert main(["score", *parts, "--out", str(tmp_path / "m1")]) == 2
