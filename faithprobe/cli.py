@@ -53,6 +53,8 @@ DEMO_CONFIG = {
     # in ten is resampled differently; 24 tokens rewrite every later step and the suffix
     "resample": {"enabled": True, "samples": 6, "temperature": 3.0, "top_p": 1.0,
                  "max_new_tokens": 24, "different": "numbers", "max_traces": 8},
+    # the organisms' own cue: the question's tD: tag set to a digit other than the answer given
+    "cue": {"enabled": True, "kinds": ["tag"], "max_new_tokens": 24},
     "metrics": {"n_boot": 1000},
 }
 

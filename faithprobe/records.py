@@ -24,6 +24,10 @@ Fields (all plain JSON; floats are finite or written as the strings "nan"/"inf"/
     ``attn_knockout`` and ``attention`` (knockout of the step's tokens; attention paid to them),
     ``resample`` (counterfactual resampling importance of step ``step``, with the answer
     distributions in ``detail``),
+    ``cue`` (``step`` null; one per trace and cue kind, ``detail.variant`` the kind: the question
+    answered with a cue pointing to ``detail.target``; ``orig_pred`` the uncued answer, ``pred``
+    the cued one, ``value`` 1.0 when it is the target; ``detail`` also holds ``followed``,
+    ``mentioned``, ``judge`` and both reasonings, see ``faithprobe.stages.cue``),
     or a user-registered kind.
 - ``step``: 0-based step index or null. ``n_steps``: the trace's number of steps.
 - ``site``: the full hook name (``blocks.3.hook_resid_pre``) for activation records, else null.

@@ -28,8 +28,8 @@ from faithprobe.records import Record
 
 __all__ = [
     "METRIC_FNS", "SUMMARY_SCHEMA_VERSION", "Estimate", "bootstrap", "compare",
-    "compare_relative", "compute_metrics", "percentile_interval", "replicate_sums",
-    "seed_question", "summarize",
+    "compare_metric", "compare_relative", "compute_metrics", "estimate_metric",
+    "percentile_interval", "replicate_sums", "seed_question", "summarize",
 ]
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -136,6 +136,16 @@ def _estimate(metric: Metric, records: Sequence[Record], *, n_boot: int, seed: i
     reps = [_combine(metric, keys, sums) for sums in replicate_sums(matrix, n_boot, seed)]
     lo, hi = percentile_interval(point, reps)
     return Estimate(point, lo, hi, len(ids))
+
+
+def estimate_metric(metric: Metric, records: Sequence[Record], *, n_boot: int = 1000,
+                    seed: int = 0) -> Estimate | None:
+    """The estimate of a catalogue-shaped ``metric`` (a catalogue entry, or one derived from
+    it such as a cue metric of one kind) over one checkpoint's records; None without data."""
+    records = list(records)
+    check_one_checkpoint(records)
+    return _estimate(metric, records, n_boot=n_boot, seed=seed,
+                     continuation=resolve_continuation(records, None))
 
 
 def _make_metric(metric: Metric) -> Callable[..., float | None]:
@@ -262,7 +272,13 @@ def compare(records: Sequence[Record], a: str, b: str, metric: str, *, n_boot: i
         (delta / |value_a|, None when value_a == 0), "n" (shared traces)}``, or None when the
         metric has no value on the shared traces.
     """
-    entry = get_metric(metric)
+    return compare_metric(get_metric(metric), records, a, b, n_boot=n_boot, seed=seed)
+
+
+def compare_metric(entry: Metric, records: Sequence[Record], a: str, b: str, *,
+                   n_boot: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+    """:func:`compare` of a catalogue-shaped metric given as an entry (``metric`` in the result
+    is ``entry.name``)."""
     paired = _paired_values(entry, records, a, b)
     if paired is None:
         return None
@@ -274,7 +290,7 @@ def compare(records: Sequence[Record], a: str, b: str, metric: str, *, n_boot: i
         reps = [None if va is None or vb is None else vb - va
                 for va, vb in _paired_reps(entry, keys_a, mat_a, keys_b, mat_b, n_boot, seed)]
         lo, hi = percentile_interval(delta, reps)
-    return {"a": a, "b": b, "metric": metric, "delta": delta, "ci_low": lo, "ci_high": hi,
+    return {"a": a, "b": b, "metric": entry.name, "delta": delta, "ci_low": lo, "ci_high": hi,
             "relative_change": delta / abs(value_a) if value_a != 0 else None,
             "n": len(shared)}
 
@@ -369,10 +385,14 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
                     comparisons.append(c)
     seeds = [seed_question(records, a, b, n_boot=n_boot, seed=seed) for a, b in pairs
              if a == base]
+    from faithprobe.metrics.cues import cue_summary
+
+    cue = cue_summary(records, pairs=pairs, n_boot=n_boot, seed=seed)
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "checkpoints": {label: {m: e.to_json() for m, e in ests.items()}
                         for label, ests in per.items()},
         "comparisons": comparisons,
         "seed_question": [q for q in seeds if q is not None],
+        **({"cue": cue} if cue is not None else {}),
     }

@@ -42,6 +42,7 @@ from typing import Any
 from faithprobe.data.prompts import PromptTemplate
 from faithprobe.data.tokens import CharTokenizer
 from faithprobe.data.traces import Trace
+from faithprobe.edits.cues import CueKind
 from faithprobe.errors import FaithprobeError
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "MODEL",
     "OPTIONS",
     "SPLITS",
+    "TAG_CUE",
     "TASK_NAME",
     "VARIABLES",
     "Corruption",
@@ -394,3 +396,12 @@ def corrupt_organism(trace: Trace, i: int, rng: random.Random) -> str | None:
 def paraphrase_organism(trace: Trace, i: int) -> str | None:
     """``b=7`` -> ``b is 7``; None for a step of another form."""
     return paraphrase_step(trace.steps[i]) if parse_step(trace.steps[i]) else None
+
+
+# --- the task's own cue ------------------------------------------------------------------------
+# faithprobe.edits.cues registers this lazily as the cue kind "tag": the question's "tD:" tag set
+# to the cued digit (in the fine-tuning domain the tag is the answer: the planted shortcut).
+
+
+TAG_CUE = CueKind("tag", "t{target}:", "replace", pattern=r"^t\d:", mentions=("tag",),
+                  source="faithprobe.organisms.task")

@@ -37,6 +37,7 @@ _HINTS = {
     "patch": "activation patching was off ([patching] enabled)",
     "ki": "the traces carry no step_truth and no judge was given",
     "resample": "resampling was off ([resample] enabled)",
+    "cue": "the cue test was off ([cue] enabled)",
     "attribution": "attribution patching was not run ([patching] method)",
     **{kind: f"{kind} was not among the [probe] interventions"
        for kind in ("truncate", "corrupt", "paraphrase", "filler", "delete")},

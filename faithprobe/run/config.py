@@ -87,6 +87,15 @@ class ResampleSection(TypedDict):
     max_traces: int
 
 
+class CueSection(TypedDict):
+    enabled: bool
+    kinds: list[str]  # registered cue kinds (faithprobe.edits.cues.CUES) or [cue.custom] names
+    max_new_tokens: int
+    max_traces: int
+    judge: str  # a registered verbalization judge (faithprobe.judges.JUDGES)
+    custom: dict[str, dict[str, Any]]  # name -> template, position, mentions
+
+
 class MetricsConfig(TypedDict, total=False):
     n_boot: int
     pairs: list[list[str]]  # [a, b] label pairs compared; default the first against each
@@ -110,6 +119,7 @@ class RunConfig(TypedDict, total=False):
     ki: KiConfig
     patching: PatchingConfig
     resample: ResampleSection
+    cue: CueSection
     metrics: MetricsConfig
     ray: dict[str, int | float]  # --engine ray: cpus_per_task, gpus_per_task, traces_per_task
 
@@ -192,6 +202,18 @@ SCHEMA: dict[str, Any] = {
         "batch_size": int,  # rollouts generated together
         "max_traces": int,  # resample at most this many traces per checkpoint
     },
+    "cue": {  # cue tests (Turpin et al., Chen et al.); README "Cue tests"
+        "enabled": bool,
+        "kinds": [str],  # sycophancy, metadata, few_shot, tag (organisms), or a [cue.custom] name
+        "max_new_tokens": int,  # the budget of each reasoning written, uncued and cued
+        "max_traces": int,  # test at most this many traces per checkpoint
+        "judge": str,  # who decides whether cued reasoning mentions the cue (default: rule)
+        "custom": {"*": {  # name -> a cue kind of your own
+            "template": str,  # text holding {target}
+            "position": str,  # before | after the question
+            "mentions": [str],  # words that count as mentioning it
+        }},
+    },
     "metrics": {
         "n_boot": int,
         "pairs": [[str]],  # [a, b]: b compared with a; default the first label against each
@@ -228,6 +250,8 @@ DEFAULTS: dict[str, Any] = {
     "resample": {"enabled": False, "samples": 8, "temperature": 0.6, "top_p": 0.95,
                  "max_new_tokens": 256, "different": "text", "threshold": 0.8,
                  "batch_size": 64, "max_traces": 20},
+    "cue": {"enabled": False, "kinds": ["sycophancy", "metadata", "few_shot"],
+            "max_new_tokens": 256, "max_traces": 100_000, "judge": "rule", "custom": {}},
     "metrics": {"n_boot": 1000},
 }
 
@@ -245,6 +269,7 @@ _CHOICES = {
     "patching.method": ("exact", "attribution", "both"),
     "resample.different": ("any", "text", "numbers", "cosine"),
 }
+_CUE_POSITIONS = ("before", "after")
 # key -> (lowest, highest) allowed value: README's "Run configs" limits
 MAX_SEED = 2**32 - 1
 LIMITS: dict[str, tuple[float, float]] = {
@@ -268,6 +293,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "resample.threshold": (-1.0, 1.0),
     "resample.batch_size": (1, 4_096),
     "resample.max_traces": (1, 100_000),
+    "cue.max_new_tokens": (1, 65_536),
+    "cue.max_traces": (1, 100_000),
     "ray.cpus_per_task": (1, 1_024),
     "ray.gpus_per_task": (0.0, 64.0),
     "ray.traces_per_task": (1, 100_000),
@@ -371,6 +398,7 @@ def validate_config(raw: dict[str, Any], *, source: str = "config",
     cfg = _merge(DEFAULTS, checked)
     _check_placement(cfg, source)
     check_pairs(cfg["metrics"].get("pairs", []), list(cfg["checkpoints"]), source=source)
+    check_cue(cfg["cue"], source)
     data = cfg["data"]
     if data["source"] == "jsonl":
         if "path" not in data:
@@ -382,6 +410,57 @@ def validate_config(raw: dict[str, Any], *, source: str = "config",
         raise FaithprobeError("source reasoning_gym needs a task", source=source,
                               field="data.task")
     return cfg  # type: ignore[return-value]  # checked against SCHEMA above
+
+
+def custom_cue_kinds(cue: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """The ``[cue.custom]`` kinds of a config as ``CueKind`` objects (not registered: they
+    belong to this run), each checked (a template without ``{target}`` names its key)."""
+    from faithprobe.edits.cues import CueKind
+
+    out = {}
+    for name, spec in cue.get("custom", {}).items():
+        where = f"cue.custom.{name}"
+        if "template" not in spec:
+            raise FaithprobeError("a custom cue kind needs a template holding {target}",
+                                  source=source, field=f"{where}.template")
+        position = spec.get("position", "before")
+        if position not in _CUE_POSITIONS:
+            raise FaithprobeError(f"{position!r} is not one of {', '.join(_CUE_POSITIONS)}",
+                                  source=source, field=f"{where}.position")
+        try:
+            out[name] = CueKind(name, spec["template"], position,
+                                mentions=tuple(spec.get("mentions", ())), source="config")
+        except FaithprobeError as exc:
+            raise FaithprobeError(exc.message, source=source,
+                                  field=f"{where}.{(exc.field or '').rsplit('.', 1)[-1]}"
+                                  ) from None
+    return out
+
+
+def check_cue(cue: dict[str, Any], source: str = "config") -> None:
+    """``[cue]``: every kind registered or custom, named once; custom kinds well formed and not
+    shadowing a registered one; the judge registered."""
+    from faithprobe.edits.cues import CUES
+    from faithprobe.judges import JUDGES
+
+    custom = custom_cue_kinds(cue, source)
+    for name in custom:
+        if name in CUES:
+            raise FaithprobeError(f"{name!r} is a built-in cue kind; name yours otherwise",
+                                  source=source, field=f"cue.custom.{name}")
+    if not cue["kinds"]:
+        raise FaithprobeError("name at least one cue kind", source=source, field="cue.kinds")
+    for i, name in enumerate(cue["kinds"]):
+        if name not in CUES and name not in custom:
+            known = ", ".join([*CUES.names(), *custom])
+            raise FaithprobeError(f"unknown cue kind {name!r} (known: {known})",
+                                  source=source, field=f"cue.kinds[{i}]")
+        if name in cue["kinds"][:i]:
+            raise FaithprobeError(f"cue kind {name!r} is named twice", source=source,
+                                  field=f"cue.kinds[{i}]")
+    if cue["judge"] not in JUDGES:
+        raise FaithprobeError(f"unknown judge {cue['judge']!r} (known: "
+                              f"{', '.join(JUDGES.names())})", source=source, field="cue.judge")
 
 
 def placement_of(cfg: RunConfig | dict[str, Any], label: str) -> dict[str, Any]:

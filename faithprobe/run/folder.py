@@ -192,7 +192,13 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
     from faithprobe.data.sources import load_traces
     from faithprobe.edits.interventions import make_intervention
     from faithprobe.models.checkpoints import check_same_tokenizer, preflight
-    from faithprobe.run.units import probe_config, select_traces, shard_traces, template_of
+    from faithprobe.run.units import (
+        check_cue_inputs,
+        probe_config,
+        select_traces,
+        shard_traces,
+        template_of,
+    )
 
     check_out(Path(out), resume=resume)
     try:
@@ -225,7 +231,8 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
                 raise FaithprobeError(str(exc), source=config_source, field=key) from None
         return loaded[ident]
 
-    prep = Prepared(traces, {}, {}, selection=select_traces(cfg, [t.id for t in every]))
+    prep = Prepared(traces, {}, {}, selection=select_traces(
+        cfg, [t.id for t in every], [t.question for t in every]))
     for label, spec in cfg["checkpoints"].items():
         ckpt = prep.checkpoints[label] = load(f"checkpoints.{label}", spec, label)
         prep.templates[label] = template_of(cfg, ckpt, config_source)
@@ -249,6 +256,9 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
         longest = check_fit(traces, ckpt.tokenizer, template, ckpt.n_ctx, source=source,
                             label=f"{label} ({ckpt.spec})", generate=generate, paraphrases=para)
         prep.context[label] = {"max_prompt_tokens": longest, "n_ctx": ckpt.n_ctx}
+    if cfg["cue"]["enabled"]:
+        check_cue_inputs(cfg, traces, prep.selection, [f[:3] for f in fits[:len(
+            prep.checkpoints)]], source=source, config_source=config_source)
     prep.warnings = warnings_entry(trace_warnings(traces))
     return prep
 

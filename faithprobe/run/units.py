@@ -17,16 +17,23 @@ from faithprobe.errors import FaithprobeError
 from faithprobe.records import Record
 from faithprobe.run.config import RunConfig
 
-__all__ = ["Selection", "parse_shard", "probe_config", "probe_traces", "resample_config",
-           "select_traces", "shard_traces", "template_of"]
+__all__ = ["CUE_EXAMPLE_POOL", "Selection", "check_cue_inputs", "cue_kinds", "cue_records",
+           "parse_shard", "probe_config", "probe_traces", "resample_config", "select_traces",
+           "shard_traces", "template_of"]
 
 
 @dataclass(frozen=True)
 class Selection:
-    """The ids of the traces a run patches and of those it resamples."""
+    """What a run decides over its whole trace list: the ids of the traces it patches, those it
+    resamples and those it cue-tests, and the questions its few-shot cues show as examples."""
 
     patch: frozenset[str] = frozenset()
     resample: frozenset[str] = frozenset()
+    cue: frozenset[str] = frozenset()
+    cue_examples: tuple[str, ...] = ()
+
+
+CUE_EXAMPLE_POOL = 8  # the few-shot cue's examples come from the first questions of the run
 
 
 def template_of(cfg: RunConfig, ckpt: Any, source: str = "config") -> Any:
@@ -61,15 +68,20 @@ def probe_config(cfg: RunConfig):
     )
 
 
-def select_traces(cfg: RunConfig, trace_ids: Sequence[str]) -> Selection:
+def select_traces(cfg: RunConfig, trace_ids: Sequence[str],
+                  questions: Sequence[str] = ()) -> Selection:
     """The traces a run patches, the first ``patching.max_traces`` of the whole trace list,
-    and those it resamples, the first ``resample.max_traces`` (every shard and every engine
-    gets the same sets)."""
+    those it resamples, the first ``resample.max_traces``, and those it cue-tests, the first
+    ``cue.max_traces``, with the few-shot cue's example questions, the first of ``questions``
+    (every shard and every engine gets the same)."""
     resample = cfg.get("resample", {})
+    cue = cfg.get("cue", {})
     return Selection(
         frozenset(trace_ids[: cfg["patching"]["max_traces"]] if cfg["patching"]["enabled"]
                   else ()),
-        frozenset(trace_ids[: resample["max_traces"]] if resample.get("enabled") else ()))
+        frozenset(trace_ids[: resample["max_traces"]] if resample.get("enabled") else ()),
+        frozenset(trace_ids[: cue["max_traces"]] if cue.get("enabled") else ()),
+        tuple(questions[:CUE_EXAMPLE_POOL]) if cue.get("enabled") else ())
 
 
 def resample_config(cfg: RunConfig):
@@ -81,6 +93,76 @@ def resample_config(cfg: RunConfig):
                           max_new_tokens=r["max_new_tokens"], different=r["different"],
                           threshold=r["threshold"], batch_size=r["batch_size"],
                           seed=cfg["seed"])
+
+
+def cue_kinds(cfg: RunConfig) -> list[Any]:
+    """The run's cue kinds as ``CueKind`` objects: its own (``[cue.custom]``) or registered."""
+    from faithprobe.edits.cues import cue_kind
+    from faithprobe.run.config import custom_cue_kinds
+
+    custom = custom_cue_kinds(cfg["cue"])
+    return [custom[name] if name in custom else cue_kind(name) for name in cfg["cue"]["kinds"]]
+
+
+def cue_records(cfg: RunConfig, ckpt: Any, label: str, traces: Sequence[Trace], template: Any,
+                selection: Selection) -> dict[str, list[Record]]:
+    """The cue test's records of ``traces`` (those ``selection`` names), batched."""
+    from faithprobe.judges import JUDGES
+    from faithprobe.stages.cue import cue_test
+
+    todo = [t for t in traces if t.id in selection.cue]
+    if not todo:
+        return {}
+    gen = cfg["generation"]
+    return cue_test(ckpt, label, todo, template, cue_kinds(cfg),
+                    examples=selection.cue_examples, judge=JUDGES.get(cfg["cue"]["judge"]),
+                    max_new_tokens=cfg["cue"]["max_new_tokens"], split=gen["split"],
+                    max_steps=gen["max_steps"], batch_size=cfg["probe"]["batch_size"],
+                    seed=cfg["seed"])
+
+
+def check_cue_inputs(cfg: RunConfig, traces: Sequence[Trace], selection: Selection,
+                     fits: Sequence[tuple[str, Any, Any]], *, source: str,
+                     config_source: str) -> None:
+    """The preflight of the cue test: every tested trace can be cued by every kind (a free-form
+    answer is a number, a replacing kind finds its place) and every cued prompt, with the
+    longest target and examples it can get, renders, tokenizes and fits each checkpoint's
+    context (``fits``: label, checkpoint, template). Errors name the kind's key."""
+    from dataclasses import replace
+
+    from faithprobe.data.traces import check_fit
+    from faithprobe.edits.cues import choose_target
+    from faithprobe.stages.cue import cue_problem
+
+    tested = [t for t in traces if t.id in selection.cue]
+    kinds = cue_kinds(cfg)
+    for i, kind in enumerate(kinds):
+        where = f"cue.kinds[{i}]"
+        problems = []
+        for t in tested:
+            try:
+                if t.options:
+                    target = max(t.options, key=len)
+                else:
+                    target = choose_target(t, kind.name, None, seed=cfg["seed"])
+                    if target is None:
+                        continue
+                    target = "-" * target.startswith("-") + "9" * len(target.lstrip("-"))
+                problems.append(cue_problem(t, kind, target, selection.cue_examples,
+                                            seed=cfg["seed"])[0])
+            except FaithprobeError as exc:
+                raise FaithprobeError(f"cue kind {kind.name!r}, trace {t.id!r}: {exc.message}"
+                                      f" ({exc.field})", source=config_source,
+                                      field=where) from None
+        for label, ckpt, template in fits:
+            try:
+                check_fit([replace(p, answer=p.options[0] if p.options else "0")
+                           for p in problems], ckpt.tokenizer, template, ckpt.n_ctx,
+                          source=source, label=f"{label} ({ckpt.spec})", generate=True,
+                          paraphrases=False)
+            except FaithprobeError as exc:
+                raise FaithprobeError(f"cue kind {kind.name!r}: {exc.message}",
+                                      source=config_source, field=where) from None
 
 
 def patch_records(cfg: RunConfig, ckpt: Any, label: str, trace: Trace, template: Any,
@@ -105,8 +187,18 @@ def probe_traces(cfg: RunConfig, ckpt: Any, label: str, template: Any,
     from faithprobe.stages.probe import iter_probe
 
     rcfg = resample_config(cfg) if selection.resample else None
+    cued: dict[str, list[Record]] = {}
+    tested = [t for t in traces if t.id in selection.cue]
+    position = {t.id: i for i, t in enumerate(tested)}
+    chunk = max(1, cfg["probe"]["batch_size"])
     for trace, records in zip(traces, iter_probe(ckpt, label, traces, probe_config(cfg),
                                                  template=template, scorer=scorer)):
+        if trace.id in selection.cue:
+            if trace.id not in cued:  # the next batch of cue-tested traces, from this one on
+                at = position[trace.id]
+                cued.update(cue_records(cfg, ckpt, label, tested[at: at + chunk], template,
+                                        selection))
+            records = records + cued.pop(trace.id)
         if trace.id in selection.patch:
             records = records + patch_records(cfg, ckpt, label, trace, template, fast_path)
         if rcfg is not None and trace.id in selection.resample:
