@@ -10,7 +10,8 @@ The report leads with the verdict (``faithprobe.report.verdict.verdict_lines``: 
 decided by documented rules, what moved clearly, what did not, what could not be measured and
 why, and the caveats the data raise), then the forest plot, the measure tables (a metric without
 a value reads "not measured (...)" or "undefined (...)"), KI with its coverage and judge, the
-comparisons with the fine-tuning question (``faithprobe.report.seed``), the records with their
+comparisons with the fine-tuning question (``faithprobe.report.seed``), the cue tests
+(``faithprobe.report.cues``), the records with their
 skip reasons grouped by kind, the curves, one trace's step x method heat map, calibration, an
 appendix with the perplexity-form InfoGain, the metric definitions and the provenance.
 """
@@ -39,6 +40,7 @@ from faithprobe.report import plots as P
 from faithprobe.report import steps as S
 from faithprobe.report.absence import Absence, absences, group_reasons
 from faithprobe.report.caveats import ppl_disagrees
+from faithprobe.report.cues import cue_section
 from faithprobe.report.readings import INTERVAL_SHORT, checkpoint_value, is_appendix, value_text
 from faithprobe.report.render import PLOTS_DIR, REPORT_HTML, REPORT_MD, Doc, publish
 from faithprobe.report.seed import ki_lines, seed_question_section
@@ -299,6 +301,7 @@ def write_report(run_dir: Path, records: list[Record], summary: dict, header: di
     else:
         doc.note("No comparisons: the summary has one checkpoint or no shared traces.")
     seed_question_section(doc, summary)
+    cue_section(doc, summary, records)
     _records_section(doc, groups)
 
     n_boot, seed = _seed(header)
