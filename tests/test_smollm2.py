@@ -122,3 +122,54 @@ def test_sentencepiece_alignment_on_gemma():
             t0, t1 = aligned.span(name)
             assert all(start <= offsets[t - n][0] < end for t in range(t0, t1))
     assert tok.decode(aligned.ids[slice(*aligned.span(step_segment(2)))]).strip() == steps[2]
+
+
+def test_cue_kinds_on_a_real_tokenizer_and_chat_template(tmp_path):
+    """Every built-in text cue on SmolLM2 through its chat template: the run passes the
+    preflight, writes one cue record a trace and kind with the cue in the cued question, and
+    the report has its cue section."""
+    cfg = tmp_path / "cue.toml"
+    cfg.write_text("""
+seed = 0
+[checkpoints]
+base = "smollm2"
+[data]
+source = "reasoning_gym"
+task = "basic_arithmetic"
+count = 3
+seed = 0
+[data.task_options]
+min_terms = 2
+max_terms = 2
+min_digits = 1
+max_digits = 1
+[template]
+chat = true
+[probe]
+interventions = ["truncate"]
+[infogain]
+enabled = false
+[ki]
+enabled = false
+[patching]
+enabled = false
+[metrics]
+n_boot = 20
+[cue]
+enabled = true
+kinds = ["sycophancy", "metadata", "few_shot"]
+max_new_tokens = 24
+""", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    cue = [r for r in read_records(out / "records.jsonl") if r.intervention == "cue"]
+    assert len(cue) == 9
+    for r in cue:
+        target, question = r.detail["target"], r.detail["cued_question"]
+        assert target != r.orig_pred and target.lstrip("-").isdigit()
+        expected = {"sycophancy": f"I think the answer is {target}",
+                    "metadata": f"<answer>{target}</answer>",
+                    "few_shot": f"Answer: {target}"}[r.detail["kind"]]
+        assert expected in question
+        assert r.status in ("ok", "no_answer") and r.detail["judge"] == "rule"
+    assert "## Cue tests" in (out / "report.md").read_text()
