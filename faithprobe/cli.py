@@ -225,7 +225,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                   "to replace it)", source=str(out), field="--out")
     found = _compare_warnings(dirs, runs)
     with lock_folder(out):
-        report = write_comparison(out, runs)
+        report = write_comparison(out, runs, warnings=found)
         write_json(out / COMPARISON, {"schema_version": 1, "runs": [str(d) for d in dirs],
                                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(
                                           timespec="seconds"), "warnings": found})

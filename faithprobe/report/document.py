@@ -34,6 +34,7 @@ from faithprobe.metrics import (
     is_usable,
     resolve_continuation,
 )
+from faithprobe.metrics.crossrun import cross_run_summary, relabel
 from faithprobe.records import STATUSES, Record
 from faithprobe.report import calibration as C
 from faithprobe.report import plots as P
@@ -112,6 +113,8 @@ def _records_section(doc: Doc, groups: Mapping[str, Sequence[Record]]) -> None:
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(obj, Mapping) and not obj and prefix:
+        return {prefix: "none"}
     if isinstance(obj, Mapping) and obj:
         out: dict[str, str] = {}
         for k, v in obj.items():
@@ -315,11 +318,15 @@ def write_report(run_dir: Path, records: list[Record], summary: dict, header: di
     return publish(Path(run_dir), doc)
 
 
-def write_comparison(out_dir: Path, runs: list[tuple[str, list[Record], dict, dict]]) -> Path:
+def write_comparison(out_dir: Path, runs: list[tuple[str, list[Record], dict, dict]],
+                     warnings: Mapping[str, Any] | None = None) -> Path:
     """One report across run folders: (name, records, summary, header) per run.
 
-    Checkpoints are labelled ``name/label``; each run's own comparisons are kept (no new
-    bootstrap across runs, whose traces need not match).
+    Checkpoints are labelled ``name/label``. Each run's own comparisons are kept, and each
+    checkpoint of a run is compared with each checkpoint of every later run over the traces they
+    share (``faithprobe.metrics.crossrun``: the paired bootstrap, minimal meaningful
+    differences and verdict rules of a run). ``warnings`` (kind -> ``{"count", "pairs"}``, from
+    the command line) are listed in the report.
 
     Returns:
         The path of ``out_dir/report.html``.
@@ -335,9 +342,23 @@ def write_comparison(out_dir: Path, runs: list[tuple[str, list[Record], dict, di
     doc = Doc("faithprobe comparison: " + ", ".join(names))
     for name, (_, _, _, header) in zip(names, runs):
         _status_warning(doc, header or {}, f"Run {name}")
+    if warnings:
+        doc.h("Warnings")
+        doc.bullets([f"{kind} ({entry.get('count', 0)}): " + "; ".join(
+            str(p) for p in entry.get("pairs", [])) for kind, entry in warnings.items()])
+        doc.note("self_compare: a run compared with itself (the same folder or the same "
+                 "records); no_shared_trace: two runs without a trace in common, so nothing "
+                 "between them is paired.")
+    n_boot, seed = _seed(runs[0][3] or {})
+    cross = cross_run_summary([(name, records) for name, (_, records, _, _)
+                               in zip(names, runs)], n_boot=n_boot, seed=seed)
     doc.h("Verdict")
-    doc.bullets([f"{name}: {line}" for name, (_, records, summary, _) in zip(names, runs)
-                 for line in verdict_lines(summary, records)], css="verdict")
+    across = [] if cross is None else verdict_lines(
+        {**cross, "checkpoints": cross["checkpoints"]},
+        [r for name, (_, records, _, _) in zip(names, runs) for r in relabel(records, name)])
+    doc.bullets([f"across runs: {line}" for line in across if not line.startswith("Caveat")]
+                + [f"{name}: {line}" for name, (_, records, summary, _) in zip(names, runs)
+                   for line in verdict_lines(summary, records)], css="verdict")
     merged = {"checkpoints": {f"{name}/{label}": ests for name, (_, _, summary, _)
                               in zip(names, runs)
                               for label, ests in (summary.get("checkpoints") or {}).items()}}
@@ -369,6 +390,13 @@ def write_comparison(out_dir: Path, runs: list[tuple[str, list[Record], dict, di
                    for m in present])
     else:
         doc.note("No measure could be computed in any run.")
+    doc.h("Comparisons across runs")
+    if cross is not None and cross.get("comparisons"):
+        doc.p("Each checkpoint of a run against each checkpoint of every later run, paired over "
+              "the traces both share (by trace id).")
+        doc.table(COMPARISON_HEADER, comparison_rows(cross))
+    else:
+        doc.note("No two runs share a trace: nothing across runs can be paired.")
     doc.h("Comparisons within each run")
     rows = [row for name, (_, _, summary, _) in zip(names, runs)
             for row in comparison_rows(summary, run_absent[name], prefix=f"{name}: ")]
@@ -382,7 +410,6 @@ def write_comparison(out_dir: Path, runs: list[tuple[str, list[Record], dict, di
     _records_section(doc, groups)
 
     all_records = [r for _, records, _, _ in runs for r in records]
-    n_boot, seed = _seed(runs[0][3] or {})
     _curve_plots(doc, groups, resolve_continuation(all_records), n_boot, seed)
     _calibration_section(doc, groups)
     doc.note("Step importance is drawn per run: see each run's own report.")
