@@ -163,15 +163,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from faithprobe.data.traces import read_traces
     from faithprobe.io import lock_folder, read_json
+    from faithprobe.metrics import checkpoint_labels
     from faithprobe.report.document import write_report
-    from faithprobe.run.folder import SUMMARY, TRACES, load_run
+    from faithprobe.run.folder import SUMMARY, load_run
+    from faithprobe.run.tracefiles import run_traces
 
     run = Path(args.run_dir)
     header, records = load_run(run)
     summary = read_json(run / SUMMARY, "summary (run 'faithprobe score' first)")
-    traces = read_traces(run / TRACES) if (run / TRACES).is_file() else None
+    traces = run_traces(run, checkpoint_labels(records)) or None
     with lock_folder(run):  # never while a run writes it
         print(write_report(run, records, summary, header, traces))
     return 0

@@ -36,12 +36,18 @@ class RunFrames(NamedTuple):
             ``reading`` (clear increase / clear decrease / no practical change / no clear
             change, as in the report).
         header: ``header.json`` as a dict.
+        traces: one row per (checkpoint, trace, step): ``checkpoint``, ``trace_id``, ``step``
+            (0-based, as in the records), ``text`` and ``n_steps``, from the trace file each
+            checkpoint was probed on (its own ``traces-<label>.jsonl`` where it wrote its
+            reasoning, else ``traces.jsonl``), so records join to step texts on
+            (checkpoint, trace_id, step). Empty when the folder holds no trace file.
     """
 
     records: pd.DataFrame
     summary: pd.DataFrame
     comparisons: pd.DataFrame
     header: dict[str, Any]
+    traces: pd.DataFrame | None = None
 
 
 def _pandas() -> Any:
@@ -110,7 +116,7 @@ def load_run(run_dir: str | Path) -> RunFrames:
         run_dir: a run folder (``faithprobe run``/``demo``/``score`` output).
 
     Returns:
-        ``RunFrames(records, summary, comparisons, header)``. Where the folder has no
+        ``RunFrames(records, summary, comparisons, header, traces)``. Where the folder has no
         ``summary.json`` (a killed run), the summary is computed from the records with the
         run's ``n_boot`` and seed, as ``faithprobe score`` would.
 
@@ -138,4 +144,16 @@ def load_run(run_dir: str | Path) -> RunFrames:
         raise FaithprobeError("not a faithprobe summary (no checkpoints)",
                               source=str(run_dir / SUMMARY))
     summary_frame, comp_frame = _summary_frames(pd, summary, records)
-    return RunFrames(_records_frame(pd, records), summary_frame, comp_frame, header)
+    return RunFrames(_records_frame(pd, records), summary_frame, comp_frame, header,
+                     _traces_frame(pd, run_dir, records))
+
+
+def _traces_frame(pd: Any, run_dir: Path, records: list[Any]) -> Any:
+    from faithprobe.metrics import checkpoint_labels
+    from faithprobe.run.tracefiles import run_traces
+
+    rows = [(label, t.id, i, text, t.n_steps)
+            for label, traces in run_traces(run_dir, checkpoint_labels(records)).items()
+            for t in traces for i, text in enumerate(t.steps)]
+    frame = pd.DataFrame(rows, columns=["checkpoint", "trace_id", "step", "text", "n_steps"])
+    return frame.astype({"step": "Int64", "n_steps": "Int64"})

@@ -172,18 +172,24 @@ def _curve_plots(doc: Doc, groups: Mapping[str, Sequence[Record]], continuation:
 
 
 def _step_section(doc: Doc, groups: Mapping[str, Sequence[Record]],
-                  traces: list[Trace] | None, continuation: str) -> None:
+                  traces: Mapping[str, Sequence[Trace]] | None, continuation: str) -> None:
     doc.h("Step importance")
     imp = S.pick_step_importance(groups, traces, continuation=continuation)
     doc.plot(S.step_importance_plot(imp))
     if imp is None or not imp.methods:
         return
-    source = traces is not None and any(t.id == imp.trace_id for t in traces)
     chosen = "mean KL after corrupting or deleting a step" if imp.chosen_by == "kl" else (
         "share of corruptions and deletions that flip the answer")
+    if imp.text_from is None:
+        where = "unavailable (the run folder holds no trace file for it)."
+    elif imp.own_texts:
+        where = (f"from {imp.text_from}'s own trace (each checkpoint wrote its own reasoning: "
+                 "the others' texts differ; see traces-<label>.jsonl).")
+    else:
+        where = (f"from {imp.text_from}'s trace (every checkpoint's trace of it holds the same "
+                 "steps).")
     doc.p(f"Trace {imp.trace_id}, the one whose steps differ most in {chosen} (max - min = "
-          f"{imp.spread:.3g}); step text " + ("from traces.jsonl." if source
-                                              else "unavailable (no traces.jsonl)."))
+          f"{imp.spread:.3g}); step text " + where)
     header, rows = S.step_table(imp)
     doc.table(header, rows)
 
@@ -260,7 +266,8 @@ def _seed(header: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def write_report(run_dir: Path, records: list[Record], summary: dict, header: dict,
-                 traces: list[Trace] | None = None) -> Path:
+                 traces: Mapping[str, Sequence[Trace]] | Sequence[Trace] | None = None
+                 ) -> Path:
     """Write ``plots/``, ``report.md`` and ``report.html`` into ``run_dir``.
 
     Args:
@@ -268,7 +275,9 @@ def write_report(run_dir: Path, records: list[Record], summary: dict, header: di
         records: the run's records (``records.jsonl``).
         summary: ``metrics.summarize(records)`` (``summary.json``).
         header: the run header (``header.json``): status, config, provenance, labels.
-        traces: the traces probed (``traces.jsonl``), for the step texts; optional.
+        traces: the traces probed, for the step texts, per checkpoint label
+            (``faithprobe.run.tracefiles.run_traces``) or one list for every checkpoint;
+            optional.
 
     Returns:
         The path of ``report.html``.
@@ -310,6 +319,8 @@ def write_report(run_dir: Path, records: list[Record], summary: dict, header: di
     n_boot, seed = _seed(header)
     continuation = resolve_continuation(records)
     _curve_plots(doc, groups, continuation, n_boot, seed)
+    if traces is not None and not isinstance(traces, Mapping):
+        traces = {label: list(traces) for label in groups}
     _step_section(doc, groups, traces, continuation)
     _calibration_section(doc, groups)
     _ppl_appendix(doc, summary, records, absent)

@@ -63,6 +63,8 @@ class StepImportance:
     spread: float = 0.0  # max - min of the choosing measure in the label that chose the trace
     # label -> methods with records for this trace but no usable one ("undefined", not "n/m")
     undefined: dict[str, set[str]] = field(default_factory=dict)
+    text_from: str | None = None  # the label whose trace gave the step texts (None: none did)
+    own_texts: bool = False  # the labels' traces differ (each checkpoint wrote its own)
 
     @property
     def methods(self) -> list[str]:
@@ -129,11 +131,13 @@ def _choosing(recs: Sequence[Record], measure: str, continuation: str) -> dict[i
 
 
 def pick_step_importance(groups: Mapping[str, Sequence[Record]],
-                         traces: Sequence[Trace] | None = None, *,
-                         continuation: str = "keep") -> StepImportance | None:
+                         traces: Mapping[str, Sequence[Trace]] | Sequence[Trace] | None = None,
+                         *, continuation: str = "keep") -> StepImportance | None:
     """The trace whose per-step corruption/deletion effects spread most (max - min over its
     steps, any label; KL where the edits carry one, else the share that flips the answer), with
-    every method's per-step values of every label; None without such records."""
+    every method's per-step values of every label; None without such records. ``traces``: per
+    label (each checkpoint's own, where it wrote its reasoning) or one list for all; the step
+    texts come from the first label (in ``groups`` order) whose traces hold the trace."""
     all_recs = [r for recs in groups.values() for r in recs]
     has_kl = any(r.intervention in ("corrupt", "delete") and is_usable(r) and r.kl is not None
                  and r.step is not None for r in all_recs)
@@ -159,14 +163,19 @@ def pick_step_importance(groups: Mapping[str, Sequence[Record]],
     undefined = {label: {m for m in METHODS if not effects[label].get(m)
                          and any(r.intervention == m for r in traces_of[tid])}
                  for label, traces_of in by_label.items() if tid in traces_of}
-    trace = next((t for t in traces or () if t.id == tid), None)
+    per_label = traces if isinstance(traces, Mapping) else {label: traces or ()
+                                                            for label in groups}
+    found = {label: t for label in groups for t in per_label.get(label) or () if t.id == tid}
+    text_from = next(iter(found), None)
+    trace = found.get(text_from) if text_from is not None else None
+    own = len({t.steps for t in found.values()}) > 1
     if trace is not None:
         texts = list(trace.steps)
     else:
         n = max((r.n_steps for r in all_recs if r.trace_id == tid), default=0)
         n = max([n] + [k + 1 for eff in effects.values() for col in eff.values() for k in col])
         texts = [f"step {i}" for i in range(n)]
-    return StepImportance(tid, measure, texts, effects, spread, undefined)
+    return StepImportance(tid, measure, texts, effects, spread, undefined, text_from, own)
 
 
 def _row_label(i: int, text: str) -> str:

@@ -532,6 +532,7 @@ def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None =
     from faithprobe.metrics import checkpoint_labels, summarize
     from faithprobe.report.document import write_report
     from faithprobe.run.config import summary_plan
+    from faithprobe.run.tracefiles import run_traces
 
     if records is None:
         records = read_records(out / RECORDS)
@@ -541,8 +542,8 @@ def finish_run(out: Path, header: dict[str, Any], records: list[Record] | None =
     write_json(out / SUMMARY, summary)
     final = dict(header, status="success", ended=_now(), summary=_headline(summary)) \
         if mark_success else header
-    traces = read_traces(out / TRACES) if (out / TRACES).is_file() else None
-    write_report(out, records, summary, final, traces)
+    write_report(out, records, summary, final,
+                 run_traces(out, checkpoint_labels(records)) or None)
     if mark_success:  # last: a run killed before this line is resumed, report and all
         header.update(final)
         write_json(out / HEADER, header)
