@@ -142,17 +142,19 @@ def patching_plot(groups: Mapping[str, Sequence[Record]], *, max_sites_labelled:
 
 def infogain_plot(groups: Mapping[str, Sequence[Record]], *, n_boot: int = 1000, seed: int = 0
                   ) -> Plot:
-    """Per-step InfoGain IG_j = H_(j-1) - H_j with bootstrap intervals, bars per label."""
+    """Per-step InfoGain with bootstrap intervals, bars per label. Steps are numbered from 0,
+    as in the records and every other plot: step i's bar is IG_(i+1) = H_i - H_(i+1), the drop
+    of the answer's entropy when step i is added after steps 0..i-1."""
     name, title = "infogain", "InfoGain per step (answer-only form)"
     data = {}
     for label, recs in groups.items():
         rows = infogain_by_step(recs, n_boot=n_boot, seed=seed)
         if rows:
-            data[label] = rows
+            data[label] = [(j - 1, mean, lo, hi) for j, mean, lo, hi in rows]
     if not data:
         return Plot(name, title, None, "no usable infogain records: InfoGain was not measured")
-    return _step_bars(name, title, data, first=1, xlabel="step j",
-                      ylabel="IG_j = H_(j-1) - H_j  (nats, 95% CI)")
+    return _step_bars(name, title, data, first=0, xlabel="step i (0-based, as in the records)",
+                      ylabel="H_i - H_(i+1): entropy drop when step i is added\n(nats, 95% CI)")
 
 
 def resampling_plot(groups: Mapping[str, Sequence[Record]], *, n_boot: int = 1000,
