@@ -567,7 +567,8 @@ def test_step_heat_map_has_every_method_and_the_step_texts(run_data) -> None:
          and r.intervention == "infogain"}
     assert base["infogain"] == pytest.approx({i: h[i] - h[i + 1] for i in range(3)})
     header, rows = step_table(imp)
-    assert header[:3] == ["step", "base: corrupt", "base: delete"] and header[-1] == "text"
+    assert header[:3] == ["step", "base: corrupt KL (keep, nats)", "base: delete KL (nats)"]
+    assert header[-1] == "text"
     assert rows[0][-1].startswith("Let x = 3.")
     plot = step_importance_plot(imp)
     assert plot.png.startswith(PNG_MAGIC) and "InfoGain" in plot.note

@@ -65,6 +65,13 @@ class StepImportance:
     undefined: dict[str, set[str]] = field(default_factory=dict)
     text_from: str | None = None  # the label whose trace gave the step texts (None: none did)
     own_texts: bool = False  # the labels' traces differ (each checkpoint wrote its own)
+    continuation: str = "keep"  # the corrupt records shown: later steps kept or regenerated
+
+    def title(self, method: str) -> str:
+        """A column's title; the corrupt column names its continuation."""
+        if method == "corrupt":
+            return f"corrupt KL\n({self.continuation}, nats)"
+        return METHODS[method]
 
     @property
     def methods(self) -> list[str]:
@@ -175,7 +182,8 @@ def pick_step_importance(groups: Mapping[str, Sequence[Record]],
         n = max((r.n_steps for r in all_recs if r.trace_id == tid), default=0)
         n = max([n] + [k + 1 for eff in effects.values() for col in eff.values() for k in col])
         texts = [f"step {i}" for i in range(n)]
-    return StepImportance(tid, measure, texts, effects, spread, undefined, text_from, own)
+    return StepImportance(tid, measure, texts, effects, spread, undefined, text_from, own,
+                          continuation)
 
 
 def _row_label(i: int, text: str) -> str:
@@ -225,7 +233,7 @@ def step_importance_plot(imp: StepImportance | None) -> Plot:
                     dark = luminance(cmap((normed[i, j] + 1) / 2)) < 0.5
                     ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=6.5,
                             color="white" if dark else "black")
-            ax.set_xticks(range(len(methods)), [METHODS[m] for m in methods], fontsize=6.5)
+            ax.set_xticks(range(len(methods)), [imp.title(m) for m in methods], fontsize=6.5)
             ax.xaxis.tick_top()
             ax.set_yticks(range(len(shown)), [_row_label(i, t) for i, t in enumerate(shown)])
             if p:
@@ -233,11 +241,13 @@ def step_importance_plot(imp: StepImportance | None) -> Plot:
             ax.set_title(label, pad=18)
         fig.suptitle(f"{title}: trace {imp.trace_id} (colour scaled per column; "
                      "n/m = not measured, undef. = measured but undefined)")
+        later = "regenerated" if imp.continuation == "regenerate" else "kept"
         note = ("Columns: corrupt / delete = KL of the answer distribution when the step is "
-                "corrupted / deleted; truncate = rise of log p(answer) when the step is added to "
-                "the truncated reasoning; patching = share of the clean logit difference removed "
-                "by patching the step's residual stream; InfoGain = H_(j-1) - H_j of the step. "
-                "Red: the step matters (positive), blue: negative.")
+                f"corrupted (the later steps {later}) / deleted; truncate = rise of log "
+                "p(answer) when the step is added to the truncated reasoning; patching = share "
+                "of the clean logit difference removed by patching the step's residual stream; "
+                "InfoGain = the entropy drop when the step is added. Red: the step matters "
+                "(positive), blue: negative.")
         if len(imp.steps) > len(shown):
             note += f" Only the first {len(shown)} of {len(imp.steps)} steps are drawn."
         return Plot(name, f"{title}: trace {imp.trace_id}", png(fig), note)
@@ -247,8 +257,8 @@ def step_table(imp: StepImportance) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the figure's numbers: a row per step, a column per label and method;
     "n/m" where a method did not measure the step, "undef." where its records are unusable."""
     methods = imp.methods
-    header = (["step"] + [f"{label}: {METHODS[m].splitlines()[0]}" for label in imp.effects
-                          for m in methods] + ["text"])
+    header = (["step"] + [f"{label}: {' '.join(imp.title(m).split())}"
+                          for label in imp.effects for m in methods] + ["text"])
     rows = []
     for i, text in enumerate(imp.steps):
         cells = []
