@@ -125,7 +125,7 @@ CATALOGUE: tuple[Metric, ...] = (
            reads=("none",), needs=_GOLD),
     Metric("accuracy_no_cot", field_mean("truncate", "correct", step0=True), ratio, "points",
            "accuracy without reasoning", "correct with every step removed (truncated at step 0)",
-           table=1, mmd=_POINT, reads=("truncate",), needs=_GOLD, direction=-1),
+           table=1, verdict=15, mmd=_POINT, reads=("truncate",), needs=_GOLD, direction=-1),
     Metric("mean_steps", mean_steps_features, ratio, "steps", "reasoning steps",
            "mean number of steps in the chain of thought (0: no reasoning written)",
            table=11, verdict=1, mmd=0.5, reads=("none",), needs="an unedited record",
