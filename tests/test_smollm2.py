@@ -22,13 +22,16 @@ def empty_cache(tmp_path_factory):
     mp.undo()
 
 
-def test_first_load_converts_from_the_package_alone():
+def test_first_load_converts_from_the_package_alone(capfd):
     from faithprobe.models.checkpoints import cache_root, load_checkpoint
 
     assert not (cache_root() / "smollm2").exists()
     ckpt = load_checkpoint("smollm2")
     assert (cache_root() / "smollm2" / "config.json").is_file()
     assert ckpt.n_layers == 30 and ckpt.tokenizer.vocab_size == 49152
+    # stderr is not a terminal here (captured, as a log file would be): no progress bar in it
+    err = capfd.readouterr().err
+    assert "Converting" not in err and "%|" not in err, err[:200]
 
 
 def test_smollm2_study_on_two_problems(tmp_path, smollm2_tokenizer):

@@ -27,6 +27,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,32 @@ def wrap_hf(hf_model: Any, hf_tokenizer: Any, name: str, spec: str) -> Checkpoin
     return Checkpoint(bridge, tokenizer, spec, template)
 
 
+@contextlib.contextmanager
+def terminal_bars_only() -> Iterator[None]:
+    """Within this block transformers draws its progress bars (loading weights, writing
+    shards, and the GGUF conversion's own tqdm bar, which ignores transformers' switch) on a
+    terminal only, never into a log file or a pipe."""
+    import functools
+    import sys
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    plain = getattr(gguf_utils, "tqdm", None)
+    if plain is not None:
+        gguf_utils.tqdm = functools.partial(plain, disable=None)
+    was_on = hf_logging.is_progress_bar_enabled()
+    if was_on and not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if plain is not None:
+            gguf_utils.tqdm = plain
+        if was_on and not hf_logging.is_progress_bar_enabled():
+            hf_logging.enable_progress_bar()
+
+
 def _load_hf_folder(folder: Path, spec: str, name: str | None = None, **kw: Any) -> Checkpoint:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -250,10 +277,11 @@ def _load_hf_folder(folder: Path, spec: str, name: str | None = None, **kw: Any)
         check_hf_shapes(folder, config, shapes, spec)
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), **kw)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(folder), use_safetensors=not kw.get("gguf_file"), **_PLACEMENT.get().hf_kwargs(),
-            **kw
-        )
+        with terminal_bars_only():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(folder), use_safetensors=not kw.get("gguf_file"),
+                **_PLACEMENT.get().hf_kwargs(), **kw
+            )
     except Exception as exc:  # noqa: BLE001 - any failure to load a folder is the folder's
         raise FaithprobeError(f"cannot load ({one_line(exc)})", source=spec) from None
     ckpt = wrap_hf(model, tok, name or folder.name, spec)
@@ -305,7 +333,8 @@ def _packaged(name: str, spec: str) -> Checkpoint:
             except (FileNotFoundError, ValueError) as exc:
                 raise FaithprobeError(f"packaged model is incomplete ({exc})",
                                       source=spec) from None
-        _convert_gguf(folder, cache, architecture, spec)
+        with terminal_bars_only():
+            _convert_gguf(folder, cache, architecture, spec)
     return _load_hf_folder(cache, spec, name=hub_name)
 
 
