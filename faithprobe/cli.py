@@ -153,11 +153,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_score(args: argparse.Namespace) -> int:
-    from faithprobe.run.folder import score_runs
+def _pairs_text(pairs: Any) -> str:
+    return "; ".join(f"{b} vs {a}" for a, b in pairs) if pairs else "the default pairs"
 
-    run = score_runs([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None,
-                     args.pair)
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from faithprobe.io import read_json
+    from faithprobe.run.folder import HEADER, score_runs
+
+    dirs = [Path(d) for d in args.run_dirs]
+    in_place = args.out is None or (len(dirs) == 1 and Path(args.out).resolve()
+                                    == dirs[0].resolve())
+    before = None
+    if in_place and args.pair and (dirs[0] / HEADER).is_file():
+        config = read_json(dirs[0] / HEADER, "run header").get("config")
+        metrics = config.get("metrics") if isinstance(config, dict) else None
+        before = metrics.get("pairs") if isinstance(metrics, dict) else None
+    run = score_runs(dirs, Path(args.out) if args.out else None, args.pair)
+    if in_place and args.pair:
+        print(f"rescored {run} in place: comparisons {_pairs_text(args.pair)} replace "
+              f"{_pairs_text(before)}")
     print(run / "summary.json")
     return 0
 

@@ -74,3 +74,19 @@ def test_write_comparison_without_shared_traces_says_so(tmp_path):
     runs = [(n, r, summarize(r, n_boot=20), {}) for n, r in (("A", a), ("B", b))]
     write_comparison(tmp_path / "cmp", runs)
     assert "nothing across runs can be paired" in (tmp_path / "cmp" / "report.md").read_text()
+
+
+def test_score_pair_in_place_says_what_it_replaced(tmp_path, capsys):
+    d = tmp_path / "run"
+    d.mkdir()
+    recs = _run("base", [True] * 4, IDS[:4]) + _run("ft", [False] * 4, IDS[:4])
+    write_records(d / "records.jsonl", recs)
+    header = {"schema_version": 1, "status": "success", "labels": {},
+              "config": {"seed": 0, "checkpoints": {"base": "x", "ft": "y"},
+                         "metrics": {"n_boot": 20, "pairs": [["base", "ft"]]}}}
+    (d / "header.json").write_text(json.dumps(header))
+    assert main(["score", str(d), "--pair", "ft", "base"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"rescored {d} in place: comparisons base vs ft replace ft vs base"
+    assert json.loads((d / "header.json").read_text())["config"]["metrics"]["pairs"] == [
+        ["ft", "base"]]
