@@ -90,3 +90,10 @@ def test_score_pair_in_place_says_what_it_replaced(tmp_path, capsys):
     assert out[0] == f"rescored {d} in place: comparisons base vs ft replace ft vs base"
     assert json.loads((d / "header.json").read_text())["config"]["metrics"]["pairs"] == [
         ["ft", "base"]]
+
+
+def test_counts_agree_in_number():
+    from faithprobe.report.readings import count_text
+
+    assert count_text(1, "trace") == "1 trace" and count_text(0, "trace") == "0 traces"
+    assert count_text(12, "step") == "12 steps"

@@ -14,6 +14,7 @@ import numpy as np
 from faithprobe.metrics import ECE_BINS, ece_bin, is_usable, reliability_bins
 from faithprobe.records import Record
 from faithprobe.report.figure import Plot, color, figure, png, style
+from faithprobe.report.readings import count_text
 
 __all__ = ["calibration_plot", "graded_answers"]
 
@@ -103,7 +104,7 @@ def _one_bin(name: str, title: str, graded: Mapping[str, list[tuple[float, float
         conf = float(np.mean([p for p, _ in g]))
         acc = float(np.mean([c for _, c in g]))
         b = ece_bin(g[0][0])
-        lines.append(f"{label}: all {len(g)} answers in bin [{b / ECE_BINS:.1f}, "
+        lines.append(f"{label}: all {count_text(len(g), 'answer')} in bin [{b / ECE_BINS:.1f}, "
                      f"{(b + 1) / ECE_BINS:.1f}]; mean confidence {conf:.7f}, accuracy "
                      f"{100 * acc:.1f}%, ECE {100 * _ece(g):.4f} points")
     if near_one:

@@ -20,7 +20,13 @@ from typing import Any
 
 from faithprobe.metrics import METRICS_BY_NAME
 from faithprobe.records import Record
-from faithprobe.report.readings import checkpoint_value, is_appendix, metric_display, value_text
+from faithprobe.report.readings import (
+    checkpoint_value,
+    count_text,
+    is_appendix,
+    metric_display,
+    value_text,
+)
 
 __all__ = ["FEW_TRACES", "PARAPHRASE_ACCURATE", "PARAPHRASE_GAP", "caveats", "ppl_disagrees"]
 
@@ -64,7 +70,7 @@ def _few(summary: Mapping[str, Any]) -> list[str]:
                 few["accuracy"] = min(e["n"], few.get("accuracy", e["n"]))
     if not few:
         return []
-    names = ", ".join(f"{metric_display(m)[0]} ({n} traces)" for m, n in few.items())
+    names = ", ".join(f"{metric_display(m)[0]} ({count_text(n, 'trace')})" for m, n in few.items())
     one = len(few) == 1
     return [f"{names} {'rests' if one else 'rest'} on fewer than {FEW_TRACES} traces: "
             f"{'its interval is' if one else 'their intervals are'} wide, and a real change "

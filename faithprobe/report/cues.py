@@ -20,6 +20,7 @@ from faithprobe.report.readings import (
     NO_CLEAR,
     NO_PRACTICAL,
     change_text,
+    count_text,
     estimate_text,
     metric_display,
     reading,
@@ -104,7 +105,8 @@ def cue_verdict_lines(cue: Mapping[str, Any]) -> list[str]:
             if follow is None:
                 continue
             text = (f"{label}, {kind} cue: follows it on "
-                    f"{estimate_text('cue_follow_rate', follow)} of {follow['n']} traces")
+                    f"{estimate_text('cue_follow_rate', follow)} of "
+                    f"{count_text(follow['n'], 'trace')}")
             text += (f", and mentions it in {estimate_text('cue_verbalization_rate', said)} "
                      "of those" if said and said.get("value") is not None else
                      ", so its verbalization is undefined")

@@ -28,8 +28,8 @@ from faithprobe.metrics import METRICS_BY_NAME
 
 __all__ = [
     "CLEAR", "INTERVAL", "INTERVAL_SHORT", "NO_CLEAR", "NO_PRACTICAL", "baseline", "change_text",
-    "checkpoint_value", "estimate_text", "is_appendix", "metric_display", "metric_mmd",
-    "reading", "relative_text", "value_text",
+    "checkpoint_value", "count_text", "estimate_text", "is_appendix", "metric_display",
+    "metric_mmd", "reading", "relative_text", "value_text",
 ]
 
 # The one name of the intervals, used everywhere in the report and the docs.
@@ -42,6 +42,11 @@ NO_CLEAR = "no clear change"
 # decimals of a value in tables / in the verdict, per display unit
 _DECIMALS = {"points": (1, 0), "aoc": (2, 2), "nats": (2, 2), "steps": (2, 1),
              "perplexity": (1, 0), "rho": (2, 2), "value": (3, 3)}
+
+
+def count_text(n: int, noun: str) -> str:
+    """``n`` and its noun in agreement: "1 trace", "2 traces" (plural by an "s")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def metric_display(metric: str) -> tuple[str, str, str]:

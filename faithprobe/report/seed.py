@@ -16,7 +16,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from faithprobe.records import Record
-from faithprobe.report.readings import INTERVAL_SHORT, change_text, estimate_text, reading
+from faithprobe.report.readings import (
+    INTERVAL_SHORT,
+    change_text,
+    count_text,
+    estimate_text,
+    reading,
+)
 from faithprobe.report.render import Doc
 
 __all__ = ["PUBLISHED_INFOGAIN_CHANGE", "PUBLISHED_SOURCE", "judges", "ki_lines",
@@ -44,7 +50,8 @@ def ki_lines(summary: Mapping[str, Any], records: Sequence[Record]) -> list[str]
         if not steps:
             continue
         who = judges(records, label)
-        named = ", ".join(f"{name} ({n} steps)" for name, n in who.most_common()) or "none"
+        named = ", ".join(f"{name} ({count_text(n, 'step')})"
+                          for name, n in who.most_common()) or "none"
         ki = (f"KI {estimate_text('ki', ests['ki'])} of the judged steps correct"
               if "ki" in ests else "KI undefined (no step held anything to judge)")
         cov = (f"{estimate_text('ki_coverage', ests['ki_coverage'])}"
