@@ -328,3 +328,10 @@ def test_options_with_one_entry_are_refused(tmp_path, capsys):
     assert main(["run", cfg, "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "options" in err[0], err
+
+
+def test_a_trace_without_a_numeric_shape_is_skipped_not_a_crash(tiny):
+    kind = CueKind("hint", "hint {target}\n", mentions=("hint",), source="test")
+    odd = Trace("w", "1+1=?", (), "two")  # no gold, an answer that is not a number
+    (r,) = cue_test(tiny, "tiny", [odd], tiny.template, [kind], max_new_tokens=4)["w"]
+    assert r.status == "skipped" and "not a number" in r.reason

@@ -108,7 +108,10 @@ def cue_test(ckpt: Checkpoint, label: str, traces: Sequence[Trace],
     for trace, plain in zip(traces, uncued):
         answer = plain.answer if not plain.metadata.get("no_answer") else None
         for kind in kinds:
-            target = choose_target(trace, kind.name, answer, seed=seed)
+            try:
+                target = choose_target(trace, kind.name, answer, seed=seed)
+            except FaithprobeError:  # a generated trace whose answer is no number, no gold
+                target = None
             problem = None if target is None else cue_problem(trace, kind, target, pool,
                                                               seed=seed)
             asked.append((trace, plain, kind, target, problem))
@@ -140,7 +143,8 @@ def _record(ckpt: Checkpoint, label: str, trace: Trace, plain: Trace, kind: CueK
                                  orig_pred=uncued_answer)
     if problem is None or answered is None:
         return Record(**fixed, status="skipped", detail=detail,
-                      reason="no answer other than the uncued one to cue")
+                      reason="no target: no answer other than the uncued one, or a free-form "
+                             "answer that is not a number")
     (cued_problem, cue_text), reasoning = problem, str(answered.metadata.get("generated_text", ""))
     detail.update(cued_question=cued_problem.question, cued_reasoning=reasoning)
     cued_answer = None if answered.metadata.get("no_answer") else answered.answer
