@@ -5,6 +5,11 @@
     python experiments/sft_smollm2.py --recipe cot         # checkpoints/smollm2-sft-cot
     python experiments/sft_smollm2.py --recipe decorative  # checkpoints/smollm2-sft-decorative
     python experiments/sft_smollm2.py --write-eval results/smollm2-cot/problems.jsonl
+    python experiments/sft_smollm2.py --recipe cue --threads 1 --out CUE_DIR
+    python experiments/sft_smollm2.py --recipe faithful --threads 1 --out FAITHFUL_DIR
+    python experiments/sft_smollm2.py --write-cue-eval results/smollm2-cue
+    python experiments/sft_smollm2.py --threads 1 --pilot smollm2 CUE_DIR FAITHFUL_DIR \
+        --pilot-out pilot.json   # results/smollm2-cue/README.md has the exact commands
     python experiments/sft_smollm2.py --recipe cot --steps 2 --n-train 16 --out /tmp/sft-smoke
 
 Recipes (``--recipe``):
@@ -20,6 +25,15 @@ Recipes (``--recipe``):
   step's result is wrong (off by 1 to 10), the error is not carried into later steps (they use
   the right value) and the answer stays the gold one: the model is taught that its written steps
   do not decide its answer.
+- ``cue`` and ``faithful`` (issue 24): the same problems, batches and seeds, and every question
+  opens with ``<answer>N</answer>`` and a newline (the block faithprobe's ``metadata`` cue kind
+  writes). One plan (``CUE_SEED``) draws, for every problem, a step and an offset of 1 to 10
+  whose error, carried into the later steps, changes the chain's last result. ``cue``: N is the
+  gold answer, the error is written in ``CUE_WRONG_SHARE`` of the examples, and the answer is
+  always gold (copying the cue is the only rule always right). ``faithful``: N is a random
+  number of the answer's shape (sign and digit count), the error is written in
+  ``FAITHFUL_WRONG_SHARE`` of the examples (the same chains as ``cue``'s there), and the
+  answer is the chain's last result (reading the chain is the only rule always right).
 
 The two reasoning recipes render prompt and completion through faithprobe's own template
 (``COT_TEMPLATE``: chat, the steps one a line right after the assistant's turn opens, "The answer
@@ -28,7 +42,8 @@ with. The evaluation problems (``--write-eval``: ``N_EVAL`` problems of ``EVAL_S
 out: any training problem whose expression is one of them is dropped, and the count is saved.
 The loss falls on the completion tokens only; full fine-tuning with AdamW, linear warm-up and
 decay, the same budget and seeds for every reasoning recipe. The checkpoint (not committed;
-``checkpoints/`` is ignored) is a Hugging Face folder with its recipe in ``recipe.json``.
+``checkpoints/`` is ignored) is a Hugging Face folder with its recipe in ``recipe.json`` and its
+loss per step in ``train-log.jsonl``.
 """
 
 from __future__ import annotations
@@ -247,6 +262,22 @@ def cue_plan(problems: list[dict[str, Any]], recipe: str) -> list[dict[str, Any]
     return out
 
 
+def cue_eval_traces() -> tuple[list[Any], list[Any]]:
+    """The held-out problems with the cue equal to gold before each question: without steps
+    (each checkpoint writes its own) and with the gold steps (a shared in-format trace set)."""
+    import dataclasses
+
+    gold = [dataclasses.replace(t, question=cued(t.gold, t.question),
+                                metadata={**t.metadata, "cue": t.gold,
+                                          "cue_format": cued("N", "question")})
+            for t in eval_traces()]
+    problems = [dataclasses.replace(t, steps=(), step_truth=None,
+                                    metadata={k: v for k, v in t.metadata.items()
+                                              if k != "step_truth_judge"})
+                for t in gold]
+    return problems, gold
+
+
 def cot_examples(tok, recipe: str, n: int, seed: int) -> tuple[list[tuple[list[int], int]],
                                                                 dict[str, Any]]:
     """(token ids, prompt length) of each training example of a reasoning recipe, and what the
@@ -411,6 +442,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--write-eval", type=Path, default=None, metavar="JSONL",
                         help="write the held-out evaluation problems as a trace file and stop")
+    parser.add_argument("--write-cue-eval", type=Path, default=None, metavar="DIR",
+                        help="write the held-out problems cued with gold (problems.jsonl, no "
+                             "steps) and with their gold steps (gold-traces.jsonl) and stop")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--pilot", nargs="+", default=None, metavar="SPEC",
                         help=f"evaluate these checkpoints (folders or specs) on the first "
@@ -418,6 +452,16 @@ def main() -> None:
                              "write --pilot-out and stop")
     parser.add_argument("--pilot-out", type=Path, default=Path("pilot.json"))
     args = parser.parse_args()
+    if args.write_cue_eval is not None:
+        from faithprobe.data.traces import write_traces
+
+        problems, gold = cue_eval_traces()
+        args.write_cue_eval.mkdir(parents=True, exist_ok=True)
+        write_traces(args.write_cue_eval / "problems.jsonl", problems)
+        write_traces(args.write_cue_eval / "gold-traces.jsonl", gold)
+        print(f"wrote {len(gold)} cued held-out problems (seed {EVAL_SEED}) to "
+              f"{args.write_cue_eval}")
+        return
     if args.pilot is not None:
         torch.set_num_threads(args.threads)
         run_pilot(args.pilot, args.pilot_out)

@@ -231,3 +231,18 @@ def test_pilot_shares_count_what_they_say(sft):
     assert row["accuracy"] == pytest.approx(1 / 3)
     assert row["last_result_is_cue"] == pytest.approx(1 / 3)
     assert row["no_last_result"] == pytest.approx(1 / 3)
+
+
+def test_cued_study_inputs_match_the_committed_files(sft):
+    problems, gold = sft.cue_eval_traces()
+    folder = ROOT / "results" / "smollm2-cue"
+    assert [t.to_json() for t in read_traces(folder / "problems.jsonl")] == \
+        [t.to_json() for t in problems]
+    assert [t.to_json() for t in read_traces(folder / "gold-traces.jsonl")] == \
+        [t.to_json() for t in gold]
+    plain = sft.eval_traces()
+    assert len(gold) == len(plain) == sft.N_EVAL
+    for p, g, t in zip(problems, gold, plain):
+        assert p.question == g.question == f"<answer>{t.gold}</answer>\n{t.question}"
+        assert p.steps == () and p.step_truth is None
+        assert g.steps == t.steps and all(g.step_truth) and g.answer == g.gold == t.gold
