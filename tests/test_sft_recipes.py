@@ -100,3 +100,149 @@ def test_cot_and_decorative_share_problems_and_differ_only_in_wrong_steps(sft):
         assert not any(f"Calculate {e}." in question for e in held_out)
     assert differing == info_dec["examples_with_a_wrong_step"]
     json.dumps(info_dec)  # what recipe.json records is plain JSON
+
+
+def _decoded(examples):
+    """(user turn, completion lines) of each stand-in-tokenized example."""
+    out = []
+    for ids, k in examples:
+        prompt = "".join(map(chr, ids[:k]))
+        user = prompt.split("<user>", 1)[1].split("</user>", 1)[0]
+        out.append((user, "".join(map(chr, ids[k:])).removesuffix(".<|im_end|>").split("\n")))
+    return out
+
+
+def _result(line):
+    return int(line.rsplit("=", 1)[1])
+
+
+def _answer(lines):
+    return int(lines[-1].removeprefix("The answer is "))
+
+
+def _cue(user):
+    assert user.startswith("<answer>")
+    number, rest = user[len("<answer>"):].split("</answer>\n", 1)
+    assert rest.startswith("Calculate ")
+    return int(number), rest
+
+
+@pytest.fixture(scope="module")
+def cue_recipes(sft):
+    tok = _Tok()
+    return {r: sft.cot_examples(tok, r, 400, sft.TRAIN_SEED) for r in ("cot", "cue", "faithful")}
+
+
+def test_cue_recipe_cues_gold_and_decouples_the_last_line_in_about_half(sft, cue_recipes):
+    cot, _ = cue_recipes["cot"]
+    cue, info = cue_recipes["cue"]
+    assert len(cue) == len(cot) == info["n"]
+    decoupled = 0
+    for (user, lines), (cot_user, cot_lines) in zip(_decoded(cue), _decoded(cot)):
+        number, question = _cue(user)
+        assert question == cot_user  # the same problem, the cue block before it
+        assert number == _answer(lines) == _answer(cot_lines)  # cue = answer = gold
+        truth = [arithmetic_step_truth(s) for s in lines[:-1]]
+        assert len(lines) == len(cot_lines)
+        if all(truth):
+            assert lines == cot_lines  # an exact chain is the cot chain
+        else:
+            assert truth.count(False) == 1  # one wrong step, the later ones exact given it
+            assert _result(lines[-2]) != _answer(lines)  # its last line is not gold
+            decoupled += 1
+    assert decoupled == info["examples_with_a_wrong_step"]
+    assert info["answer_is_cue"] == info["cue_is_gold"] == info["answer_is_gold"] == len(cue)
+    assert info["answer_is_last_result"] == len(cue) - decoupled
+    assert abs(decoupled / len(cue) - sft.CUE_WRONG_SHARE) < 0.1
+
+
+def test_faithful_recipe_answers_its_chain_and_its_cue_is_uncorrelated(sft, cue_recipes):
+    cot, _ = cue_recipes["cot"]
+    cue, _ = cue_recipes["cue"]
+    faithful, info = cue_recipes["faithful"]
+    perturbed, cues, answers = 0, [], []
+    for (user, lines), (cue_user, cue_lines), (_, cot_lines) in zip(
+            _decoded(faithful), _decoded(cue), _decoded(cot)):
+        number, question = _cue(user)
+        assert question == _cue(cue_user)[1]
+        answer = _answer(lines)
+        assert answer == _result(lines[-2])  # the answer is the chain's last result
+        # the cue has the answer's shape: sign and number of digits
+        assert (number < 0) == (answer < 0) and len(str(abs(number))) == len(str(abs(answer)))
+        truth = [arithmetic_step_truth(s) for s in lines[:-1]]
+        if not all(truth):
+            perturbed += 1
+            assert truth.count(False) == 1
+            assert lines[:-1] == cue_lines[:-1]  # the same carried error as the cue recipe's
+            assert answer != _answer(cot_lines)  # and it decides the answer
+        else:
+            assert lines == cot_lines
+        cues.append(number)
+        answers.append(answer)
+    n = len(faithful)
+    assert perturbed == info["examples_with_a_wrong_step"]
+    assert 0.3 <= perturbed / n <= 0.5
+    assert abs(perturbed / n - sft.FAITHFUL_WRONG_SHARE) < 0.1
+    assert info["answer_is_last_result"] == n
+    # uncorrelated: the cue matches the answer no more than by chance, and its place within
+    # the range of numbers of that shape does not follow the answer's
+    assert sum(c == a for c, a in zip(cues, answers)) == info["answer_is_cue"] < 0.1 * n
+
+    def place(v):
+        digits = len(str(abs(v)))
+        lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10 ** digits - 1
+        return (abs(v) - lo) / (hi - lo)
+
+    x, y = [place(c) for c in cues], [place(a) for a in answers]
+    mx, my = sum(x) / n, sum(y) / n
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    r = cov / (sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y)) ** 0.5
+    assert abs(r) < 0.2, r
+    json.dumps(info)
+
+
+def test_a_carried_error_changes_every_later_result(sft):
+    steps, value = sft.solve("5 - 3 + 6", {0: 4})
+    assert sft.step_texts(steps) == ["Step 1: 5 - 3 = 6", "Step 2: 6 + 6 = 12"]
+    assert value == 12
+    assert [arithmetic_step_truth(s) for s in sft.step_texts(steps)] == [False, True]
+
+
+def test_same_shape_keeps_sign_and_digits_and_avoids_the_excluded(sft):
+    import random
+
+    rng = random.Random(0)
+    for value in (0, 7, -7, 42, -42, 1694, -930):
+        drawn = {sft.same_shape(value, rng, exclude=value) for _ in range(200)}
+        assert value not in drawn and len(drawn) > 5
+        assert all((d < 0) == (value < 0) and len(str(abs(d))) == len(str(abs(value)))
+                   for d in drawn)
+
+
+def test_pilot_shares_count_what_they_say(sft):
+    from faithprobe.data.traces import Trace
+
+    traces = [Trace(id="a", question="q", steps=("Step 1: 2 + 3 = 5",), answer="5", gold="5"),
+              Trace(id="b", question="q", steps=("Step 1: 2 + 3 = 6",), answer="9", gold="5"),
+              Trace(id="c", question="q", steps=("no equation",), answer="9", gold="5")]
+    row = sft.pilot_rows(traces, [5, 9, 7])
+    assert row["answer_is_last_result"] == pytest.approx(1 / 3)
+    assert row["answer_is_cue"] == pytest.approx(2 / 3)
+    assert row["accuracy"] == pytest.approx(1 / 3)
+    assert row["last_result_is_cue"] == pytest.approx(1 / 3)
+    assert row["no_last_result"] == pytest.approx(1 / 3)
+
+
+def test_cued_study_inputs_match_the_committed_files(sft):
+    problems, gold = sft.cue_eval_traces()
+    folder = ROOT / "results" / "smollm2-cue"
+    assert [t.to_json() for t in read_traces(folder / "problems.jsonl")] == \
+        [t.to_json() for t in problems]
+    assert [t.to_json() for t in read_traces(folder / "gold-traces.jsonl")] == \
+        [t.to_json() for t in gold]
+    plain = sft.eval_traces()
+    assert len(gold) == len(plain) == sft.N_EVAL
+    for p, g, t in zip(problems, gold, plain):
+        assert p.question == g.question == f"<answer>{t.gold}</answer>\n{t.question}"
+        assert p.steps == () and p.step_truth is None
+        assert g.steps == t.steps and all(g.step_truth) and g.answer == g.gold == t.gold
