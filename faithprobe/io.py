@@ -25,6 +25,7 @@ from typing import IO, Any
 from faithprobe.errors import FaithprobeError
 
 __all__ = ["atomic_path", "atomic_write", "check_regular_file", "lock_folder", "read_json",
+           "wait_for_lock",
            "safetensors_shapes", "write_json"]
 
 MAX_JSON_BYTES = 64 * 2**20  # a header, summary or config over 64 MiB is not one faithprobe wrote
@@ -86,6 +87,27 @@ def check_regular_file(path: str | os.PathLike[str], what: str = "file", *,
         raise FaithprobeError(f"{what} is {st.st_size} bytes, over the limit of {max_bytes}",
                               source=str(path))
     return st.st_size
+
+
+@contextmanager
+def wait_for_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create ``folder`` and hold an exclusive lock on it for the block, waiting while another
+    process holds it (``flock`` on the folder itself: nothing left behind, gone with the
+    process). For work done once and shared, such as converting a packaged model into the
+    cache: a second process waits, then finds the work done."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            fcntl = None  # type: ignore[assignment]
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 @contextmanager

