@@ -159,7 +159,8 @@ def _pairs_text(pairs: Any) -> str:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from faithprobe.io import read_json
-    from faithprobe.run.folder import HEADER, score_runs
+    from faithprobe.run.layout import HEADER
+    from faithprobe.run.merge import score_runs
 
     dirs = [Path(d) for d in args.run_dirs]
     in_place = args.out is None or (len(dirs) == 1 and Path(args.out).resolve()
@@ -169,7 +170,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         config = read_json(dirs[0] / HEADER, "run header").get("config")
         metrics = config.get("metrics") if isinstance(config, dict) else None
         before = metrics.get("pairs") if isinstance(metrics, dict) else None
-    run = score_runs(dirs, Path(args.out) if args.out else None, args.pair)
+    run = score_runs(dirs, Path(args.out) if args.out else None, args.pair,
+                     partial=args.partial)
     if in_place and args.pair:
         print(f"rescored {run} in place: comparisons {_pairs_text(args.pair)} replace "
               f"{_pairs_text(before)}")
@@ -181,7 +183,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from faithprobe.io import lock_folder, read_json
     from faithprobe.metrics import checkpoint_labels
     from faithprobe.report.document import write_report
-    from faithprobe.run.folder import SUMMARY, load_run
+    from faithprobe.run.layout import SUMMARY
+    from faithprobe.run.read import load_run
     from faithprobe.run.tracefiles import run_traces
 
     run = Path(args.run_dir)
@@ -215,7 +218,8 @@ COMPARISON = "comparison.json"  # a comparison folder's inputs and warnings
 def _cmd_compare(args: argparse.Namespace) -> int:
     from faithprobe.io import lock_folder, read_json, write_json
     from faithprobe.report.document import write_comparison
-    from faithprobe.run.folder import SUMMARY, load_run
+    from faithprobe.run.layout import SUMMARY
+    from faithprobe.run.read import load_run
 
     dirs = [Path(d) for d in args.run_dirs]
     runs = []
@@ -305,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"),
                    help="compare checkpoint B with A (repeat for more pairs); replaces the "
                    "config's metrics.pairs (default: the first checkpoint against each other)")
+    p.add_argument("--partial", action="store_true",
+                   help="merge an incomplete set of shards on purpose (the header and the "
+                   "report say which shards it holds)")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("compare", help="one comparison report across run folders",

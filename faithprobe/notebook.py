@@ -125,8 +125,8 @@ def load_run(run_dir: str | Path) -> RunFrames:
     """
     pd = _pandas()
     from faithprobe.io import read_json
-    from faithprobe.run.folder import SUMMARY
-    from faithprobe.run.folder import load_run as read_folder
+    from faithprobe.run.layout import SUMMARY
+    from faithprobe.run.read import load_run as read_folder
 
     run_dir = Path(run_dir)
     header, records = read_folder(run_dir)
