@@ -13,6 +13,7 @@ from faithprobe.run.layout import TRACES
 
 __all__ = ["TRACES", "generated_traces_file", "run_traces"]
 
+
 def generated_traces_file(run_dir: Path, label: str) -> Path:
     """Where a run keeps the traces checkpoint ``label`` wrote itself."""
     return Path(run_dir) / f"traces-{label}.jsonl"
