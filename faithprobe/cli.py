@@ -180,19 +180,21 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from faithprobe.io import lock_folder, read_json
+    from faithprobe.io import lock_folder
     from faithprobe.metrics import checkpoint_labels
     from faithprobe.report.document import write_report
-    from faithprobe.run.layout import SUMMARY
-    from faithprobe.run.read import load_run
+    from faithprobe.run.read import load_run, read_summary
     from faithprobe.run.tracefiles import run_traces
 
     run = Path(args.run_dir)
     header, records = load_run(run)
-    summary = read_json(run / SUMMARY, "summary (run 'faithprobe score' first)")
+    summary, disagree = read_summary(run, records, "summary (run 'faithprobe score' first)")
     traces = run_traces(run, checkpoint_labels(records)) or None
     with lock_folder(run):  # never while a run writes it
-        print(write_report(run, records, summary, header, traces))
+        report = write_report(run, records, summary, header, traces)
+    for line in disagree:
+        print(f"warning: {line}")
+    print(report)
     return 0
 
 
@@ -216,16 +218,16 @@ COMPARISON = "comparison.json"  # a comparison folder's inputs and warnings
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from faithprobe.io import lock_folder, read_json, write_json
+    from faithprobe.io import atomic_folder, write_json
     from faithprobe.report.document import write_comparison
-    from faithprobe.run.layout import SUMMARY
-    from faithprobe.run.read import load_run
+    from faithprobe.run.read import load_run, read_summary
 
     dirs = [Path(d) for d in args.run_dirs]
-    runs = []
+    runs, disagree = [], []
     for d in dirs:
         header, records = load_run(d)
-        summary = read_json(d / SUMMARY, "summary (run 'faithprobe score' first)")
+        summary, found = read_summary(d, records, "summary (run 'faithprobe score' first)")
+        disagree += found
         runs.append((d.name, records, summary, header))
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"comparison-{stamp}"
@@ -244,12 +246,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise FaithprobeError("output folder holds a comparison already (pass --overwrite "
                                   "to replace it)", source=str(out), field="--out")
     found = _compare_warnings(dirs, runs)
-    with lock_folder(out):
-        report = write_comparison(out, runs, warnings=found)
-        write_json(out / COMPARISON, {"schema_version": 1, "runs": [str(d) for d in dirs],
+    # written whole into a temporary folder, renamed onto --out at the end: a failure leaves
+    # nothing, and an earlier comparison (--overwrite) stays until the new one is complete
+    with atomic_folder(out, replace=args.overwrite) as tmp:
+        report = out / Path(write_comparison(tmp, runs, warnings=found)).relative_to(tmp)
+        write_json(tmp / COMPARISON, {"schema_version": 1, "runs": [str(d) for d in dirs],
                                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(
                                           timespec="seconds"), "warnings": found})
-    for line in _warning_lines(found, str(out / COMPARISON)):
+    for line in [*(f"warning: {x}" for x in disagree),
+                 *_warning_lines(found, str(out / COMPARISON))]:
         print(line)
     print(report)
     return 0
