@@ -342,9 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
 _DEBUG_HELP = "show tracebacks and library warnings on stderr"
 
 
+def _visible(text: str) -> str:
+    """``text`` on one line with every control character escaped (``\\x1b``, ``\\x00``): an
+    error line that quotes an input never moves the cursor or rings a terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in " ".join(str(text).split()))
+
+
 def _say(text: str) -> None:
     """One line on stderr, whatever the message holds."""
-    print(" ".join(str(text).split()), file=sys.stderr)
+    print(_visible(text), file=sys.stderr)
 
 
 class _Memory(logging.Handler):
@@ -440,6 +447,22 @@ def _log_file(exc: BaseException, argv: Sequence[str] | None, memory: _Memory) -
     return "(no log: nowhere to write one; rerun with --debug)"
 
 
+def _stdout_failed(exc: OSError) -> int:
+    """stdout is closed (a pipe whose reader left) or full, after the work: the work is kept.
+    A closed pipe is exit 0 (as ``head`` expects); a full or failing one is exit 2 naming it.
+    stdout then points at /dev/null, so the interpreter's own flush at exit says nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    if exc.errno == errno.EPIPE:
+        return 0
+    _say(f"faithprobe: error: <stdout>: {exc.strerror or exc} (the work is done and kept)")
+    return EXIT_BAD_INPUT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code (0, 1 internal error, 2 bad input, 130 SIGINT,
     143 SIGTERM) and prints one line on stderr for every failure."""
@@ -449,7 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     resumable = args.func in (_cmd_run, _cmd_demo)
     with _quiet_libraries(debug) as memory, _signals():
         try:
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed or full stdout is said here, not at exit
+            return code
         except FaithprobeError as exc:
             if debug:
                 traceback.print_exc()
@@ -463,6 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - the one exit path of everything else
             if debug:
                 raise
+            if isinstance(exc, OSError) and exc.filename is None and exc.errno in (
+                    errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                return _stdout_failed(exc)
             if isinstance(exc, OSError) and exc.errno in _INPUT_ERRNOS:
                 where = f"{exc.filename}: " if exc.filename else ""
                 _say(f"faithprobe: error: {where}{exc.strerror or exc}")

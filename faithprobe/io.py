@@ -26,7 +26,7 @@ from typing import IO, Any
 from faithprobe.errors import FaithprobeError
 
 __all__ = ["atomic_folder", "atomic_path", "atomic_write", "check_regular_file", "lock_folder",
-           "read_json", "safetensors_shapes", "write_json"]
+           "naming", "read_json", "safetensors_shapes", "write_json"]
 
 MAX_JSON_BYTES = 64 * 2**20  # a header, summary or config over 64 MiB is not one faithprobe wrote
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # safetensors' own limit
@@ -43,11 +43,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        with naming(target):
+            yield tmp
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# errors of a write that say something about the disk, not about faithprobe
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+@contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A full disk (or quota, or an I/O error) met while writing ``path`` is a FaithprobeError
+    naming ``path``: the OS's own error names no file when a write, not an open, fails."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS or isinstance(exc, FaithprobeError):
+            raise
+        raise FaithprobeError(f"cannot be written ({exc.strerror or exc})",
+                              source=str(path)) from None
 
 
 @contextmanager

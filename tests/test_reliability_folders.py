@@ -151,3 +151,46 @@ def test_a_failed_compare_leaves_nothing_and_a_retry_succeeds(run_dir, tmp_path,
     assert main(["compare", str(run_dir), "--out", str(cmp), "--overwrite"]) == 2
     assert (cmp / "comparison.json").read_text() == first
     assert (cmp / "report.md").read_text() != "half"
+
+
+def test_error_lines_escape_control_characters(tmp_path, capsys):
+    cfg = tmp_path / "evil.toml"
+    cfg.write_text('[checkpoints]\nbase = "organism:base"\n[probe]\n"a\\u001b[2J\\u0007" = 1\n')
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b[2J\\x07" in err
+    assert err.count("\n") == 1
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    import errno
+
+    from faithprobe.io import atomic_write
+
+    with pytest.raises(FaithprobeError, match=r"x\.json: cannot be written \(No space"):
+        with atomic_write(tmp_path / "x.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_a_closed_or_full_stdout_keeps_the_work(run_dir, stdout):
+    import os
+    import subprocess
+    import sys
+
+    (run_dir / "summary.json").unlink()
+    cmd = [sys.executable, "-m", "faithprobe", "score", str(run_dir)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if stdout == "closed":
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc.stdout.close()  # the reader is gone before anything is printed
+        code, err = proc.wait(timeout=300), proc.stderr.read().decode()
+        assert code == 0 and err == "", err
+    else:
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, env=env, text=True,
+                                  timeout=300)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("faithprobe: error: <stdout>: No space left on device")
+    assert (run_dir / "summary.json").is_file() and (run_dir / "report.html").is_file()

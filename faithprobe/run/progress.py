@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from faithprobe.errors import FaithprobeError
-from faithprobe.io import atomic_write
+from faithprobe.io import atomic_write, naming
 from faithprobe.records import Record, dumps_record
 from faithprobe.run.layout import PROGRESS, RECORDS
 
@@ -42,7 +42,7 @@ def _entry(label: str, trace_id: str, lines: list[str]) -> str:
 
 
 def _append_durably(path: Path, text: str) -> None:
-    with path.open("a", encoding="utf-8") as handle:
+    with naming(path), path.open("a", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
