@@ -159,7 +159,8 @@ def _pairs_text(pairs: Any) -> str:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from faithprobe.io import read_json
-    from faithprobe.run.folder import HEADER, score_runs
+    from faithprobe.run.layout import HEADER
+    from faithprobe.run.merge import score_runs
 
     dirs = [Path(d) for d in args.run_dirs]
     in_place = args.out is None or (len(dirs) == 1 and Path(args.out).resolve()
@@ -169,7 +170,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         config = read_json(dirs[0] / HEADER, "run header").get("config")
         metrics = config.get("metrics") if isinstance(config, dict) else None
         before = metrics.get("pairs") if isinstance(metrics, dict) else None
-    run = score_runs(dirs, Path(args.out) if args.out else None, args.pair)
+    run = score_runs(dirs, Path(args.out) if args.out else None, args.pair,
+                     partial=args.partial)
     if in_place and args.pair:
         print(f"rescored {run} in place: comparisons {_pairs_text(args.pair)} replace "
               f"{_pairs_text(before)}")
@@ -178,18 +180,21 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from faithprobe.io import lock_folder, read_json
+    from faithprobe.io import lock_folder
     from faithprobe.metrics import checkpoint_labels
     from faithprobe.report.document import write_report
-    from faithprobe.run.folder import SUMMARY, load_run
+    from faithprobe.run.read import load_run, read_summary
     from faithprobe.run.tracefiles import run_traces
 
     run = Path(args.run_dir)
     header, records = load_run(run)
-    summary = read_json(run / SUMMARY, "summary (run 'faithprobe score' first)")
+    summary, disagree = read_summary(run, records, "summary (run 'faithprobe score' first)")
     traces = run_traces(run, checkpoint_labels(records)) or None
     with lock_folder(run):  # never while a run writes it
-        print(write_report(run, records, summary, header, traces))
+        report = write_report(run, records, summary, header, traces)
+    for line in disagree:
+        print(f"warning: {line}")
+    print(report)
     return 0
 
 
@@ -213,15 +218,16 @@ COMPARISON = "comparison.json"  # a comparison folder's inputs and warnings
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from faithprobe.io import lock_folder, read_json, write_json
+    from faithprobe.io import atomic_folder, write_json
     from faithprobe.report.document import write_comparison
-    from faithprobe.run.folder import SUMMARY, load_run
+    from faithprobe.run.read import load_run, read_summary
 
     dirs = [Path(d) for d in args.run_dirs]
-    runs = []
+    runs, disagree = [], []
     for d in dirs:
         header, records = load_run(d)
-        summary = read_json(d / SUMMARY, "summary (run 'faithprobe score' first)")
+        summary, found = read_summary(d, records, "summary (run 'faithprobe score' first)")
+        disagree += found
         runs.append((d.name, records, summary, header))
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"comparison-{stamp}"
@@ -240,12 +246,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise FaithprobeError("output folder holds a comparison already (pass --overwrite "
                                   "to replace it)", source=str(out), field="--out")
     found = _compare_warnings(dirs, runs)
-    with lock_folder(out):
-        report = write_comparison(out, runs, warnings=found)
-        write_json(out / COMPARISON, {"schema_version": 1, "runs": [str(d) for d in dirs],
+    # written whole into a temporary folder, renamed onto --out at the end: a failure leaves
+    # nothing, and an earlier comparison (--overwrite) stays until the new one is complete
+    with atomic_folder(out, replace=args.overwrite) as tmp:
+        report = out / Path(write_comparison(tmp, runs, warnings=found)).relative_to(tmp)
+        write_json(tmp / COMPARISON, {"schema_version": 1, "runs": [str(d) for d in dirs],
                                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(
                                           timespec="seconds"), "warnings": found})
-    for line in _warning_lines(found, str(out / COMPARISON)):
+    for line in [*(f"warning: {x}" for x in disagree),
+                 *_warning_lines(found, str(out / COMPARISON))]:
         print(line)
     print(report)
     return 0
@@ -305,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"),
                    help="compare checkpoint B with A (repeat for more pairs); replaces the "
                    "config's metrics.pairs (default: the first checkpoint against each other)")
+    p.add_argument("--partial", action="store_true",
+                   help="merge an incomplete set of shards on purpose (the header and the "
+                   "report say which shards it holds)")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("compare", help="one comparison report across run folders",
@@ -330,9 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
 _DEBUG_HELP = "show tracebacks and library warnings on stderr"
 
 
+def _visible(text: str) -> str:
+    """``text`` on one line with every control character escaped (``\\x1b``, ``\\x00``): an
+    error line that quotes an input never moves the cursor or rings a terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in " ".join(str(text).split()))
+
+
 def _say(text: str) -> None:
     """One line on stderr, whatever the message holds."""
-    print(" ".join(str(text).split()), file=sys.stderr)
+    print(_visible(text), file=sys.stderr)
 
 
 class _Memory(logging.Handler):
@@ -428,6 +447,22 @@ def _log_file(exc: BaseException, argv: Sequence[str] | None, memory: _Memory) -
     return "(no log: nowhere to write one; rerun with --debug)"
 
 
+def _stdout_failed(exc: OSError) -> int:
+    """stdout is closed (a pipe whose reader left) or full, after the work: the work is kept.
+    A closed pipe is exit 0 (as ``head`` expects); a full or failing one is exit 2 naming it.
+    stdout then points at /dev/null, so the interpreter's own flush at exit says nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    if exc.errno == errno.EPIPE:
+        return 0
+    _say(f"faithprobe: error: <stdout>: {exc.strerror or exc} (the work is done and kept)")
+    return EXIT_BAD_INPUT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code (0, 1 internal error, 2 bad input, 130 SIGINT,
     143 SIGTERM) and prints one line on stderr for every failure."""
@@ -437,7 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     resumable = args.func in (_cmd_run, _cmd_demo)
     with _quiet_libraries(debug) as memory, _signals():
         try:
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed or full stdout is said here, not at exit
+            return code
         except FaithprobeError as exc:
             if debug:
                 traceback.print_exc()
@@ -451,6 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - the one exit path of everything else
             if debug:
                 raise
+            if isinstance(exc, OSError) and exc.filename is None and exc.errno in (
+                    errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                return _stdout_failed(exc)
             if isinstance(exc, OSError) and exc.errno in _INPUT_ERRNOS:
                 where = f"{exc.filename}: " if exc.filename else ""
                 _say(f"faithprobe: error: {where}{exc.strerror or exc}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -24,9 +25,8 @@ from typing import IO, Any
 
 from faithprobe.errors import FaithprobeError
 
-__all__ = ["atomic_path", "atomic_write", "check_regular_file", "lock_folder", "read_json",
-           "wait_for_lock",
-           "safetensors_shapes", "write_json"]
+__all__ = ["atomic_folder", "atomic_path", "atomic_write", "check_regular_file", "lock_folder",
+           "naming", "read_json", "safetensors_shapes", "wait_for_lock", "write_json"]
 
 MAX_JSON_BYTES = 64 * 2**20  # a header, summary or config over 64 MiB is not one faithprobe wrote
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # safetensors' own limit
@@ -43,11 +43,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        with naming(target):
+            yield tmp
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# errors of a write that say something about the disk, not about faithprobe
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+@contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A full disk (or quota, or an I/O error) met while writing ``path`` is a FaithprobeError
+    naming ``path``: the OS's own error names no file when a write, not an open, fails."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS or isinstance(exc, FaithprobeError):
+            raise
+        raise FaithprobeError(f"cannot be written ({exc.strerror or exc})",
+                              source=str(path)) from None
 
 
 @contextmanager
@@ -143,6 +161,39 @@ def lock_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
         yield folder
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def atomic_folder(out: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """A folder written whole or not at all: the block writes into a temporary folder beside
+    ``out`` (locked meanwhile), renamed onto ``out`` when the block ends without an exception
+    and removed when it raises. ``out`` may exist only as an empty folder, or (``replace``) an
+    earlier folder that the new one replaces."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise FaithprobeError(f"cannot be created ({exc.strerror})", source=str(out),
+                              field="--out") from None
+    try:
+        with lock_folder(tmp):
+            yield tmp
+        os.chmod(tmp, 0o755)
+        old = None
+        if out.is_dir() and any(out.iterdir()):
+            if not replace:
+                raise FaithprobeError("output folder exists and is not empty (another process "
+                                      "wrote it meanwhile)", source=str(out), field="--out")
+            old = out.with_name(f".{out.name}.old.{os.getpid()}.tmp")
+            os.replace(out, old)
+        elif out.is_dir():
+            out.rmdir()
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:

@@ -121,17 +121,34 @@ def load_run(run_dir: str | Path) -> RunFrames:
         run's ``n_boot`` and seed, as ``faithprobe score`` would.
 
     Raises:
-        FaithprobeError: pandas is not installed, or the folder is not a readable run.
+        FaithprobeError: pandas is not installed, or the folder is not a readable run (a
+            damaged record or summary names its file, line and field; a summary that disagrees
+            with the records is a ``UserWarning``). No other error comes out of a damaged
+            folder: whatever pandas or Arrow would raise on it is a FaithprobeError too.
     """
     pd = _pandas()
-    from faithprobe.io import read_json
-    from faithprobe.run.folder import SUMMARY
-    from faithprobe.run.folder import load_run as read_folder
-
     run_dir = Path(run_dir)
+    try:
+        return _load(pd, run_dir)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError,
+            RecursionError) as exc:  # Arrow's errors are ValueErrors and TypeErrors
+        raise FaithprobeError(f"run folder is damaged and cannot be read as tables "
+                              f"({type(exc).__name__}: {str(exc)[:120]})",
+                              source=str(run_dir)) from None
+
+
+def _load(pd: Any, run_dir: Path) -> RunFrames:
+    import warnings
+
+    from faithprobe.run.layout import SUMMARY
+    from faithprobe.run.read import load_run as read_folder
+    from faithprobe.run.read import read_summary
+
     header, records = read_folder(run_dir)
     if (run_dir / SUMMARY).is_file():
-        summary = read_json(run_dir / SUMMARY, "summary")
+        summary, disagree = read_summary(run_dir, records)
+        for line in disagree:
+            warnings.warn(line, UserWarning, stacklevel=3)
     else:
         from faithprobe.metrics import checkpoint_labels, summarize
         from faithprobe.run.config import summary_plan

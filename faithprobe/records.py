@@ -52,14 +52,15 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from faithprobe.errors import FaithprobeError
 from faithprobe.io import atomic_write
 
-__all__ = ["FLOAT_FIELDS", "STATUSES", "Record", "read_records", "record_key", "write_records"]
+__all__ = ["FLOAT_FIELDS", "STATUSES", "Record", "check_record", "read_records", "record_key",
+           "write_records"]
 
 RECORD_SCHEMA_VERSION = 1
 Status = Literal["ok", "skipped", "no_answer", "nonfinite"]
@@ -98,33 +99,78 @@ class Record:
 
     @classmethod
     def from_json(cls, obj: Any, *, source: str | None = None, line: int | None = None) -> Record:
-        if not isinstance(obj, dict):
-            raise FaithprobeError("a record must be a JSON object", source=source, line=line)
-        names = {f.name for f in fields(cls)}
-        for key in obj:
-            if key not in names:
-                raise FaithprobeError("unknown record field", source=source, line=line, field=key)
-        for key in ("trace_id", "checkpoint", "intervention"):
-            if not isinstance(obj.get(key), str):
-                raise FaithprobeError(
-                    "missing or not a string", source=source, line=line, field=key
-                )
-        values = {k: _decode_float(v) if k in FLOAT_FIELDS else v for k, v in obj.items()}
-        for key in FLOAT_FIELDS:
-            v = values.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise FaithprobeError("expected a number", source=source, line=line, field=key)
-        step = values.get("step")
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
-            raise FaithprobeError("expected an integer", source=source, line=line, field="step")
-        if values.get("status", "ok") not in STATUSES:
-            raise FaithprobeError(
-                f"unknown status (known: {', '.join(STATUSES)})", source=source, line=line,
-                field="status",
-            )
-        if not isinstance(values.get("detail", {}), dict):
-            raise FaithprobeError("expected an object", source=source, line=line, field="detail")
-        return cls(**values)
+        """A record from its JSON object: every field present and of its type (see
+        :func:`check_record`); anything else is a FaithprobeError naming the line and field."""
+        check_record(obj, source=source, line=line)
+        return cls(**{k: _decode_float(v) if k in FLOAT_FIELDS else v for k, v in obj.items()})
+
+
+_STR, _OPT_STR, _OPT_INT, _OPT_BOOL = (str,), (str, None), (int, None), (bool, None)
+# each field's JSON types (None: null); the float fields also take "nan", "inf" and "-inf"
+FIELD_TYPES: dict[str, tuple[Any, ...]] = {
+    "trace_id": _STR, "checkpoint": _STR, "intervention": _STR, "step": _OPT_INT,
+    "n_steps": (int,), "site": _OPT_STR, "model": _OPT_STR, "answer": _OPT_STR,
+    "gold": _OPT_STR, "pred": _OPT_STR, "orig_pred": _OPT_STR, "same_answer": _OPT_BOOL,
+    "correct": _OPT_BOOL, **{k: (float, None) for k in FLOAT_FIELDS}, "status": _STR,
+    "reason": _OPT_STR, "detail": (dict,)}
+# the ``detail`` entries metrics and reports read: their types where present, and those that
+# come together (a cue record's judgement)
+DETAIL_TYPES: dict[str, tuple[Any, ...]] = {
+    "continuation": _STR, "kind": _STR, "judge": _STR, "scorer": _STR, "target": _OPT_STR,
+    "n_options": _OPT_INT, "followed": (bool,), "mentioned": (bool,), "cued_question": _STR,
+    "cued_reasoning": _STR}
+DETAIL_TOGETHER = {"followed": ("kind", "mentioned", "n_options", "target")}
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+          dict: "an object", None: "null"}
+
+
+def _is(value: Any, types: tuple[Any, ...]) -> bool:
+    for t in types:
+        if t is None and value is None:
+            return True
+        if t is bool and isinstance(value, bool):
+            return True
+        if t is int and type(value) is int:
+            return True
+        if t is float and (type(value) in (int, float) or value in ("nan", "inf", "-inf")):
+            return True
+        if t in (str, dict) and isinstance(value, t):
+            return True
+    return False
+
+
+def check_record(obj: Any, *, source: str | None = None, line: int | None = None) -> None:
+    """A record's JSON object as written: every field of :class:`Record` present and of its
+    type (:data:`FIELD_TYPES`), no other field, a known status, counts not negative, and the
+    ``detail`` entries metrics read of theirs (:data:`DETAIL_TYPES`)."""
+    def bad(message: str, key: str | None = None) -> FaithprobeError:
+        return FaithprobeError(message, source=source, line=line, field=key)
+
+    if not isinstance(obj, dict):
+        raise bad("a record must be a JSON object")
+    for key in obj:
+        if key not in FIELD_TYPES:
+            raise bad("unknown record field", str(key)[:60])
+    for key, types in FIELD_TYPES.items():
+        if key not in obj:
+            raise bad("missing record field", key)
+        if not _is(obj[key], types):
+            want = " or ".join(_NAMES[t] for t in types)
+            raise bad(f"expected {want}, not {json.dumps(obj[key])[:40]}", key)
+    if obj["status"] not in STATUSES:
+        raise bad(f"unknown status (known: {', '.join(STATUSES)})", "status")
+    for key in ("step", "n_steps"):
+        if obj[key] is not None and obj[key] < 0:
+            raise bad("must not be negative", key)
+    detail = obj["detail"]
+    for key, types in DETAIL_TYPES.items():
+        if key in detail and not _is(detail[key], types):
+            want = " or ".join(_NAMES[t] for t in types)
+            raise bad(f"expected {want}", f"detail.{key}")
+    for key, together in DETAIL_TOGETHER.items():
+        for other in together if key in detail else ():
+            if other not in detail:
+                raise bad(f"missing (a record with detail.{key} has it)", f"detail.{other}")
 
 
 def _encode_float(v: Any) -> Any:

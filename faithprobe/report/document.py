@@ -149,6 +149,8 @@ def _status_warning(doc: Doc, header: Mapping[str, Any], name: str = "This run")
     if status is not None and status != "success":
         doc.note(f"{name}'s status is {status!r}, not 'success': it did not finish cleanly and "
                  "the numbers cover only the records written.")
+    if isinstance(header.get("partial"), str):  # a merge of some of a study's shards
+        doc.note(f"{header['partial']}: the numbers cover only these shards' traces.")
 
 
 def _groups(records: Sequence[Record], prefix: str = "") -> dict[str, list[Record]]:

@@ -9,10 +9,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from faithprobe.data.traces import Trace, read_traces
+from faithprobe.run.layout import TRACES
 
 __all__ = ["TRACES", "generated_traces_file", "run_traces"]
-
-TRACES = "traces.jsonl"
 
 
 def generated_traces_file(run_dir: Path, label: str) -> Path:

@@ -11,6 +11,8 @@ import pickle
 import shutil
 from pathlib import Path
 
+from make_bad_runs import SUMMARY, full_record, round_three
+
 HERE = Path(__file__).parent
 GOOD = {"id": "t1", "question": "a=1;a?", "steps": ["a=1"], "answer": "1"}
 
@@ -114,7 +116,7 @@ def main() -> None:
 
     header = json.dumps({"schema_version": 1, "status": "success",
                          "config": {"seed": 0, "metrics": {"n_boot": 10}}})
-    rec = json.dumps({"trace_id": "t1", "checkpoint": "base", "intervention": "none"})
+    rec = full_record()  # a record with every field (a missing field is itself bad input)
     run_case("run_torn_records", {"header.json": header,
                                   "records.jsonl": rec + "\n" + rec[:25] + "\n" + rec + "\n"},
              "score", "invalid JSON in records")
@@ -128,6 +130,7 @@ def main() -> None:
                                       "records.jsonl": rec[:-1] + ', "kl": "high"}\n'},
              "score", "[kl]")
     more_cases(cases, trace_case, config_case, run_case, model, cfg, tok, header, rec)
+    round_three(cases, config_case, run_case, HERE)
     (HERE / "cases.json").write_text(json.dumps(cases, indent=1) + "\n")
     print(f"{len(cases)} cases")
 
@@ -285,7 +288,7 @@ def more_cases(cases, trace_case, config_case, run_case, model, cfg, tok, header
                                   "records.jsonl": "[" * 10_000 + "]" * 10_000 + "\n"},
              "score", "nested too deeply")
     run_case("run_ok", {"header.json": header, "records.jsonl": rec + "\n",
-                        "summary.json": "{}"}, "report", "")
+                        "summary.json": json.dumps(SUMMARY)}, "report", "")
     cases.pop()  # run_ok is an input of the cases below, not a bad input itself
     cases.append({"input": "run_ok", "kind": "compare", "expect": "inside one",
                   "argv": ["compare", "{bad}/run_ok", "--out", "{bad}/run_ok/comparison"]})

@@ -1,0 +1,167 @@
+"""The preflight of a run: every input checked, and loaded once, before its folder exists."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faithprobe.data.traces import Trace, check_fit, trace_warnings
+from faithprobe.errors import FaithprobeError
+from faithprobe.io import read_json
+from faithprobe.models.placement import checkpoint_hardware
+from faithprobe.run.config import RunConfig, placement_of
+from faithprobe.run.fingerprint import checkpoint_fingerprint, package_version, traces_fingerprint
+from faithprobe.run.layout import HEADER, MAX_WARNING_IDS, content
+from faithprobe.run.resume import check_labels, check_resume
+
+__all__ = ["Prepared", "check_out", "hardware", "prepare_run", "warnings_entry"]
+
+
+def check_out(out: Path, *, resume: bool) -> None:
+    """``--out`` can become this run's folder: a folder or nothing, empty unless resuming, and
+    its nearest existing parent writable. Checked before anything is loaded."""
+    if out.exists() and not out.is_dir():
+        raise FaithprobeError("exists and is not a folder", source=str(out), field="--out")
+    if out.is_dir() and content(out) and not (resume and (out / HEADER).exists()):
+        raise FaithprobeError(
+            "output folder exists and is not empty (use --resume to complete a killed run, or "
+            "another --out)" if not resume else "holds no run header to resume; choose another "
+            "--out", source=str(out), field="--out")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FaithprobeError(f"cannot be created: {parent} is not a folder", source=str(out),
+                              field="--out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FaithprobeError(f"cannot be created: {parent} is not writable", source=str(out),
+                              field="--out")
+
+
+def warnings_entry(found: dict[str, list[str]]) -> dict[str, Any]:
+    """The header's ``warnings``: kind -> ``{"count", "traces"}`` (at most MAX_WARNING_IDS ids)."""
+    return {kind: {"count": len(ids), "traces": ids[:MAX_WARNING_IDS]}
+            for kind, ids in sorted(found.items())}
+
+
+@dataclass
+class Prepared:
+    """What the preflight checked and loaded, kept for the run (nothing is loaded twice)."""
+
+    traces: list[Trace]
+    checkpoints: dict[str, Any]  # label -> Checkpoint (one object per distinct spec)
+    templates: dict[str, Any]  # label -> PromptTemplate
+    scorer: Any = None  # the fixed InfoGain scorer, if any
+    warnings: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, dict[str, int]] = field(default_factory=dict)
+    selection: Any = None  # units.Selection: decided over the whole trace list, not the shard
+    inputs: dict[str, Any] = field(default_factory=dict)  # fingerprint.* of what was loaded
+
+
+def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
+                shard: tuple[int, int] | None = None, config_source: str = "config",
+                on_cpu: bool = False) -> Prepared:
+    """Every check a run makes before its folder exists: the output location, the traces, the
+    interventions, each checkpoint (loaded once), each template with each tokenizer, every
+    trace against each context. Raises FaithprobeError naming the input.
+
+    ``on_cpu``: load the checkpoints on the CPU whatever their placement (the Ray engine's
+    driver, which only checks them; its tasks load them where the config places them)."""
+    from faithprobe.data.sources import load_traces
+    from faithprobe.edits.interventions import make_intervention
+    from faithprobe.models.checkpoints import check_same_tokenizer, preflight
+    from faithprobe.run.units import (
+        check_cue_inputs,
+        probe_config,
+        select_traces,
+        shard_traces,
+        template_of,
+    )
+
+    check_out(Path(out), resume=resume)
+    check_labels(cfg, config_source)
+    if resume and (Path(out) / HEADER).is_file():  # a config that differs: before any loading
+        check_resume(read_json(Path(out) / HEADER, "run header"), cfg, shard, None,
+                     source=str(out))
+    try:
+        every = load_traces(cfg["data"])
+        traces = shard_traces(every, shard)
+        trace_print = traces_fingerprint(cfg["data"], every)
+    except FaithprobeError as exc:
+        if exc.line is not None or exc.field is not None:
+            raise
+        raise FaithprobeError(str(exc), source=config_source, field="data.path") from None
+    if not traces:
+        raise FaithprobeError("this shard holds no traces", field="--shard")
+    probe_cfg = probe_config(cfg)
+    for name in probe_cfg.interventions:
+        try:
+            make_intervention(name, **probe_cfg.options.get(name, {}))
+        except FaithprobeError as exc:
+            raise FaithprobeError(exc.message, source=config_source,
+                                  field=f"probe.{name}") from None
+    loaded: dict[tuple, Any] = {}
+
+    def load(key: str, spec: str, label: str) -> Any:
+        where = placement_of(cfg, label)
+        if on_cpu:
+            where = {"device": "cpu", "dtype": where["dtype"]}
+        ident = (spec, *sorted(where.items()))
+        if ident not in loaded:
+            try:
+                loaded[ident] = preflight(spec, allow_pickle=cfg["allow_pickle"], **where)
+            except FaithprobeError as exc:
+                raise FaithprobeError(str(exc), source=config_source, field=key) from None
+        return loaded[ident]
+
+    prep = Prepared(traces, {}, {}, selection=select_traces(
+        cfg, [t.id for t in every], [t.question for t in every]))
+    for label, spec in cfg["checkpoints"].items():
+        ckpt = prep.checkpoints[label] = load(f"checkpoints.{label}", spec, label)
+        prep.templates[label] = template_of(cfg, ckpt, config_source)
+    if cfg["infogain"]["enabled"] and cfg["infogain"]["scorer"] != "self":
+        prep.scorer = load("infogain.scorer", cfg["infogain"]["scorer"], "scorer")
+    first, *others = prep.checkpoints
+    for label in others if cfg["patching"]["enabled"] else ():
+        try:
+            check_same_tokenizer(prep.checkpoints[first], prep.checkpoints[label])
+        except FaithprobeError as exc:
+            raise FaithprobeError(exc.message, source=config_source,
+                                  field=f"checkpoints.{label}") from None
+    source = cfg["data"]["path"] if cfg["data"]["source"] == "jsonl" else config_source
+    generate = cfg["data"]["traces"] == "generate"
+    paraphrase = "paraphrase" in probe_cfg.interventions
+    fits = [(label, ckpt, prep.templates[label], paraphrase)
+            for label, ckpt in prep.checkpoints.items()]
+    if prep.scorer is not None:
+        fits.append(("infogain.scorer", prep.scorer, prep.scorer.template, False))
+    for label, ckpt, template, para in fits:
+        longest = check_fit(traces, ckpt.tokenizer, template, ckpt.n_ctx, source=source,
+                            label=f"{label} ({ckpt.spec})", generate=generate, paraphrases=para)
+        prep.context[label] = {"max_prompt_tokens": longest, "n_ctx": ckpt.n_ctx}
+    if cfg["cue"]["enabled"]:
+        check_cue_inputs(cfg, traces, prep.selection, [f[:3] for f in fits[:len(
+            prep.checkpoints)]], source=source, config_source=config_source)
+    prep.warnings = warnings_entry(trace_warnings(traces))
+    prep.inputs = {"faithprobe": package_version(), "traces": trace_print,
+                   "checkpoints": {label: checkpoint_fingerprint(ckpt)
+                                   for label, ckpt in prep.checkpoints.items()},
+                   "roles": {"scorer": checkpoint_fingerprint(prep.scorer)}
+                   if prep.scorer is not None else {}, "generated": {}}
+    return prep
+
+
+def hardware(prep: Prepared) -> dict[str, Any]:
+    """Where each checkpoint ran: its device and dtype, the GPU's name and memory, torch's
+    and CUDA's versions, the CPU threads."""
+    import torch
+
+    out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda,
+                           "threads": torch.get_num_threads(), "checkpoints": {}, "roles": {}}
+    for label, ckpt in prep.checkpoints.items():
+        out["checkpoints"][label] = checkpoint_hardware(ckpt)
+    if prep.scorer is not None:  # a role, never a label (labels may not be "scorer")
+        out["roles"]["scorer"] = checkpoint_hardware(prep.scorer)
+    return out
