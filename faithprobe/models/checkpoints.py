@@ -27,6 +27,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -563,18 +564,33 @@ def _load_hub(name: str) -> Checkpoint:
     return wrap_hf(model, tok, name, name)
 
 
-def check_same_tokenizer(a: Checkpoint, b: Checkpoint) -> None:
-    """Refuse to compare token positions across checkpoints that tokenize differently."""
+def check_same_tokenizer(a: Checkpoint, b: Checkpoint, prompts: Sequence[tuple[str, str, str]]
+                         = ()) -> None:
+    """Refuse a pair whose patched traces become different token ids: patching compares the
+    two checkpoints position by position. Equal vocabularies (and BOS) pass at once; otherwise
+    each of ``prompts`` ((trace id, text rendered for ``a``, for ``b``)) must encode to the same
+    ids in both, so a fine-tune that added a token is patched on traces that do not use it."""
     ta, tb = a.tokenizer, b.tokenizer
     if isinstance(ta, CharTokenizer) and isinstance(tb, CharTokenizer):
-        same = ta.alphabet == tb.alphabet
+        if ta.alphabet == tb.alphabet:
+            return
     elif isinstance(ta, HFTokenizer) and isinstance(tb, HFTokenizer):
-        same = ta.hf.get_vocab() == tb.hf.get_vocab() and ta.prefix_ids == tb.prefix_ids
-    else:
-        same = False
-    if not same:
-        raise FaithprobeError(
-            f"checkpoints {a.spec!r} and {b.spec!r} tokenize differently, so their token "
-            f"positions cannot be compared",
-            source=f"{a.spec} vs {b.spec}",
-        )
+        if ta.hf.get_vocab() == tb.hf.get_vocab() and ta.prefix_ids == tb.prefix_ids:
+            return
+    way_out = ("patching compares the two checkpoints position by position; give them the same "
+               "tokenizer, or set [patching] enabled = false to compare them on text alone")
+    if type(ta) is not type(tb):
+        raise FaithprobeError(f"checkpoints {a.spec!r} and {b.spec!r} tokenize differently "
+                              f"(different kinds of tokenizer): {way_out}",
+                              source=f"{a.spec} vs {b.spec}")
+    for trace_id, text_a, text_b in prompts:
+        try:
+            ids_a = ta.prefix_ids + ta.encode(text_a)[0]
+            ids_b = tb.prefix_ids + tb.encode(text_b)[0]
+        except FaithprobeError:
+            ids_a, ids_b = [0], [1]
+        if ids_a != ids_b:
+            raise FaithprobeError(
+                f"checkpoints {a.spec!r} and {b.spec!r} tokenize differently (trace "
+                f"{trace_id!r} becomes different token ids): {way_out}",
+                source=f"{a.spec} vs {b.spec}")

@@ -124,9 +124,18 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
     if cfg["infogain"]["enabled"] and cfg["infogain"]["scorer"] != "self":
         prep.scorer = load("infogain.scorer", cfg["infogain"]["scorer"], "scorer")
     first, *others = prep.checkpoints
+    patched = [t for t in traces if t.id in prep.selection.patch]
+    generate = cfg["data"]["traces"] == "generate"
+
+    def text(t: Trace, label: str) -> str:
+        ckpt = prep.checkpoints[label]
+        return prep.templates[label].render(t.question, () if generate else t.steps,
+                                            tokenizer=ckpt.tokenizer).text
+
     for label in others if cfg["patching"]["enabled"] else ():
         try:
-            check_same_tokenizer(prep.checkpoints[first], prep.checkpoints[label])
+            check_same_tokenizer(prep.checkpoints[first], prep.checkpoints[label],
+                                 [(t.id, text(t, first), text(t, label)) for t in patched])
         except FaithprobeError as exc:
             raise FaithprobeError(exc.message, source=config_source,
                                   field=f"checkpoints.{label}") from None
