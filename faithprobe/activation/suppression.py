@@ -89,7 +89,8 @@ def suppression_support(bridge: Any) -> str | None:
     if missing:
         return (f"no attention pattern hook at {len(missing)} of {len(names)} layers "
                 f"(first: {missing[0]}): information passes around a masked pattern")
-    tokens = torch.arange(6)[None] % int(bridge.cfg.d_vocab)
+    device = next(bridge.parameters()).device
+    tokens = torch.arange(6, device=device)[None] % int(bridge.cfg.d_vocab)
     hook = _row_hook([(1, 3)])
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -160,15 +161,15 @@ def _check(bridge: Any, tokens: Tensor, spans: Sequence[Span], answer_positions:
 def _vertical_of(pattern: Tensor, spans: Sequence[Span], proximity: int
                  ) -> Float[Tensor, "head step"]:
     """Vertical scores of one layer's pattern [head, query, key] (see :func:`vertical_scores`)."""
-    n = pattern.shape[-1]
+    n, device = pattern.shape[-1], pattern.device
     out = torch.full((pattern.shape[0], len(spans)), float("nan"))
     for i, (s, e) in enumerate(spans):
-        q = torch.arange(s, n)[:, None]  # query positions from the step's start
-        far = (q - torch.arange(s, e)[None]) >= proximity  # [query, key]
+        q = torch.arange(s, n, device=device)[:, None]  # query positions from the step's start
+        far = (q - torch.arange(s, e, device=device)[None]) >= proximity  # [query, key]
         count = int(far.sum())
         if count:
             block = pattern[:, s:, s:e].float()  # [head, query, key]
-            out[:, i] = (block * far).sum((1, 2)) / count
+            out[:, i] = ((block * far).sum((1, 2)) / count).cpu()
     return out
 
 
@@ -270,7 +271,7 @@ def suppress_steps(
                                            fwd_hooks=[(n, hook) for n in names])
             q = torch.log_softmax(logits[:, first:].float() / temperature, dim=-1)
             kl = torch.zeros(len(chunk), tokens.shape[1])
-            kl[:, first:] = (p.exp()[None] * (p[None] - q)).sum(-1)  # [row, pos]
+            kl[:, first:] = (p.exp()[None] * (p[None] - q)).sum(-1).cpu()  # [row, pos]
             del logits, q
             for r in range(len(chunk)):
                 matrix[:, start + r], answer[start + r] = _matrix(kl[r], spans, positions,
