@@ -49,6 +49,7 @@ __all__ = [
 PROXIMITY = 4  # Thought Anchors' proximity rule: queries this many tokens later, or more
 TEMPERATURES = (1.0, 0.6)  # the KL's softmax temperature: plain, or Thought Anchors' 0.6
 ROW_BUDGET = 2**28  # logits elements (rows x positions x vocabulary) one batch may hold
+KL_BLOCK = 64  # positions whose per-token KL is computed at once (temporaries stay small)
 
 
 @dataclass(frozen=True)
@@ -258,21 +259,28 @@ def suppress_steps(
                                       proximity)
     names = pattern_names(bridge)
     rows = _rows_per_batch(tokens.shape[1], int(bridge.cfg.d_vocab), batch_size)
-    first = spans[0][0]  # no suppression reaches a position before the first step
+    # the positions read: every step's after the first, and the answer's
+    first = spans[1][0] if len(spans) > 1 else min(positions)
+    last = max(max(positions), spans[-1][1] - 1) + 1
     matrix = torch.full((len(spans), len(spans)), float("nan"))
     answer = torch.zeros(len(spans))
     with torch.no_grad():
         clean, vertical = _clean_pass(bridge, tokens, spans, proximity, receivers)
-        p = torch.log_softmax(clean[0, first:].float() / temperature, dim=-1)  # [pos, vocab]
         for start in range(0, len(spans), rows):
             chunk = spans[start:start + rows]
             hook = _row_hook(chunk)
             logits = bridge.run_with_hooks(tokens.expand(len(chunk), -1),
                                            fwd_hooks=[(n, hook) for n in names])
-            q = torch.log_softmax(logits[:, first:].float() / temperature, dim=-1)
             kl = torch.zeros(len(chunk), tokens.shape[1])
-            kl[:, first:] = (p.exp()[None] * (p[None] - q)).sum(-1).cpu()  # [row, pos]
-            del logits, q
+            for a in range(first, last, KL_BLOCK):  # blocks of positions: small temporaries
+                b = min(a + KL_BLOCK, last)
+                lp = torch.log_softmax(clean[0, a:b].float() / temperature, dim=-1)
+                pe = lp.exp()
+                for r in range(len(chunk)):
+                    # KL(p || q) = -sum p (log q - log p), in place on log q
+                    lq = torch.log_softmax(logits[r, a:b].float() / temperature, dim=-1)
+                    kl[r, a:b] = -lq.sub_(lp).mul_(pe).sum(-1).cpu()
+            del logits
             for r in range(len(chunk)):
                 matrix[:, start + r], answer[start + r] = _matrix(kl[r], spans, positions,
                                                                   start + r)
