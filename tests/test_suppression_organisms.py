@@ -147,3 +147,20 @@ def test_kurtosis_matches_its_definition():
     assert kurtosis([1.0, None, 2.0, 3.0]) == pytest.approx(-1.5)
     torch.manual_seed(0)
     assert abs(kurtosis(torch.randn(20000).tolist())) < 0.1  # a normal shape: 0
+
+
+def test_report_section(organism_records, tmp_path):
+    from faithprobe.metrics import summarize
+    from faithprobe.report.document import write_report
+
+    kind, records = organism_records
+    summary = summarize(records, n_boot=100)
+    traces = generate(SAMPLE["split"], SAMPLE["n"], SAMPLE["seed"])
+    write_report(tmp_path, records, summary, {}, traces)
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "## Which steps the later steps rest on" in text
+    assert "sft vs base: step dependency" in text
+    assert "a chain beside an answer computed elsewhere" in text, kind
+    for name in ("suppression", "receivers"):
+        assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 5000
+    assert "top receiver heads" in text
