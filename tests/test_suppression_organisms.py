@@ -164,3 +164,32 @@ def test_report_section(organism_records, tmp_path):
     for name in ("suppression", "receivers"):
         assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 5000
     assert "top receiver heads" in text
+
+
+def test_receiver_agreement_and_scores():
+    """Receiver scores ranked as resampling importance is: agreement +1; ranked the other
+    way: -1. The top head of a checkpoint is the one whose vertical scores spike."""
+    from faithprobe.metrics import METRICS_BY_NAME, compute_metrics
+
+    importance = [0.1, 0.2, 0.3, 0.9, 0.4]
+    spiky = [0.01, 0.02, 0.03, 0.9, 0.04]  # ranked as importance is
+    records = []
+    for label, heads in (("agree", [spiky, [v / 2 + 0.1 for v in spiky]]),
+                         ("reverse", [[1 - v for v in spiky], [0.5 - v / 2 for v in spiky]])):
+        for t in range(3):
+            records.append(Record(trace_id=f"t{t}", checkpoint=label, intervention="receiver",
+                                  n_steps=5, detail={"vertical": [heads], "proximity": 4}))
+            records += [Record(trace_id=f"t{t}", checkpoint=label, intervention="resample",
+                               step=j, n_steps=5, value=v) for j, v in enumerate(importance)]
+    one = [r for r in records if r.trace_id == "t0" and r.checkpoint == "agree"]
+    assert METRICS_BY_NAME["receiver_agreement"].features(one, "")[("c", "t0")] == 1.0
+    ests = compute_metrics(records, n_boot=50)
+    assert ests["agree"]["receiver_agreement"].value == pytest.approx(1.0)
+    assert ests["reverse"]["receiver_agreement"].value == pytest.approx(-1.0)
+    k = [kurtosis(h) for h in ([*spiky], [v / 2 + 0.1 for v in spiky])]
+    assert ests["agree"]["receiver_kurtosis"].value == pytest.approx(sum(k) / 2)  # 2 heads
+    flat = [0.5, 0.4, 0.35, 0.3, 0.2]
+    mixed = [Record(trace_id="t0", checkpoint="m", intervention="receiver", n_steps=5,
+                    detail={"vertical": [[flat, spiky]], "proximity": 4})]
+    assert kurtosis(spiky) > kurtosis(flat)
+    assert receiver_scores(mixed, top_k=1) == {"t0": dict(enumerate(spiky))}
