@@ -22,6 +22,13 @@ Fields (all plain JSON; floats are finite or written as the strings "nan"/"inf"/
     normalised effect, 0 = clean behaviour, 1 = corrupted behaviour),
     ``attribution`` (the same cell estimated by attribution patching, a gradient),
     ``attn_knockout`` and ``attention`` (knockout of the step's tokens; attention paid to them),
+    ``suppression`` (step ``step``'s keys masked from every later query at every layer and head:
+    ``kl`` the mean per-token KL over the answer's positions, ``value`` the mean over the later
+    steps of each one's mean per-token KL, null for the last step, ``detail.later[j]`` that KL
+    for every step j, null where ``j <= step``; ``detail.temperature`` the softmax temperature;
+    the suppression matrix, see ``faithprobe.stages.suppression``),
+    ``receiver`` (``step`` null; ``detail.vertical[layer][head][step]``: each head's mean
+    attention from tokens at least ``detail.proximity`` later to each step's tokens),
     ``resample`` (counterfactual resampling importance of step ``step``, with the answer
     distributions in ``detail``),
     ``cue`` (``step`` null; one per trace and cue kind, ``detail.variant`` the kind: the question

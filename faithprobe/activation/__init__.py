@@ -4,7 +4,8 @@
 - :mod:`~faithprobe.activation.patching`: step-span patching, its self-check, answer positions;
 - :mod:`~faithprobe.activation.fast`: the fast path (blocks run from the patched layer up);
 - :mod:`~faithprobe.activation.knockout`: attention knockout and the attention baseline;
-- :mod:`~faithprobe.activation.attribution`: attribution patching (a gradient estimate).
+- :mod:`~faithprobe.activation.attribution`: attribution patching (a gradient estimate);
+- :mod:`~faithprobe.activation.suppression`: the step x step suppression matrix, receiver heads.
 """
 
 from faithprobe.activation.attribution import (
@@ -27,6 +28,12 @@ from faithprobe.activation.patching import (
     patch_answer_positions,
     patch_steps,
 )
+from faithprobe.activation.suppression import (
+    SuppressionResult,
+    suppress_steps,
+    suppression_support,
+    vertical_scores,
+)
 
 __all__ = [
     "COMPONENTS",
@@ -35,6 +42,7 @@ __all__ = [
     "FastPath",
     "KnockoutResult",
     "PatchResult",
+    "SuppressionResult",
     "answer_metrics",
     "attention_to_steps",
     "attribution_correlation",
@@ -45,4 +53,7 @@ __all__ = [
     "patch_answer_positions",
     "patch_steps",
     "pearson",
+    "suppress_steps",
+    "suppression_support",
+    "vertical_scores",
 ]

@@ -388,6 +388,9 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
     from faithprobe.metrics.cues import cue_summary
 
     cue = cue_summary(records, pairs=pairs, n_boot=n_boot, seed=seed)
+    from faithprobe.metrics.suppression import receiver_summary
+
+    receivers = receiver_summary(records)
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "checkpoints": {label: {m: e.to_json() for m, e in ests.items()}
@@ -395,4 +398,5 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
         "comparisons": comparisons,
         "seed_question": [q for q in seeds if q is not None],
         **({"cue": cue} if cue is not None else {}),
+        **({"receivers": receivers} if receivers is not None else {}),
     }

@@ -36,6 +36,14 @@ from faithprobe.metrics.features import (
     ratio,
 )
 from faithprobe.metrics.methods import agreement_features, resampling_features
+from faithprobe.metrics.suppression import (
+    answer_share_features,
+    receiver_agreement_combine,
+    receiver_agreement_features,
+    receiver_kurtosis_combine,
+    receiver_kurtosis_features,
+    step_dependency_features,
+)
 
 __all__ = [
     "CATALOGUE", "HEADLINE_METRICS", "METRICS", "METRICS_BY_NAME", "TABLE_METRICS", "UNITS",
@@ -45,9 +53,9 @@ __all__ = [
 # Display units, one forest-plot panel each (its own scale): "points" (a share or probability,
 # shown x100, changes in percentage points), "aoc" (an area over a curve, 0 to 1), "nats" (KL and
 # InfoGain), "steps" (reasoning length), "perplexity" (the perplexity-form InfoGain, shown in the
-# report's appendix only), "rho" (a rank correlation, -1 to 1), "count" (a record count, never
-# compared or plotted).
-UNITS = ("points", "aoc", "nats", "steps", "perplexity", "rho", "count")
+# report's appendix only), "rho" (a rank correlation, -1 to 1), "kurtosis" (an excess kurtosis,
+# 0 for a normal shape), "count" (a record count, never compared or plotted).
+UNITS = ("points", "aoc", "nats", "steps", "perplexity", "rho", "kurtosis", "count")
 # Title of the forest-plot panel of each plotted unit, in panel order.
 UNIT_TITLES: Mapping[str, str] = MappingProxyType({
     "points": "shares: change in percentage points",
@@ -55,7 +63,8 @@ UNIT_TITLES: Mapping[str, str] = MappingProxyType({
     "nats": "nats (KL, InfoGain)",
     "steps": "reasoning steps",
     "perplexity": "perplexity units per step",
-    "rho": "rank correlation (-1 to 1)"})
+    "rho": "rank correlation (-1 to 1)",
+    "kurtosis": "excess kurtosis over steps"})
 
 
 @dataclass(frozen=True)
@@ -225,12 +234,34 @@ CATALOGUE: tuple[Metric, ...] = (
            "correction for random switches to the target (options only)", table=23,
            mmd=_POINT, reads=("cue",), needs="a followed cue with options, and more "
            "switches to the target than to other options (alpha > 0)"),
+    Metric("step_dependency", step_dependency_features, ratio, "nats", "step dependency",
+           "per trace, the mean over steps of the per-token KL a step's attention suppression "
+           "causes on the later steps' tokens (the suppression matrix below its diagonal; "
+           "Bogdan et al.)", table=24, verdict=16, mmd=0.1, reads=("suppression",),
+           needs="a step with a later step, suppressed", suffix="nats"),
+    Metric("answer_dependency_share", answer_share_features, ratio, "points",
+           "answer dependency share",
+           "per trace, the share of its steps' whole suppression effect (on the later steps "
+           "and on the answer) that lands on the answer", table=25, verdict=17, mmd=_POINT,
+           reads=("suppression",), needs="a suppressed step that moves something",
+           direction=1),
+    Metric("receiver_kurtosis", receiver_kurtosis_features, receiver_kurtosis_combine,
+           "kurtosis", "receiver kurtosis",
+           "mean excess kurtosis over steps of the vertical attention of the checkpoint's top "
+           "20 receiver heads (heads whose later tokens attend to a few steps; Bogdan et al.)",
+           table=26, verdict=18, mmd=0.5, reads=("receiver",),
+           needs="a trace of at least 3 steps with vertical scores"),
+    Metric("receiver_agreement", receiver_agreement_features, receiver_agreement_combine,
+           "rho", "receiver-resampling agreement",
+           "per trace, Spearman rank correlation of the steps' receiver scores with their "
+           "resampling importance", table=27, mmd=0.1, reads=("receiver", "resample"),
+           needs="at least 3 steps with both a receiver score and resampling importance"),
     Metric("nonfinite_count", count_features("nonfinite"), count_combine, "count",
-           "nonfinite records", "records with a NaN or infinite value", table=24),
+           "nonfinite records", "records with a NaN or infinite value", table=28),
     Metric("no_answer_count", count_features("no_answer"), count_combine, "count",
-           "no-answer records", "records where no answer was read", table=25),
+           "no-answer records", "records where no answer was read", table=29),
     Metric("skipped_count", count_features("skipped"), count_combine, "count",
-           "skipped records", "records the probe skipped", table=26),
+           "skipped records", "records the probe skipped", table=30),
 )
 
 METRICS: tuple[str, ...] = tuple(m.name for m in CATALOGUE)  # the order of summary.json

@@ -45,6 +45,7 @@ from faithprobe.report.cues import cue_section
 from faithprobe.report.readings import INTERVAL_SHORT, checkpoint_value, is_appendix, value_text
 from faithprobe.report.render import PLOTS_DIR, REPORT_HTML, REPORT_MD, Doc, publish
 from faithprobe.report.seed import ki_lines, seed_question_section
+from faithprobe.report.suppression import suppression_section
 from faithprobe.report.verdict import (
     COMPARISON_HEADER,
     DOCS,
@@ -316,6 +317,7 @@ def write_report(run_dir: Path, records: list[Record], summary: dict, header: di
         doc.note("No comparisons: the summary has one checkpoint or no shared traces.")
     seed_question_section(doc, summary)
     cue_section(doc, summary, records)
+    suppression_section(doc, summary, records, traces)
     _records_section(doc, groups)
 
     n_boot, seed = _seed(header)

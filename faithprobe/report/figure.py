@@ -19,7 +19,8 @@ __all__ = ["DPI", "PLOT_NAMES", "Plot", "color", "figure", "luminance", "png", "
 DPI = 100
 # Every Plot.name the report draws (files under plots/); a report removes the ones it skipped.
 PLOT_NAMES = ("forest", "early_answering", "adding_mistakes", "infogain", "patching",
-              "resampling", "step_importance", "calibration", "coverage", "cues")
+              "resampling", "step_importance", "calibration", "coverage", "cues", "suppression",
+              "receivers")
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ class PatchingConfig(TypedDict):
     max_traces: int
     knockout: bool
     method: Literal["exact", "attribution", "both"]
+    suppression: bool
+    suppression_temperature: float
 
 
 class ResampleSection(TypedDict):
@@ -190,6 +192,8 @@ SCHEMA: dict[str, Any] = {
         "max_traces": int,  # patch at most this many traces per checkpoint (it is the slow part)
         "knockout": bool,  # attention knockout of each step
         "method": str,  # exact | attribution (gradient estimate) | both
+        "suppression": bool,  # step x step suppression matrix and receiver heads (S + 1 passes)
+        "suppression_temperature": float,  # the suppression KL's softmax temperature (TA: 0.6)
     },
     "resample": {  # counterfactual resampling importance (Thought Anchors); README "Resampling"
         "enabled": bool,
@@ -246,7 +250,7 @@ DEFAULTS: dict[str, Any] = {
     "ki": {"enabled": True},
     "patching": {"enabled": True, "components": ["resid_pre", "attn_out", "mlp_out"],
                  "directions": ["noising"], "max_traces": 20, "knockout": True,
-                 "method": "exact"},
+                 "method": "exact", "suppression": False, "suppression_temperature": 1.0},
     "resample": {"enabled": False, "samples": 8, "temperature": 0.6, "top_p": 0.95,
                  "max_new_tokens": 256, "different": "text", "threshold": 0.8,
                  "batch_size": 64, "max_traces": 20},
@@ -284,6 +288,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "generation.max_steps": (1, 10_000),
     "generation.temperature": (0.0, 100.0),
     "patching.max_traces": (1, 100_000),
+    "patching.suppression_temperature": (0.01, 100.0),
     "threads": (1, 1_024),
     "probe.max_batch_tokens": (1, 10**9),
     "resample.samples": (2, 10_000),

@@ -171,11 +171,18 @@ def patch_records(cfg: RunConfig, ckpt: Any, label: str, trace: Trace, template:
     from faithprobe.stages.patching import patch_trace
 
     corrupter = cfg["probe"].get("corrupt", {}).get("corrupter", "auto")
-    return patch_trace(ckpt, label, trace, template, components=cfg["patching"]["components"],
-                       directions=cfg["patching"]["directions"],
-                       knockout=cfg["patching"]["knockout"], corrupter=corrupter,
-                       seed=cfg["seed"], fast_path=fast_path,
-                       method=cfg["patching"].get("method", "exact"))
+    records = patch_trace(ckpt, label, trace, template, components=cfg["patching"]["components"],
+                          directions=cfg["patching"]["directions"],
+                          knockout=cfg["patching"]["knockout"], corrupter=corrupter,
+                          seed=cfg["seed"], fast_path=fast_path,
+                          method=cfg["patching"].get("method", "exact"))
+    if cfg["patching"].get("suppression"):
+        from faithprobe.stages.suppression import suppression_trace
+
+        records += suppression_trace(
+            ckpt, label, trace, template,
+            temperature=cfg["patching"].get("suppression_temperature", 1.0))
+    return records
 
 
 def probe_traces(cfg: RunConfig, ckpt: Any, label: str, template: Any,
