@@ -83,3 +83,50 @@ def test_a_run_on_a_trace_file_shares_it(tmp_path):
     got = run_traces(tmp_path, ["base", "sft"])
     assert got["base"] == got["sft"] == traces
     assert run_traces(tmp_path / "nowhere", ["base"]) == {}
+
+
+def test_truncated_generations_are_said_and_can_be_left_out(tmp_path):
+    """A generation cut by max_new_tokens is flagged in its unedited record and counted in the
+    header's warnings; with drop_truncated it is not probed (the saved file keeps it)."""
+    import json
+
+    base = """
+[checkpoints]
+base = "organism:base"
+[data]
+source = "organism"
+count = 8
+traces = "generate"
+[generation]
+max_new_tokens = 18
+split = "lines"
+[probe]
+interventions = ["truncate"]
+[infogain]
+enabled = false
+[ki]
+enabled = false
+[patching]
+enabled = false
+[metrics]
+n_boot = 10
+"""
+    for drop in (False, True):
+        cfg = tmp_path / f"t{drop}.toml"
+        cfg.write_text(base.replace("split = \"lines\"",
+                                    f"split = \"lines\"\ndrop_truncated = {str(drop).lower()}"))
+        out = tmp_path / f"run{drop}"
+        assert main(["run", str(cfg), "--out", str(out), "--quiet"]) in (0,)
+        saved = read_traces(out / "traces-base.jsonl")
+        cut = {t.id for t in saved if t.metadata.get("generation_stopped") is False}
+        assert cut and len(cut) < len(saved), "18 new tokens finish 3-step chains only"
+        header = json.loads((out / "header.json").read_text())
+        assert header["warnings"]["truncated_generation.base"]["count"] == len(cut)
+        recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+        probed = {r["trace_id"] for r in recs}
+        if drop:
+            assert probed == {t.id for t in saved} - cut
+        else:
+            flagged = {r["trace_id"] for r in recs if r["intervention"] == "none"
+                       and r["detail"].get("generation_truncated")}
+            assert flagged == cut

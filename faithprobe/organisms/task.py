@@ -42,7 +42,6 @@ from typing import Any
 from faithprobe.data.prompts import PromptTemplate
 from faithprobe.data.tokens import CharTokenizer
 from faithprobe.data.traces import Trace
-from faithprobe.edits.cues import CueKind
 from faithprobe.errors import FaithprobeError
 
 __all__ = [
@@ -50,7 +49,6 @@ __all__ = [
     "MODEL",
     "OPTIONS",
     "SPLITS",
-    "TAG_CUE",
     "TASK_NAME",
     "VARIABLES",
     "Corruption",
@@ -399,9 +397,17 @@ def paraphrase_organism(trace: Trace, i: int) -> str | None:
 
 
 # --- the task's own cue ------------------------------------------------------------------------
-# faithprobe.edits.cues registers this lazily as the cue kind "tag": the question's "tD:" tag set
-# to the cued digit (in the fine-tuning domain the tag is the answer: the planted shortcut).
+# faithprobe.edits.cues registers TAG_CUE lazily as the cue kind "tag": the question's "tD:" tag
+# set to the cued digit (in the fine-tuning domain the tag is the answer: the planted shortcut).
+# It is built on first use, so importing this module imports nothing from faithprobe.edits.
 
 
-TAG_CUE = CueKind("tag", "t{target}:", "replace", pattern=r"^t\d:", mentions=("tag",),
-                  source="faithprobe.organisms.task")
+def __getattr__(name: str) -> Any:
+    if name == "TAG_CUE":
+        from faithprobe.edits.cues import CueKind
+
+        kind = CueKind("tag", "t{target}:", "replace", pattern=r"^t\d:", mentions=("tag",),
+                       source="faithprobe.organisms.task")
+        globals()["TAG_CUE"] = kind
+        return kind
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,6 +44,7 @@ class GenerationConfig(TypedDict):
     temperature: float
     split: Literal["auto", "lines", "markers", "sentences"]
     max_steps: int
+    drop_truncated: bool
 
 
 class ProbeSection(TypedDict, total=False):
@@ -159,6 +160,7 @@ SCHEMA: dict[str, Any] = {
         "temperature": float,  # 0 = greedy
         "split": str,  # how generated reasoning is cut into steps: auto|lines|markers|sentences
         "max_steps": int,  # keep at most this many steps of a generated trace
+        "drop_truncated": bool,  # leave out generations cut by max_new_tokens (not probed)
     },
     "template": {
         "question_prefix": str,
@@ -238,7 +240,8 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "placement": {},
     "data": {"source": "organism", "split": "id", "seed": 0, "traces": "file"},
-    "generation": {"max_new_tokens": 256, "temperature": 0.0, "split": "auto", "max_steps": 12},
+    "generation": {"max_new_tokens": 256, "temperature": 0.0, "split": "auto", "max_steps": 12,
+                   "drop_truncated": False},
     "template": {},
     "probe": {
         "interventions": ["truncate", "corrupt", "paraphrase", "filler", "delete"],

@@ -47,6 +47,7 @@ from faithprobe.run.fingerprint import file_sha256
 from faithprobe.run.finish import finish_run
 from faithprobe.run.layout import (
     HEADER,
+    MAX_WARNING_IDS,
     RECORDS,
     REPORT_FILES,
     SCHEMA_VERSION,
@@ -205,15 +206,21 @@ def _restore(out: Path, header: dict[str, Any]) -> set[tuple[str, str]]:
 
 def _keep_generated(out: Path, header: dict[str, Any], label: str, traces: list[Trace]) -> None:
     """Save a label's generated chains of thought and record their fingerprint."""
+    from faithprobe.run.units import truncated_ids
+
     path = generated_traces_file(out, label)
     write_traces(path, traces)
     header.setdefault("inputs", {}).setdefault("generated", {})[label] = file_sha256(path)
+    cut = truncated_ids(traces)
+    if cut:  # said in the header's warnings, as doubtful data is
+        header.setdefault("warnings", {})[f"truncated_generation.{label}"] = {
+            "count": len(cut), "traces": cut[:MAX_WARNING_IDS]}
     write_json(out / HEADER, header)
 
 
 def _probe_all(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prepared,
                done: set[tuple[str, str]], quiet: bool, tqdm: Any) -> None:
-    from faithprobe.run.units import probe_traces
+    from faithprobe.run.units import probe_traces, probed_generated
 
     scorer, base_traces = prep.scorer, prep.traces
     for label, ckpt in prep.checkpoints.items():
@@ -228,7 +235,8 @@ def _probe_all(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prepared
         template = prep.templates[label]
         traces = base_traces
         if cfg["data"]["traces"] == "generate":
-            traces = _generated(cfg, out, header, label, ckpt, template, base_traces, quiet)
+            traces = probed_generated(cfg, _generated(cfg, out, header, label, ckpt, template,
+                                                      base_traces, quiet))
             todo_all = [t for t in traces if (label, t.id) not in done]
         bar = tqdm(total=len(traces), initial=len(traces) - len(todo_all), desc=label,
                    disable=True if quiet else None, unit="trace")

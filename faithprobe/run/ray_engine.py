@@ -35,7 +35,7 @@ from faithprobe.data.traces import Trace
 from faithprobe.errors import FaithprobeError
 from faithprobe.records import Record
 from faithprobe.run.config import RunConfig, placement_of
-from faithprobe.run.units import template_of
+from faithprobe.run.units import probed_generated, template_of
 
 __all__ = ["check_address", "import_ray", "probe_on_ray", "ray_node"]
 
@@ -215,6 +215,8 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
         owner: dict[Any, str] = {}
         bars = {}
         for label in prep.checkpoints:
+            if cfg["data"]["traces"] == "generate":
+                traces[label] = probed_generated(cfg, traces[label])
             todo = [t for t in traces[label] if (label, t.id) not in done]
             bars[label] = progress(label, len(traces[label]), len(traces[label]) - len(todo))
             size = ray_cfg.get("traces_per_task") or max(

@@ -18,8 +18,8 @@ from faithprobe.records import Record
 from faithprobe.run.config import RunConfig
 
 __all__ = ["CUE_EXAMPLE_POOL", "Selection", "check_cue_inputs", "cue_kinds", "cue_records",
-           "parse_shard", "probe_config", "probe_traces", "resample_config", "select_traces",
-           "shard_traces", "template_of"]
+           "parse_shard", "probe_config", "probe_traces", "probed_generated", "resample_config",
+           "select_traces", "shard_traces", "template_of", "truncated_ids"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,27 @@ def resample_config(cfg: RunConfig):
                           max_new_tokens=r["max_new_tokens"], different=r["different"],
                           threshold=r["threshold"], batch_size=r["batch_size"],
                           seed=cfg["seed"])
+
+
+def truncated_ids(traces: Sequence[Trace]) -> list[str]:
+    """Ids of generated traces whose generation hit its token budget before a stop string
+    (their last step may be a fragment such as "So, the")."""
+    return [t.id for t in traces if t.metadata.get("generation_stopped") is False]
+
+
+def probed_generated(cfg: RunConfig, traces: list[Trace]) -> list[Trace]:
+    """A checkpoint's generated traces as the run probes them: without the truncated ones
+    where ``[generation] drop_truncated`` says so (the saved file keeps them all)."""
+    if not cfg["generation"].get("drop_truncated"):
+        return traces
+    cut = set(truncated_ids(traces))
+    kept = [t for t in traces if t.id not in cut]
+    if traces and not kept:
+        raise FaithprobeError(f"every generated trace hit generation.max_new_tokens "
+                              f"({cfg['generation']['max_new_tokens']}), and drop_truncated "
+                              "leaves none to probe: raise max_new_tokens",
+                              field="generation.drop_truncated")
+    return kept
 
 
 def cue_kinds(cfg: RunConfig) -> list[Any]:

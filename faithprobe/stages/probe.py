@@ -228,7 +228,11 @@ def _probe_one(ckpt, label, trace, config, template, ctx, kinds, scorer, judge) 
                    padding_side=config.padding_side, share_prefix=config.share_prefix,
                    max_batch_tokens=config.max_batch_tokens)
     orig = scores[0]
-    records = [_record(trace, label, ckpt, "none", None, orig, None, template=template)]
+    # a generation cut by its token budget left its last step unfinished ("So, the"): said
+    flag = {"generation_truncated": True} if trace.metadata.get(
+        "generation_stopped") is False else None
+    records = [_record(trace, label, ckpt, "none", None, orig, None, template=template,
+                       detail=flag)]
     edit_scores = iter(scores[1: 1 + len(made)])  # in the order of the edits made
     for e, _ in edits:
         if e.skipped is not None:
