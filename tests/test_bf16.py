@@ -6,9 +6,9 @@
   self-check keeps the fast path.
 - Metrics read float32 log-probabilities whatever the model's dtype.
 - The oracle of both is float32: bf16 answer log-probabilities are within 0.5 nats of float32's
-  (measured: at most 0.15), and bf16 fast patching is within 0.15 of the largest float32
-  reference logit difference of the float32 reference (measured: 0.07; the whole model runs in
-  bf16, so this is wider than the fast path's own tolerance).
+  (measured: at most 0.15), and bf16 fast patching is within 0.15, relative to the largest
+  logit difference, of float32's reference loop (measured: 0.07; the whole model runs in bf16,
+  so this is wider than the fast path's own tolerance against the bf16 reference).
 """
 
 from __future__ import annotations
