@@ -63,9 +63,18 @@ def test_every_key_says_what_it_is():
     assert not missing
 
 
+# keys added after the committed demo was recorded: their defaults change no record of it
+NEWER_THAN_THE_DEMO = {"patching": ("suppression", "suppression_temperature")}
+
+
 def test_demo_config_is_the_demo_headers_byte_for_byte():
     header = json.loads((ROOT / "results" / "organism-demo" / "header.json").read_text())
-    assert json.dumps(validate_config(DEMO_CONFIG)) == json.dumps(header["config"])
+    cfg = validate_config(DEMO_CONFIG)
+    for section, keys in NEWER_THAN_THE_DEMO.items():
+        for key in keys:
+            if key not in header["config"][section]:
+                del cfg[section][key]
+    assert json.dumps(cfg) == json.dumps(header["config"])
 
 
 def test_defaults_come_first_in_schema_order_then_the_keys_given():
