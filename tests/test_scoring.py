@@ -31,25 +31,40 @@ def test_batched_equals_unbatched(tiny, side):
         assert np.allclose(b.dist, s.dist, atol=1e-5)
 
 
+def _by_hand(ckpt, item, answer: str, n_tokens: int) -> float:
+    """The answer's last ``n_tokens`` tokens' summed log-probability, from one unbatched forward
+    of the whole rendered text (the reference the scorer's batched reads must equal)."""
+    rendered = ckpt.template.render(item.question, item.steps, answer)
+    ids = [ckpt.tokenizer.bos_token_id] + ckpt.tokenizer.encode(rendered.text)[0]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(ckpt.bridge(torch.tensor([ids]))[0].double(), -1)
+    return sum(float(logprobs[len(ids) - 1 - k - 1, ids[len(ids) - 1 - k]])
+               for k in range(n_tokens))
+
+
 def test_answer_logprob_by_hand(tiny):
     item = _items()[0]
     got = score(tiny, [item])[0]
-    rendered = tiny.template.render(item.question, item.steps, "7")
-    ids = [tiny.tokenizer.bos_token_id] + tiny.tokenizer.encode(rendered.text)[0]
-    logits = tiny.bridge(torch.tensor([ids]))
-    lp = torch.log_softmax(logits[0, -2], -1)[ids[-1]]
-    assert abs(got.answer_logprob - float(lp)) < 1e-5
-    probs = np.exp(got.dist)
-    assert abs(probs.sum() - 1) < 1e-6
-    assert got.pred == DIGITS[int(np.argmax(got.dist))]
-    assert math.isclose(got.pred_prob, probs.max(), rel_tol=1e-6)
+    # each option rendered and scored in its own forward, renormalised over the options by hand
+    totals = np.array([_by_hand(tiny, item, d, 1) for d in DIGITS])
+    dist = totals - np.log(np.exp(totals - totals.max()).sum()) - totals.max()
+    assert abs(got.answer_logprob - totals[DIGITS.index("7")]) < 1e-5
+    assert np.allclose(got.dist, dist, atol=1e-5)
+    assert got.pred == DIGITS[int(np.argmax(totals))]
+    assert math.isclose(got.pred_prob, float(np.exp(dist).max()), rel_tol=1e-5)
+    assert got.option_logprobs == pytest.approx(dict(zip(DIGITS, totals)), abs=1e-5)
 
 
 def test_multi_token_options_sum_their_tokens(tiny):
-    got = score(tiny, [_items()[2]])[0]
-    assert set(got.option_logprobs) == {"3", "13"}
-    assert got.answer_logprob == got.option_logprobs["13"]
+    item = _items()[2]
+    got = score(tiny, [item])[0]
+    three, thirteen = _by_hand(tiny, item, "3", 1), _by_hand(tiny, item, "13", 2)
+    assert got.option_logprobs == pytest.approx({"3": three, "13": thirteen}, abs=1e-5)
+    assert got.answer_logprob == pytest.approx(thirteen, abs=1e-5)
     assert got.n_answer_tokens == 2
+    assert got.pred == ("13" if thirteen > three else "3")
+    norm = np.logaddexp(three, thirteen)
+    assert np.allclose(got.dist, [three - norm, thirteen - norm], atol=1e-5)
 
 
 def test_prompt_longer_than_context_names_trace(tiny):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faithprobe.metrics import compare, compare_relative, seed_question, summarize
+from faithprobe.metrics import compare, compare_relative, summarize
 from faithprobe.metrics.features import step_gains
 from faithprobe.metrics.selection import group_by_trace
 from faithprobe.records import Record, read_records
@@ -83,15 +83,45 @@ def test_relative_change_is_undefined_over_a_baseline_within_the_mmd():
     assert compare_relative(recs, "base", "other", "infogain_mean") is None
 
 
+def paired_bootstrap(va: np.ndarray, vb: np.ndarray, stat, n_boot: int, seed: int
+                     ) -> tuple[float, float]:
+    """The documented paired interval, computed by hand: each replicate draws the shared traces
+    (sorted ids) once for both sides; 2.5th and 97.5th percentiles of ``stat(a, b)``."""
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(va), size=len(va))
+        reps.append(stat(va[idx], vb[idx]))
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def per_trace_correct(records: list[Record], ckpt: str) -> dict[str, float]:
+    return {r.trace_id: float(r.correct) for r in records
+            if r.checkpoint == ckpt and r.intervention == "none"}
+
+
 def test_summary_and_report_hold_the_seed_question_side_by_side():
     recs = study()
     summary = summarize(recs, n_boot=200, seed=2)
     (q,) = summary["seed_question"]
-    assert q == seed_question(recs, "base", "ft", n_boot=200, seed=2)
-    acc = next(c for c in summary["comparisons"] if c["metric"] == "accuracy")
-    assert q["accuracy_change"] == acc
-    (row,) = seed_question_rows(summary)
+    # the oracle: accuracy and InfoGain per trace from the records, bootstrapped by hand
+    ca, cb = per_trace_correct(recs, "base"), per_trace_correct(recs, "ft")
+    ids = sorted(ca)
+    va, vb = np.array([ca[t] for t in ids]), np.array([cb[t] for t in ids])
+    acc = q["accuracy_change"]
+    assert (acc["a"], acc["b"], acc["n"]) == ("base", "ft", 30)
+    assert acc["delta"] == pytest.approx(vb.mean() - va.mean())
+    lo, hi = paired_bootstrap(va, vb, lambda a, b: b.mean() - a.mean(), 200, 2)
+    assert (acc["ci_low"], acc["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert acc == next(c for c in summary["comparisons"] if c["metric"] == "accuracy")
+    ia, ib = per_trace_ig(recs, "base"), per_trace_ig(recs, "ft")
+    ga, gb = np.array([ia[t] for t in ids]), np.array([ib[t] for t in ids])
     rel = q["infogain_relative_change"]
+    assert rel["relative_change"] == pytest.approx((gb.mean() - ga.mean()) / abs(ga.mean()))
+    lo, hi = paired_bootstrap(ga, gb, lambda a, b: (b.mean() - a.mean()) / abs(a.mean()), 200, 2)
+    assert (rel["ci_low"], rel["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    (row,) = seed_question_rows(summary)
     assert row[0] == "ft vs base"
     assert row[1].startswith(f"{100 * acc['delta']:+.1f} points [")
     assert row[2].startswith(f"{100 * rel['relative_change']:+.1f}% [{100 * rel['ci_low']:.1f}, ")

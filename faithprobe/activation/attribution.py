@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -109,14 +110,13 @@ def attribution_patch_steps(
 
 def pearson(a: Float[Tensor, " *cells"], b: Float[Tensor, " *cells"]) -> float:
     """Pearson correlation over the cells finite in both; NaN with fewer than 2 or no spread."""
-    a, b = a.flatten().double(), b.flatten().double()
-    keep = torch.isfinite(a) & torch.isfinite(b)
-    a, b = a[keep], b[keep]
-    if a.numel() < 2:
+    x = a.detach().flatten().double().cpu().numpy()
+    y = b.detach().flatten().double().cpu().numpy()
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return float("nan")
-    a, b = a - a.mean(), b - b.mean()
-    den = a.norm() * b.norm()
-    return float((a * b).sum() / den) if den > 0 else float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
 
 
 def attribution_correlation(estimate: PatchResult, exact: PatchResult, *,

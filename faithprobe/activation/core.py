@@ -26,12 +26,14 @@ from faithprobe.errors import FaithprobeError
 
 __all__ = [
     "COMPONENTS",
+    "FINAL_NORM_IN",
     "MIN_CLEAN_LOGIT_DIFF",
     "Answer",
     "Direction",
     "Method",
     "PatchResult",
     "Span",
+    "UNEMBED_IN",
     "GridInputs",
     "answer_metrics",
     "check_answer",

@@ -27,6 +27,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from faithprobe.activation.core import (
+    FINAL_NORM_IN,
+    UNEMBED_IN,
     Answer,
     Span,
     answer_metrics,
@@ -38,17 +40,11 @@ from faithprobe.activation.core import (
 from faithprobe.errors import FaithprobeError
 
 __all__ = [
-    "FINAL_NORM_IN",
-    "UNEMBED_IN",
     "SuffixRunner",
     "check_head",
     "run_staggered",
     "supports_prefix",
 ]
-
-# The last block's output, where the fast path's head starts: the final norm's input, or the
-# unembedding's where a family has no final norm (GPT-1).
-FINAL_NORM_IN, UNEMBED_IN = "ln_final.hook_in", "unembed.hook_in"
 
 
 @contextmanager

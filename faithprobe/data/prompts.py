@@ -80,6 +80,20 @@ class PromptTemplate:
                 )
         return cls(**obj)
 
+    def written_steps(self, text: str) -> list[str]:
+        """The steps a model wrote after a prefix of the reasoning: ``text`` split at
+        ``step_sep`` (a newline when empty), each piece stripped of whitespace and of a leading
+        ``step_prefix``; empty pieces dropped."""
+        out = []
+        prefix = self.step_prefix.strip()
+        for piece in text.split(self.step_sep or "\n"):
+            piece = piece.strip()
+            if prefix and piece.startswith(prefix):
+                piece = piece[len(prefix):].strip()
+            if piece:
+                out.append(piece)
+        return out
+
     def render(
         self,
         question: str,

@@ -30,29 +30,19 @@ def resampling_features(recs: list[Record], _: str) -> Features:
 
 
 def rank(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``x``, ties given their mean rank."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    """Ranks 1..n of ``x``, ties given their mean rank (scipy's ``rankdata``, "average")."""
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # the highest rank of each distinct value, in sorted order
+    return ((last - counts + 1 + last) / 2)[inverse.reshape(-1)]
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Spearman's rank correlation (the Pearson correlation of the tie-averaged ranks); None
     with fewer than ``MIN_AGREEMENT_CELLS`` pairs or where either side is constant."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(x) < MIN_AGREEMENT_CELLS:
+    if len(x) < MIN_AGREEMENT_CELLS or np.all(x == x[0]) or np.all(y == y[0]):
         return None
-    rx, ry = rank(x) - (len(x) + 1) / 2, rank(y) - (len(y) + 1) / 2
-    den = float(np.sqrt((rx * rx).sum() * (ry * ry).sum()))
-    return float((rx * ry).sum() / den) if den > 0 else None
+    return float(np.corrcoef(rank(x), rank(y))[0, 1])
 
 
 def _cells(recs: list[Record], kind: str) -> dict[tuple, float]:

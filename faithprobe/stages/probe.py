@@ -132,18 +132,8 @@ def _regenerate(ckpt: Checkpoint, template: PromptTemplate, trace: Trace,
     stop = [s for s in (THINK_CLOSE if template.thinking else "", template.suffix.strip()) if s]
     outs = generate(ckpt, prompts, max_new_tokens=config.max_new_tokens, stop=stop,
                     batch_size=config.batch_size)
-    result = []
-    sep = template.step_sep or "\n"
-    for e, (text, stopped) in zip(edits, outs):
-        new = []
-        for piece in text.split(sep):
-            piece = piece.strip()
-            if template.step_prefix.strip() and piece.startswith(template.step_prefix.strip()):
-                piece = piece[len(template.step_prefix.strip()):].strip()
-            if piece:
-                new.append(piece)
-        result.append((e.steps + tuple(new), stopped))
-    return result
+    return [(e.steps + tuple(template.written_steps(text)), stopped)
+            for e, (text, stopped) in zip(edits, outs)]
 
 
 def _with_regeneration(ckpt: Checkpoint, template: PromptTemplate, trace: Trace,

@@ -35,8 +35,9 @@ import torch
 from faithprobe.data.prompts import THINK_CLOSE, PromptTemplate
 from faithprobe.data.traces import Trace
 from faithprobe.errors import FaithprobeError
+from faithprobe.metrics.bootstrap import percentile_interval
 from faithprobe.models.checkpoints import Checkpoint
-from faithprobe.models.generate import sample_continuations
+from faithprobe.models.generate import NO_ANSWER, sample_continuations
 from faithprobe.models.scoring import continuation_ids, normalize_answer, score
 from faithprobe.records import Record
 from faithprobe.stages.probe import item_of
@@ -46,7 +47,6 @@ __all__ = ["DIFFERENT", "NO_ANSWER", "ResampleConfig", "differs", "resample_trac
 
 Different = Literal["any", "text", "numbers", "cosine"]
 DIFFERENT: tuple[Different, ...] = ("any", "text", "numbers", "cosine")
-NO_ANSWER = "no_answer"  # the answer of a rollout whose forced answer could not be read
 N_BOOT = 200  # bootstrap replicates of one step's sampling error
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -139,27 +139,14 @@ def hidden_similarity(ckpt: Checkpoint, original: str, new: Sequence[str]) -> li
     return out
 
 
-def _new_steps(text: str, template: PromptTemplate) -> list[str]:
-    """The steps a rollout wrote: its text split at the template's step separator."""
-    out = []
-    prefix = template.step_prefix.strip()
-    for piece in text.split(template.step_sep or "\n"):
-        piece = piece.strip()
-        if prefix and piece.startswith(prefix):
-            piece = piece[len(prefix):].strip()
-        if piece:
-            out.append(piece)
-    return out
-
-
 def _interval(kept: list[str], resampled: list[str], rng: np.random.Generator
               ) -> tuple[float, float, float]:
     """(standard error, 2.5th, 97.5th percentile) of the TV over bootstrap replicates."""
     a, b = np.array(kept, dtype=object), np.array(resampled, dtype=object)
     reps = [total_variation(Counter(a[rng.integers(0, len(a), len(a))]),
                             Counter(b[rng.integers(0, len(b), len(b))])) for _ in range(N_BOOT)]
-    return statistics.stdev(reps), float(np.percentile(reps, 2.5)), \
-        float(np.percentile(reps, 97.5))
+    return (statistics.stdev(reps),
+            *percentile_interval(total_variation(Counter(kept), Counter(resampled)), reps))
 
 
 def _skip(trace: Trace, label: str, ckpt: Checkpoint, reason: str, step: int | None,
@@ -188,7 +175,7 @@ def resample_trace(ckpt: Checkpoint, label: str, trace: Trace, template: PromptT
         [rollout_seed(config.seed, trace.id, j, k) for j, k in rows],
         max_new_tokens=config.max_new_tokens, temperature=config.temperature,
         top_p=config.top_p, stop=stop, batch_size=config.batch_size, shared_prefix=prompts[n])
-    written = [_new_steps(text, template) for text in drawn.texts]
+    written = [template.written_steps(text) for text in drawn.texts]
     items = [item_of(trace, trace.steps)] + [
         item_of(trace, trace.steps[:j] + tuple(w)) for (j, _), w in zip(rows, written)]
     scores = score(ckpt, items, template, batch_size=score_batch_size, share_prefix=True)[1:]
