@@ -6,9 +6,11 @@ Each family of ``zoo.WORKING`` is saved as a Hugging Face folder and loaded with
 - the self-check that guards runs (``check_fast_path``) picks the fast path, or says why not,
   as ``NOT_FAST`` records; whatever it picks equals the reference loop (one full
   ``run_with_hooks`` forward per cell) within 1e-4, for ``resid_pre``, ``attn_out`` and
-  ``mlp_out`` (a site the family lacks is NaN in both), noising and denoising;
+  ``mlp_out`` (a site the family lacks is NaN in both), noising and denoising, with each step's
+  cells patched from (into) its own corrupted run (``corrupted="each"``: the reference runs
+  that step's own corrupted input in full) and from the all-steps-corrupted run (``"all"``);
 - patching layer 0's ``resid_pre`` over a step's span equals running the text with that step
-  corrupted (the identity that pins the meaning of a patch), within 1e-4;
+  alone corrupted (the identity that pins the meaning of a patch), within 1e-4, under both;
 - no hook is left behind.
 """
 
@@ -99,21 +101,23 @@ def test_patching_is_exact(arch, tmp_path):
     fast_path = check_fast_path(bridge)
     assert status(fast_path) == NOT_FAST.get(arch, "fast"), fast_path.reason
     assert (fast_path.reason is None) == (arch not in NOT_FAST)
-    for direction in ("noising", "denoising"):
-        ref = patch_steps(bridge, clean, corrupted, SPANS, answer, direction=direction,
-                          method="reference")
-        got = patch_steps(bridge, clean, corrupted, SPANS, answer, direction=direction,
-                          method=fast_path.method, batch_size=fast_path.batch_size,
-                          prefix_reuse=fast_path.prefix_reuse)
+    for direction, how in [(d, c) for d in ("noising", "denoising") for c in ("each", "all")]:
+        kw = dict(direction=direction, corrupted=how)
+        ref = patch_steps(bridge, clean, corrupted, SPANS, answer, method="reference", **kw)
+        got = patch_steps(bridge, clean, corrupted, SPANS, answer, method=fast_path.method,
+                          batch_size=fast_path.batch_size, prefix_reuse=fast_path.prefix_reuse,
+                          **kw)
         close = dict(atol=ATOL, rtol=RTOL, equal_nan=True)
         assert torch.allclose(got.logit_diff, ref.logit_diff, **close), (
-            arch, direction, (got.logit_diff - ref.logit_diff).abs().nan_to_num().max().item())
-        assert torch.allclose(got.logprob, ref.logprob, **close), arch
+            arch, direction, how,
+            (got.logit_diff - ref.logit_diff).abs().nan_to_num().max().item())
+        assert torch.allclose(got.logprob, ref.logprob, **close), (arch, direction, how)
+        assert torch.allclose(got.corrupted_logit_diff, ref.corrupted_logit_diff, **close), arch
         assert not ref.logit_diff[:, :, 0].isnan().any()  # resid_pre exists everywhere
         if direction == "noising" and arch not in IDENTITY_EXEMPT:
             moved = (ref.logit_diff - ref.clean_logit_diff).nan_to_num().abs().max().item()
             assert moved > 1e-3, f"{arch}: no patch moves the answer, the test would be vacuous"
-            # layer 0 resid_pre over step i == the text with step i corrupted
+            # layer 0 resid_pre over step i == the text with step i alone corrupted
             for i, (s, e) in enumerate(SPANS):
                 one = clean.clone()
                 one[0, s:e] = corrupted[0, s:e]
@@ -121,5 +125,8 @@ def test_patching_is_exact(arch, tmp_path):
                     want, _ = answer_metrics(bridge(one)[:, [T - 1]], answer)
                 for result in (got, ref):
                     value, expected = float(result.logit_diff[i, 0, 0]), float(want[0])
+                    assert abs(value - expected) <= ATOL + RTOL * abs(expected), (arch, how, i)
+                if how == "each":  # that run is step i's own corrupted run
+                    value = float(got.corrupted_logit_diff[i])
                     assert abs(value - expected) <= ATOL + RTOL * abs(expected), (arch, i)
     assert hook_state(bridge) == before

@@ -114,11 +114,16 @@ def preferred_answer(bridge, clean):
     return Answer.of(T - 1, int(logits.argmax()), int(logits.argmin()))
 
 
-def test_clean_into_clean_changes_nothing(native, tokens):
+@pytest.mark.parametrize("corrupted", ["each", "all"])
+@pytest.mark.parametrize("model", ["native", "llama"])
+def test_clean_into_clean_changes_nothing(model, corrupted, tokens, request):
+    bridge = request.getfixturevalue(model)
     clean, _ = tokens
-    strong = preferred_answer(native, clean)
+    strong = preferred_answer(bridge, clean)
     for method in ("fast", "reference"):
-        r = patch_steps(native, clean, clean, SPANS, strong, heads=True, method=method)
+        r = patch_steps(bridge, clean, clean, SPANS, strong, heads=True, method=method,
+                        corrupted=corrupted)
+        assert r.corrupted == corrupted
         assert torch.equal(r.logit_diff, torch.full_like(r.logit_diff, r.clean_logit_diff))
         assert torch.equal(r.logprob, torch.full_like(r.logprob, r.clean_logprob))
         # the TransformerLens ratio is undefined (0 / 0); the share is exactly 0
@@ -127,6 +132,7 @@ def test_clean_into_clean_changes_nothing(native, tokens):
         recs = patch_records(r, "t0", "base")
         assert {x.status for x in recs} == {"ok"} and {x.value for x in recs} == {0.0}
         assert all(x.detail["effect"] is None for x in recs)
+    assert_no_hooks(bridge)
 
 
 def test_share_undefined_where_clean_run_does_not_prefer_the_answer(native, tokens):
@@ -146,10 +152,12 @@ def test_whole_sequence_at_layer0_reproduces_corrupted(native, tokens):
     corrupted = corrupted.clone()
     corrupted[0, -1] = (clean[0, -1] + 1) % VOCAB  # differ everywhere the span covers
     for method in ("fast", "reference"):
-        r = patch_steps(native, clean, corrupted, [(0, T)], ANSWER, layers=[0],
-                        components=("resid_pre",), method=method)
-        assert r.logit_diff[0, 0, 0].item() == pytest.approx(r.corrupted_logit_diff, abs=1e-5)
-        assert r.effect[0, 0, 0].item() == pytest.approx(1.0, abs=1e-4)
+        for how in ("each", "all"):  # one span: its own corrupted run is the whole one
+            r = patch_steps(native, clean, corrupted, [(0, T)], ANSWER, layers=[0],
+                            components=("resid_pre",), method=method, corrupted=how)
+            want = float(r.corrupted_logit_diff[0])
+            assert r.logit_diff[0, 0, 0].item() == pytest.approx(want, abs=1e-5)
+            assert r.effect[0, 0, 0].item() == pytest.approx(1.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("model", ["native", "llama"])
@@ -161,19 +169,33 @@ def test_per_position_equals_transformer_lens(model, tokens, request):
     def metric(logits):
         return logits[0, T - 1, 3] - logits[0, T - 1, 4]
 
+    # every position corrupted at once: TransformerLens' own grid, one corrupted run
     ref = get_act_patch_resid_pre(bridge, corrupted, clean_cache, metric)  # [layer, pos]
-    ours = patch_steps(bridge, clean, corrupted, [(p, p + 1) for p in range(T)], ANSWER,
-                       components=("resid_pre",), direction="denoising")
+    spans = [(p, p + 1) for p in range(T)]
+    ours = patch_steps(bridge, clean, corrupted, spans, ANSWER, components=("resid_pre",),
+                       direction="denoising", corrupted="all")
     assert torch.allclose(ours.logit_diff[:, :, 0].T, ref.detach(), atol=1e-4)
+    # one corrupted run per position: TransformerLens on the input with that position alone
+    # corrupted, read at that position
+    each = patch_steps(bridge, clean, corrupted, spans, ANSWER, components=("resid_pre",),
+                       direction="denoising", corrupted="each")
+    for p in (2, 9, 14, 20):
+        one = clean.clone()
+        one[0, p] = corrupted[0, p]
+        tl = get_act_patch_resid_pre(bridge, one, clean_cache, metric)[:, p]  # [layer]
+        assert torch.allclose(each.logit_diff[p, :, 0], tl.detach(), atol=1e-4), p
+    assert not torch.allclose(each.logit_diff, ours.logit_diff, atol=1e-3)
     assert_no_hooks(bridge)
 
 
+@pytest.mark.parametrize("corrupted", ["each", "all"])
 @pytest.mark.parametrize("model", ["native", "llama"])
 @pytest.mark.parametrize("direction", ["noising", "denoising"])
-def test_fast_equals_reference_and_batching(model, direction, tokens, request):
+def test_fast_equals_reference_and_batching(model, direction, corrupted, tokens, request):
     bridge = request.getfixturevalue(model)
-    clean, corrupted = tokens
-    kw = dict(heads=True, direction=direction)
+    clean, corrupted_tokens = tokens
+    corrupted, how = corrupted_tokens, corrupted
+    kw = dict(heads=True, direction=direction, corrupted=how)
     ref = patch_steps(bridge, clean, corrupted, SPANS, ANSWER, method="reference", **kw)
     fast = patch_steps(bridge, clean, corrupted, SPANS, ANSWER, **kw)
     one = patch_steps(bridge, clean, corrupted, SPANS, ANSWER, batch_size=1, **kw)
@@ -182,9 +204,74 @@ def test_fast_equals_reference_and_batching(model, direction, tokens, request):
         assert torch.allclose(a.logit_diff, b.logit_diff, atol=1e-4)
         assert torch.allclose(a.logprob, b.logprob, atol=1e-4)
     assert torch.allclose(sub.logit_diff, ref.logit_diff[:, [2, 1]], atol=1e-4)
+    assert torch.allclose(ref.corrupted_logit_diff, fast.corrupted_logit_diff, atol=1e-4)
     # the grid is not trivially constant: patches do move the answer
     assert (ref.logit_diff - ref.clean_logit_diff if direction == "noising"
-            else ref.logit_diff - ref.corrupted_logit_diff).abs().max() > 1e-3
+            else ref.logit_diff - ref.corrupted_logit_diff[:, None, None]).abs().max() > 1e-3
+    assert_no_hooks(bridge)
+
+
+def hand_loop(bridge, clean, corrupted, answer, direction, how):
+    """The reference written out: for each step, run_with_cache on its corrupted input (that
+    step alone corrupted, or every step), then one run_with_hooks per (layer, component)."""
+    out = torch.zeros(len(SPANS), bridge.cfg.n_layers, 3)  # [step, layer, comp]
+    bad_ld = torch.zeros(len(SPANS))
+    for i, (s, e) in enumerate(SPANS):
+        bad = corrupted
+        if how == "each":
+            bad = clean.clone()
+            bad[0, s:e] = corrupted[0, s:e]
+        base, src = (clean, bad) if direction == "noising" else (bad, clean)
+        with torch.no_grad():
+            bad_logits, cache = bridge.run_with_cache(src if direction == "noising" else base)
+            bad_ld[i] = bad_logits[0, T - 1, answer.answer_ids[0]] - \
+                bad_logits[0, T - 1, answer.alt_ids[0]]
+            if direction == "denoising":
+                _, cache = bridge.run_with_cache(src)
+            for layer in range(bridge.cfg.n_layers):
+                for ci, comp in enumerate(("resid_pre", "attn_out", "mlp_out")):
+                    name = f"blocks.{layer}.hook_{comp}"
+
+                    def setter(act, *, hook, name=name, s=s, e=e, cache=cache):
+                        act = act.clone()
+                        act[:, s:e] = cache[name][:, s:e]
+                        return act
+
+                    logits = bridge.run_with_hooks(base, fwd_hooks=[(name, setter)])
+                    out[i, layer, ci] = (logits[0, T - 1, answer.answer_ids[0]]
+                                         - logits[0, T - 1, answer.alt_ids[0]])
+    return out, bad_ld
+
+
+@pytest.mark.parametrize("model", ["native", "llama"])
+@pytest.mark.parametrize("direction", ["noising", "denoising"])
+def test_each_step_patched_from_its_own_corrupted_run(model, direction, tokens, request):
+    """corrupted="each": every cell of step i equals a hand-written loop from the input with
+    step i alone corrupted; "all" equals the same loop from the input with every step
+    corrupted. Noising, the two agree at layer 0's resid_pre (the step's own tokens) and not
+    above; denoising, "each" restores the clean run exactly at layer 0's resid_pre."""
+    bridge = request.getfixturevalue(model)
+    clean, corrupted = tokens
+    got = {how: patch_steps(bridge, clean, corrupted, SPANS, ANSWER, direction=direction,
+                            corrupted=how) for how in ("each", "all")}
+    for how, result in got.items():
+        want, bad_ld = hand_loop(bridge, clean, corrupted, ANSWER, direction, how)
+        assert torch.allclose(result.logit_diff, want, atol=1e-4), how
+        assert torch.allclose(result.corrupted_logit_diff, bad_ld, atol=1e-4), how
+    each, every = got["each"].logit_diff, got["all"].logit_diff
+    assert (each[:, 1:] - every[:, 1:]).abs().max() > 1e-3  # the label matters above layer 0
+    if direction == "denoising":
+        clean_ld = torch.full_like(each[:, 0, 0], got["each"].clean_logit_diff)
+        assert torch.allclose(each[:, 0, 0], clean_ld, atol=1e-5)
+    else:  # layer 0 resid_pre over step i == corrupting step i's text, under both settings
+        assert torch.allclose(each[:, 0, 0], every[:, 0, 0], atol=1e-5)
+        for i, (s, e) in enumerate(SPANS):
+            one = clean.clone()
+            one[0, s:e] = corrupted[0, s:e]
+            with torch.no_grad():
+                logits = bridge(one)[0, T - 1]
+            alone = float(logits[ANSWER.answer_ids[0]] - logits[ANSWER.alt_ids[0]])
+            assert float(each[i, 0, 0]) == pytest.approx(alone, abs=1e-4)
     assert_no_hooks(bridge)
 
 
@@ -201,7 +288,14 @@ def test_records_carry_full_hook_names(native, tokens):
     assert x.intervention == "patch" and x.value == pytest.approx(share, rel=1e-5)
     assert x.detail["effect"] == pytest.approx(float(r.effect[1, 1, 2]))
     assert x.detail["logit_diff"] == pytest.approx(float(r.logit_diff[1, 1, 2]))
-    assert x.detail["variant"] == {"direction": "noising", "head": None, "kind": "step"}
+    assert x.detail["variant"] == {"direction": "noising", "head": None, "kind": "step",
+                                   "corrupted": "each"}
+    assert x.detail["corrupted_steps"] == [1]
+    assert x.detail["corrupted_logit_diff"] == pytest.approx(float(r.corrupted_logit_diff[1]))
+    every = patch_records(patch_steps(native, clean, corrupted, SPANS, ANSWER, corrupted="all"),
+                          "t0", "sft", steps=[0, 2, 5])
+    assert {x.detail["variant"]["corrupted"] for x in every} == {"all"}
+    assert {tuple(x.detail["corrupted_steps"]) for x in every} == {(0, 2, 5)}
 
 
 def test_no_hooks_left_after_exception(native, llama, tokens):

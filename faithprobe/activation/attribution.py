@@ -24,6 +24,7 @@ from torch import Tensor
 from faithprobe.activation.core import (
     COMPONENTS,
     Answer,
+    Corruption,
     Direction,
     PatchResult,
     Span,
@@ -51,23 +52,56 @@ def attribution_patch_steps(
     components: Sequence[str] = COMPONENTS,
     heads: bool = False,
     direction: Direction = "noising",
+    corrupted: Corruption = "each",
 ) -> PatchResult:
     """Estimate :func:`~faithprobe.patching.patch_steps` from one forward + backward pass.
 
     Returns a :class:`~faithprobe.patching.PatchResult` with ``method="attribution"``; its
     ``logit_diff`` / ``logprob`` grids hold the estimated patched metrics, ``effect`` their
-    normalisation by the exact clean and corrupted metrics.
+    normalisation by the exact clean and corrupted metrics. With ``corrupted="each"`` (as in
+    ``patch_steps``) step i's source is the run with step i alone corrupted: noising adds one
+    forward pass a step, denoising one forward and backward pass a step (the patched run is
+    step i's own).
     """
     grid_in = check_grid(bridge, clean_tokens, corrupted_tokens, spans, corrupted_spans, layers,
-                         components, heads, direction)
+                         components, heads, direction, corrupted)
     check_answer(answer, grid_in.clean.shape[1], 0)
     spans, layers, comps = grid_in.spans, grid_in.layers, grid_in.components
-    base, src = grid_in.base, grid_in.src
     names = sorted({site_name(lyr, c) for lyr in layers for c in comps})
-    with torch.no_grad():
-        src_logits, src_cache = collect(bridge, src, names)
-        m_src = [float(v[0]) for v in metrics_at(src_logits, answer)]
+    est = torch.zeros(2, len(spans), len(layers), len(comps))  # [metric, step, layer, comp]
+    bad = torch.zeros(2, len(spans))  # [metric, step]: each step's corrupted run
+    # the side that is the corrupted run changes from step to step under corrupted="each"
+    per_step = corrupted == "each"
+    clean_m = [float("nan")] * 2  # (no step: nothing is run)
+    for i, (s, e) in enumerate(spans):
+        base, src = grid_in.pair(i)
+        if i == 0 or (per_step and direction == "denoising"):
+            m_base, acts, grads = _gradients(bridge, base, names, answer)
+        if i == 0 or (per_step and direction == "noising"):
+            with torch.no_grad():
+                src_logits, src_cache = collect(bridge, src, names)
+            m_src = [float(v[0]) for v in metrics_at(src_logits, answer)]
+        clean_m, bad[:, i] = ((m_base, torch.tensor(m_src)) if direction == "noising"
+                              else (m_src, torch.tensor(m_base)))  # [metric] each
+        for name in names:
+            delta = src_cache[name] - acts[name]  # [1, pos, d_model] or [1, pos, head, d]
+            for mi in range(2):
+                prod = delta[0, s:e] * grads[mi][name][0, s:e]
+                for li, lyr in enumerate(layers):
+                    for ci, c in enumerate(comps):
+                        if site_name(lyr, c) != name:
+                            continue
+                        part = prod[:, int(c[2:])] if c.startswith("z.") else prod
+                        est[mi, i, li, ci] = m_base[mi] + part.sum()
+    return make_result(direction, "attribution", list(range(len(spans))), spans, layers, comps,
+                        est[0], est[1], (clean_m[0], clean_m[1]), (bad[0], bad[1]),
+                        corruption=corrupted)
 
+
+def _gradients(bridge: Any, base: Tensor, names: Sequence[str], answer: Answer
+               ) -> tuple[list[float], dict[str, Tensor], list[dict[str, Tensor]]]:
+    """One forward and backward pass of ``base``: its metrics, its activations at ``names``
+    and the gradients of its logit difference and log-probability with respect to them."""
     acts: dict[str, Tensor] = {}
 
     def keeper(name: str) -> Any:
@@ -86,26 +120,10 @@ def attribution_patch_steps(
                 a.grad = None
             metric.backward(retain_graph=True)
             grads.append({n: a.grad.detach().clone() for n, a in acts.items()})
-    m_base = [float(diff[0].detach()), float(logprob[0].detach())]
-    est = torch.zeros(2, len(spans), len(layers), len(comps))  # [metric, step, layer, comp]
-    for name in names:
-        delta = src_cache[name] - acts[name].detach()  # [1, pos, d_model] or [1, pos, head, d]
-        for mi in range(2):
-            prod = delta * grads[mi][name]
-            for li, lyr in enumerate(layers):
-                for ci, c in enumerate(comps):
-                    if site_name(lyr, c) != name:
-                        continue
-                    for i, (s, e) in enumerate(spans):
-                        part = prod[0, s:e]
-                        if c.startswith("z."):
-                            part = part[:, int(c[2:])]
-                        est[mi, i, li, ci] = m_base[mi] + part.sum()
     for a in acts.values():
         a.grad = None
-    clean, corrupted = (m_base, m_src) if direction == "noising" else (m_src, m_base)
-    return make_result(direction, "attribution", list(range(len(spans))), spans, layers, comps,
-                        est[0], est[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]))
+    return ([float(diff[0].detach()), float(logprob[0].detach())],
+            {n: a.detach() for n, a in acts.items()}, grads)
 
 
 def pearson(a: Float[Tensor, " *cells"], b: Float[Tensor, " *cells"]) -> float:

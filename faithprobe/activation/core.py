@@ -10,6 +10,13 @@ of the clean run's logit difference that the patch removes (noising,
 TransformerLens' ``effect = (m_patched - m_clean) / (m_corrupted - m_clean)`` (0 = clean
 behaviour, 1 = corrupted), a ratio that is undefined, and noisy, where corruption barely moves
 the answer.
+
+Which run a step's cells are patched from (noising) or into (denoising) is ``corrupted``:
+``each`` (the default) corrupts that step alone, so the run differs from the clean one only in
+the step's tokens and every cell of the step, at every layer, measures that one step; ``all``
+corrupts every patched step at once, one run for the whole grid, so at a layer L > 0 the
+activations over step i were computed attending to the other corrupted steps too. Layer 0's
+``resid_pre`` is the same under both (a token's layer-0 residual depends on that token alone).
 """
 
 from __future__ import annotations
@@ -19,16 +26,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from faithprobe.errors import FaithprobeError
 
 __all__ = [
     "COMPONENTS",
+    "CORRUPTIONS",
     "FINAL_NORM_IN",
     "MIN_CLEAN_LOGIT_DIFF",
     "Answer",
+    "Corruption",
     "Direction",
     "Method",
     "PatchResult",
@@ -70,6 +79,9 @@ Span = tuple[int, int]  # half-open [start, end) token positions
 
 Direction = Literal["noising", "denoising"]
 Method = Literal["fast", "reference", "attribution"]
+# the run a step is patched from/into: that step alone corrupted, or every step at once
+Corruption = Literal["each", "all"]
+CORRUPTIONS: tuple[Corruption, ...] = ("each", "all")
 
 
 def hook_name(layer: int, component: str) -> str:
@@ -137,11 +149,15 @@ class PatchResult:
 
     ``components`` labels the last axis: ``resid_pre``, ``attn_out``, ``mlp_out`` or ``z.<h>``
     (head h of ``attn.hook_z``). ``steps`` holds step indices (``None`` for answer-position
-    patching).
+    patching). The corrupted baselines are per step: under ``corrupted="each"`` step i's cells
+    are patched from (noising) or into (denoising) the run with step i alone corrupted, whose
+    metrics are ``corrupted_logit_diff[i]`` and ``corrupted_logprob[i]``; under ``"all"`` every
+    entry is the one all-steps-corrupted run's.
     """
 
     direction: Direction  # noising: corrupted -> clean run; denoising: clean -> corrupted
     method: Method
+    corrupted: Corruption  # each: step i's own corrupted run; all: every step corrupted at once
     steps: list[int | None]
     spans: list[Span]  # in clean-token coordinates
     layers: list[int]
@@ -152,9 +168,9 @@ class PatchResult:
     logit_diff: Float[Tensor, "step layer component"]  # patched logit difference
     logprob: Float[Tensor, "step layer component"]  # patched answer log-probability
     clean_logit_diff: float
-    corrupted_logit_diff: float
+    corrupted_logit_diff: Float[Tensor, " step"]  # of the run each step is patched from/into
     clean_logprob: float
-    corrupted_logprob: float
+    corrupted_logprob: Float[Tensor, " step"]
     skipped_reason: str | None = None  # set when the clean run does not prefer the answer
     absent_sites: tuple[str, ...] = ()  # requested hook names the model does not have (NaN)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -168,29 +184,35 @@ class PatchResult:
         return hook_name(layer, comp), None
 
 
-def normalise(patched: Tensor, clean: float, corrupted: float) -> Tensor:
-    den = corrupted - clean
-    if abs(den) < ZERO_DENOMINATOR:
-        return torch.full_like(patched, float("nan"))
-    return (patched - clean) / den
+def normalise(patched: Float[Tensor, "step layer comp"], clean: float,
+              corrupted: Float[Tensor, " step"]) -> Float[Tensor, "step layer comp"]:
+    den = (corrupted - clean)[:, None, None]  # [step, 1, 1]
+    out = (patched - clean) / den
+    return out.masked_fill(den.abs() < ZERO_DENOMINATOR, float("nan"))
 
 
 def make_result(direction: Direction, method: Method, steps: list[int | None], spans: list[Span],
                  layers: list[int], comps: list[str], diff: Tensor, logprob: Tensor,
-                 clean: tuple[float, float], corrupted: tuple[float, float],
-                 absent_sites: Sequence[str] = ()) -> PatchResult:
+                 clean: tuple[float, float],
+                 corrupted: tuple[float | Sequence[float], float | Sequence[float]],
+                 absent_sites: Sequence[str] = (), corruption: Corruption = "all"
+                 ) -> PatchResult:
+    """A :class:`PatchResult`; ``corrupted`` holds the corrupted run's logit difference and
+    log-probability, one number (the run of every step) or one per step."""
     reason = None
     if not clean[0] >= MIN_CLEAN_LOGIT_DIFF:
         reason = (f"the clean run prefers the answer over the alternative by a logit difference "
                   f"of {clean[0]:.3g} (under {MIN_CLEAN_LOGIT_DIFF}): no share of it to measure")
-    moved = clean[0] - diff if direction == "noising" else diff - corrupted[0]
+    bad_diff, bad_logprob = (torch.as_tensor(v, dtype=diff.dtype).expand(len(steps)).clone()
+                             for v in corrupted)  # [step]
+    moved = clean[0] - diff if direction == "noising" else diff - bad_diff[:, None, None]
     return PatchResult(
-        direction=direction, method=method, steps=steps, spans=spans, layers=layers,
-        components=comps, effect=normalise(diff, clean[0], corrupted[0]),
+        direction=direction, method=method, corrupted=corruption, steps=steps, spans=spans,
+        layers=layers, components=comps, effect=normalise(diff, clean[0], bad_diff),
         share=moved / clean[0] if reason is None else torch.full_like(diff, float("nan")),
-        effect_logprob=normalise(logprob, clean[1], corrupted[1]), logit_diff=diff,
-        logprob=logprob, clean_logit_diff=clean[0], corrupted_logit_diff=corrupted[0],
-        clean_logprob=clean[1], corrupted_logprob=corrupted[1], skipped_reason=reason,
+        effect_logprob=normalise(logprob, clean[1], bad_logprob), logit_diff=diff,
+        logprob=logprob, clean_logit_diff=clean[0], corrupted_logit_diff=bad_diff,
+        clean_logprob=clean[1], corrupted_logprob=bad_logprob, skipped_reason=reason,
         absent_sites=tuple(absent_sites),
     )
 
@@ -260,18 +282,39 @@ class GridInputs:
     """The checked inputs of a step x layer x component grid, and which run is patched."""
 
     clean: Tensor  # [1, pos]
-    corrupted: Tensor  # [1, pos]
+    corrupted: Tensor  # [1, pos], every step corrupted
     spans: list[Span]
     layers: list[int]
     components: list[str]
-    base: Tensor  # the run that is patched (clean when noising)
+    base: Tensor  # the run that is patched (clean when noising), every step corrupted
     src: Tensor  # the run the patched activations come from
+    direction: Direction = "noising"
+    corruption: Corruption = "all"
+
+    def one_step(self, i: int) -> Int[Tensor, "1 pos"]:
+        """The clean tokens with step i's span taken from the corrupted ones: that step alone
+        corrupted."""
+        s, e = self.spans[i]
+        out = self.clean.clone()
+        out[:, s:e] = self.corrupted[:, s:e]
+        return out
+
+    def corrupted_run(self, i: int) -> Int[Tensor, "1 pos"]:
+        """The corrupted input step i is patched from or into under ``corruption``."""
+        return self.one_step(i) if self.corruption == "each" else self.corrupted
+
+    def pair(self, i: int) -> tuple[Tensor, Tensor]:
+        """(base, src) of step i: the run patched and the run its activations come from."""
+        if self.corruption == "all":
+            return self.base, self.src
+        bad = self.one_step(i)
+        return (self.clean, bad) if self.direction == "noising" else (bad, self.clean)
 
 
 def check_grid(bridge: Any, clean_tokens: Tensor, corrupted_tokens: Tensor,
                spans: Sequence[Span], corrupted_spans: Sequence[Span] | None,
                layers: Sequence[int] | None, components: Sequence[str], heads: bool,
-               direction: str) -> GridInputs:
+               direction: str, corruption: str = "all") -> GridInputs:
     """Shared checks of :func:`~faithprobe.activation.patching.patch_steps` and
     :func:`~faithprobe.activation.attribution.attribution_patch_steps` (the answer is checked
     by each, against the positions it patches)."""
@@ -281,10 +324,14 @@ def check_grid(bridge: Any, clean_tokens: Tensor, corrupted_tokens: Tensor,
     if direction not in ("noising", "denoising"):
         raise FaithprobeError(f"direction must be noising or denoising, got {direction!r}",
                               source="direction")
+    if corruption not in CORRUPTIONS:
+        raise FaithprobeError(f"corrupted must be {' or '.join(CORRUPTIONS)}, got "
+                              f"{corruption!r}", source="corrupted")
     chosen = list(range(bridge.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     base, src = (clean, corrupted) if direction == "noising" else (corrupted, clean)
     return GridInputs(clean, corrupted, checked, chosen,
-                      resolve_components(bridge, components, heads), base, src)
+                      resolve_components(bridge, components, heads), base, src,
+                      direction, corruption)  # type: ignore[arg-type]
 
 
 def resolve_components(bridge: Any, components: Sequence[str], heads: bool) -> list[str]:
@@ -306,9 +353,10 @@ def site_name(layer: int, comp: str) -> str:
 # Hook plumbing
 
 
-def collect(bridge: Any, tokens: Tensor, names: Sequence[str]
+def collect(bridge: Any, tokens: Tensor, names: Sequence[str], **forward: Any
              ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One forward; activations keyed by the names WE registered (``hook.name`` may alias)."""
+    """One forward (``forward``: the bridge's keyword arguments, e.g. ``past_key_values``);
+    activations keyed by the names WE registered (``hook.name`` may alias)."""
     store: dict[str, Tensor] = {}
 
     def saver(name: str) -> Callable[..., Tensor]:
@@ -318,7 +366,7 @@ def collect(bridge: Any, tokens: Tensor, names: Sequence[str]
         return fn
 
     with bridge.hooks(fwd_hooks=[(n, saver(n)) for n in names]):
-        logits = bridge(tokens)
+        logits = bridge(tokens, **forward)
     return logits, store
 
 

@@ -13,17 +13,22 @@ builds them, not us. All cells of one step are batched: a cell that starts at la
 batch at layer l ("staggered" batching). Elsewhere (the native model, recurrent and hybrid
 caches) every cell runs all positions from its layer up.
 
+With one corrupted run per step (``corrupted="each"``), step i's corrupted run shares the clean
+run's prefix: :meth:`SuffixRunner.run` computes it from step i's first token on, on a copy of
+the prefix's cache (one partial forward a step).
+
 Module pre-hooks used to capture block arguments are removed in ``finally`` blocks.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from faithprobe.activation.core import (
@@ -32,6 +37,7 @@ from faithprobe.activation.core import (
     Answer,
     Span,
     answer_metrics,
+    collect,
     hook_name,
     site_name,
     span_setter,
@@ -127,22 +133,32 @@ class SuffixRunner:
     suffix (mask, rotary embeddings, position ids), with two substitutions: the hidden states
     (the first positional argument, or ``hidden_states=``) and any KV cache object, wherever
     it was passed, which becomes a read-only view of the prefix's keys and values.
+
+    That forward also keeps its logits (``own_logits``) and its activations at ``names``
+    (``own_cache``), at positions ``self.start:``. With ``keep_prefix``, :meth:`run` runs
+    other sequences that share the prefix.
     """
 
-    def __init__(self, bridge: Any, tokens: Tensor, start: int) -> None:
+    def __init__(self, bridge: Any, tokens: Tensor, start: int, names: Sequence[str] = (),
+                 keep_prefix: bool = False) -> None:
         self.bridge, self.start = bridge, start
         self.kv: list[tuple[Tensor, Tensor]] | None = None
+        self.prefix_tokens = tokens[:, :start]
+        self._prefix_cache: Any = None
         cache = None
         if start > 0:
             _, cache = bridge(tokens[:, :start], return_type="logits_and_cache")
             self.kv = _key_values(cache)
         if self.kv is not None:
+            if keep_prefix:  # the forward below appends to the cache
+                self._prefix_cache = copy.deepcopy(cache)
             with _capture_block_inputs(bridge) as captured:
-                bridge(tokens[:, start:], past_key_values=cache)
+                self.own_logits, self.own_cache = collect(bridge, tokens[:, start:], names,
+                                                  past_key_values=cache)
         else:  # no prefix, or a cache that is not plain keys and values: every position runs
             self.start = 0
             with _capture_block_inputs(bridge) as captured:
-                bridge(tokens)
+                self.own_logits, self.own_cache = collect(bridge, tokens, names)
         self.inputs = captured
         for k, (args, kwargs) in captured.items():
             if not args and "hidden_states" not in kwargs:
@@ -151,6 +167,20 @@ class SuffixRunner:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def run(self, tokens: Int[Tensor, "1 pos"], names: Sequence[str]
+            ) -> tuple[Float[Tensor, "1 suffix vocab"], dict[str, Tensor]]:
+        """Another sequence with the same first ``start`` tokens: its logits and activations
+        at ``names`` over positions ``self.start:``, from one forward of those positions on a
+        copy of the prefix's cache (of every position where there is no prefix)."""
+        if self.start == 0:
+            return collect(self.bridge, tokens, names)
+        if self._prefix_cache is None or not torch.equal(tokens[:, :self.start],
+                                                          self.prefix_tokens):
+            raise FaithprobeError("SuffixRunner.run needs keep_prefix and a sequence that "
+                                  f"shares the first {self.start} tokens", source="patching")
+        return collect(self.bridge, tokens[:, self.start:], names,
+                       past_key_values=copy.deepcopy(self._prefix_cache))
 
     def block(self, k: int, x: Float[Tensor, "batch pos d_model"]) -> Tensor:
         args, kwargs = self.inputs[k]

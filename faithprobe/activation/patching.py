@@ -7,7 +7,9 @@ Everything works on token id tensors and returns :class:`~faithprobe.activation.
   ``mlp_out``, optionally per-head ``attn.hook_z``) the activations over step i's token span are
   copied from the corrupted run into the clean run (``noising``) or from the clean run into the
   corrupted run (``denoising``); the answer's logit difference and log-probability are read at
-  the answer position(s) (see :mod:`faithprobe.activation.core` for the two normalisations).
+  the answer position(s) (see :mod:`faithprobe.activation.core` for the two normalisations and
+  for ``corrupted``: step i's corrupted run has step i alone corrupted (``each``, the default)
+  or every step (``all``)).
   ``method="fast"`` (:mod:`faithprobe.activation.fast`) runs only what a patch can change;
   ``method="reference"`` runs one full ``run_with_hooks`` forward per cell.
 - :func:`check_fast_path`: before patching a model, compare the two on a short random input
@@ -32,8 +34,11 @@ from torch import Tensor
 
 from faithprobe.activation.core import (
     COMPONENTS,
+    CORRUPTIONS,
     Answer,
+    Corruption,
     Direction,
+    GridInputs,
     PatchResult,
     Span,
     check_answer,
@@ -73,6 +78,7 @@ def patch_steps(
     components: Sequence[str] = COMPONENTS,
     heads: bool = False,
     direction: Direction = "noising",
+    corrupted: Corruption = "each",
     method: Literal["fast", "reference"] = "fast",
     batch_size: int | None = None,
     prefix_reuse: bool | None = None,
@@ -88,6 +94,9 @@ def patch_steps(
         layers: layers to patch (default all). components: subset of :data:`COMPONENTS`.
         heads: also patch each head of ``attn.hook_z`` (components ``z.<h>``).
         direction: ``noising`` (corrupted activations into the clean run) or ``denoising``.
+        corrupted: ``each`` (step i's cells patched from, or into, the clean tokens with step
+            i's span alone taken from ``corrupted_tokens``: one run a step) or ``all`` (from,
+            or into, ``corrupted_tokens`` itself, every step corrupted at once).
         method: ``fast`` (cached, layer- and prefix-skipping, batched) or ``reference``
             (one full ``run_with_hooks`` forward per cell).
         batch_size: cells per batch in the fast path (default: all cells of one step).
@@ -95,7 +104,7 @@ def patch_steps(
             HuggingFace model; the native model has no KV cache).
     """
     grid_in = check_grid(bridge, clean_tokens, corrupted_tokens, spans, corrupted_spans, layers,
-                         components, heads, direction)
+                         components, heads, direction, corrupted)
     if method not in ("fast", "reference"):
         raise FaithprobeError(f"method must be fast or reference, got {method!r}",
                               source="method")
@@ -105,7 +114,6 @@ def patch_steps(
         except FaithprobeError as exc:
             raise FaithprobeError(exc.message, source="answer", field=f"step {i}") from None
     spans, layers, comps = grid_in.spans, grid_in.layers, grid_in.components
-    base, src = grid_in.base, grid_in.src
     available = set(bridge.hook_dict)
     absent = sorted({site_name(lyr, c) for lyr in layers for c in comps} - available)
     cells = [(li, ci) for li in range(len(layers)) for ci in range(len(comps))
@@ -116,40 +124,91 @@ def patch_steps(
     final = FINAL_NORM_IN if FINAL_NORM_IN in available else UNEMBED_IN
     if method == "fast" and final in available:
         names.append(final)
+    reuse = supports_prefix(bridge) if prefix_reuse is None else prefix_reuse
+    cells.sort(key=lambda c: layers[c[0]])
     with torch.no_grad():
-        base_logits, base_cache = collect(bridge, base, names)
-        src_logits, src_cache = collect(bridge, src, names)
-        m_base = [float(v[0]) for v in metrics_at(base_logits, answer)]
-        m_src = [float(v[0]) for v in metrics_at(src_logits, answer)]
-        clean, corrupted = (m_base, m_src) if direction == "noising" else (m_src, m_base)
+        clean_logits, clean_cache = collect(bridge, grid_in.clean, names)
+        clean = [float(v[0]) for v in metrics_at(clean_logits, answer)]
+        every = None if corrupted == "each" else collect(bridge, grid_in.corrupted, names)
+        if method == "fast":
+            check_head(bridge, clean_cache, clean_logits, answer)
         # [metric, step, layer, comp]; a site the model does not have stays NaN
         grid = torch.full((2, len(spans), len(layers), len(comps)), float("nan"))
-        if method == "reference":
-            for i, (s, e) in enumerate(spans):
+        bad = torch.zeros(2, len(spans))  # [metric, step]: the corrupted run of each step
+        for i, (s, e) in enumerate(spans):
+            runs = _step_runs(bridge, grid_in, i, names, (clean_logits, clean_cache), every,
+                              answer, None if method == "reference" else (s if reuse else 0))
+            bad[:, i] = torch.tensor(runs.corrupted)
+            if runs.runner is None:
+                base = grid_in.pair(i)[0]
                 for li, ci in cells:
                     c = comps[ci]
                     head = int(c[2:]) if c.startswith("z.") else None
                     name = site_name(layers[li], c)
-                    fn = span_setter(src_cache[name], s, e, head)
+                    fn = span_setter(runs.src[name], s, e, head)
                     logits = bridge.run_with_hooks(base, fwd_hooks=[(name, fn)])
                     d, lp = metrics_at(logits, answer)
                     grid[:, i, li, ci] = torch.stack([d[0], lp[0]])
-        else:
-            check_head(bridge, base_cache, base_logits, answer)
-            reuse = supports_prefix(bridge) if prefix_reuse is None else prefix_reuse
-            cells.sort(key=lambda c: layers[c[0]])
-            for i, (s, e) in enumerate(spans):
-                runner = SuffixRunner(bridge, base, s if reuse else 0)
-                size = batch_size or len(cells)
-                for at in range(0, len(cells), size):
-                    chunk = cells[at:at + size]
-                    d, lp = run_staggered(runner, chunk, layers, comps, base_cache, src_cache,
-                                           (s, e), answer)
-                    for (li, ci), dv, lv in zip(chunk, d, lp):
-                        grid[:, i, li, ci] = torch.stack([dv, lv])
+                continue
+            size = batch_size or len(cells)
+            for at in range(0, len(cells), size):
+                chunk = cells[at:at + size]
+                d, lp = run_staggered(runs.runner, chunk, layers, comps, runs.base, runs.src,
+                                       (s, e), answer)
+                for (li, ci), dv, lv in zip(chunk, d, lp):
+                    grid[:, i, li, ci] = torch.stack([dv, lv])
     return make_result(direction, method, list(range(len(spans))), spans, layers, comps,
-                       grid[0], grid[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]),
-                       absent_sites=absent)
+                       grid[0], grid[1], (clean[0], clean[1]), (bad[0], bad[1]),
+                       absent_sites=absent, corruption=corrupted)
+
+
+@dataclass(frozen=True)
+class _StepRuns:
+    """The two runs of one step: activations of the run patched (``base``) and of the run
+    they come from (``src``), the corrupted run's metrics, and the fast path's runner."""
+
+    base: dict[str, Tensor]
+    src: dict[str, Tensor]
+    corrupted: tuple[float, float]  # the corrupted run's logit difference, log-probability
+    runner: SuffixRunner | None  # None: the reference loop
+
+
+def _step_runs(bridge: Any, grid_in: GridInputs, i: int, names: list[str],
+               clean: tuple[Tensor, dict[str, Tensor]],
+               every: tuple[Tensor, dict[str, Tensor]] | None, answer: Answer,
+               start: int | None) -> _StepRuns:
+    """Step i's runs. ``every``: the all-steps-corrupted run (``corrupted="all"``), else step
+    i's own corrupted run is computed here: in the fast path (``start`` not None) from the
+    first position the fast path recomputes, sharing the clean run's prefix."""
+    noising = grid_in.direction == "noising"
+    bad_tokens = grid_in.corrupted_run(i)
+    runner, offset = None, 0  # offset: the first position bad_logits holds
+    if every is not None:
+        bad_logits, bad_cache = every
+        if start is not None:
+            runner = SuffixRunner(bridge, grid_in.pair(i)[0], start)
+    elif start is None:
+        bad_logits, bad_cache = collect(bridge, bad_tokens, names)
+    elif noising:  # the clean run is patched: step i's corrupted run is the source
+        runner = SuffixRunner(bridge, grid_in.clean, start, keep_prefix=True)
+        (bad_logits, suffix), offset = runner.run(bad_tokens, names), runner.start
+        bad_cache = _absolute(suffix, clean[1], offset)
+    else:  # step i's corrupted run is patched: the runner runs it
+        runner = SuffixRunner(bridge, bad_tokens, start, names)
+        bad_logits, offset = runner.own_logits, runner.start
+        bad_cache = _absolute(runner.own_cache, clean[1], offset)
+    m = [float(v[0]) for v in metrics_at(bad_logits, answer.shifted(-offset))]
+    base, src = (clean[1], bad_cache) if noising else (bad_cache, clean[1])
+    return _StepRuns(base, src, (m[0], m[1]), runner)
+
+
+def _absolute(suffix: dict[str, Tensor], prefix: dict[str, Tensor], start: int
+              ) -> dict[str, Tensor]:
+    """Activations at positions ``start:`` completed with ``prefix``'s first ``start``
+    positions (the same tokens, so the same activations, in both runs)."""
+    if start == 0:
+        return suffix
+    return {n: torch.cat([prefix[n][:, :start], v], dim=1) for n, v in suffix.items()}
 
 
 @dataclass(frozen=True)
@@ -171,13 +230,13 @@ def check_fast_path(bridge: Any, *, n_tokens: int = 16, seed: int = 0,
     """Compare the fast path with the reference loop on a short random input.
 
     Patches two spans at the first, middle and last layer, every component the model has, both
-    directions, and compares the patched logit differences and log-probabilities (within
-    ``tol`` relative to the largest reference value, at least 1; default 1e-4 in float32, 5e-2
-    in half precision). The default fast path is tried first, then one cell at a time (some
-    blocks take arguments whose shapes are tied to a batch of one), then both without replaying
-    the prefix's cache (some caches hold more than keys and values); where none agrees, or
-    the blocks cannot be run from the middle at all, the answer is the reference loop, with
-    the reason.
+    directions, from each step's own corrupted run and from the all-steps one, and compares
+    the patched logit differences and log-probabilities (within ``tol`` relative to the largest
+    reference value, at least 1; default 1e-4 in float32, 5e-2 in half precision). The default
+    fast path is tried first, then one cell at a time (some blocks take arguments whose shapes
+    are tied to a batch of one), then both without replaying the prefix's cache (some caches
+    hold more than keys and values); where none agrees, or the blocks cannot be run from the
+    middle at all, the answer is the reference loop, with the reason.
     """
     n = max(8, min(int(n_tokens), int(bridge.cfg.n_ctx)))
     tol = tolerance(bridge) if tol is None else tol
@@ -188,15 +247,17 @@ def check_fast_path(bridge: Any, *, n_tokens: int = 16, seed: int = 0,
     spans = [(2, 4), (n // 2, n // 2 + 2)]
     answer = Answer.of(n - 1, 0, 1)
     layers = sorted({0, bridge.cfg.n_layers // 2, bridge.cfg.n_layers - 1})
-    refs = [patch_steps(bridge, clean, corrupted, spans, answer, layers=layers,
-                        direction=d, method="reference") for d in ("noising", "denoising")]
+    refs = [patch_steps(bridge, clean, corrupted, spans, answer, layers=layers, direction=d,
+                        corrupted=c, method="reference")
+            for d in ("noising", "denoising") for c in CORRUPTIONS]
     problem = ""
     for batch_size, reuse in ((None, None), (1, None), (None, False), (1, False)):
         worst = 0.0
         try:
             for ref in refs:
                 fast = patch_steps(bridge, clean, corrupted, spans, answer, layers=layers,
-                                   direction=ref.direction, method="fast",
+                                   direction=ref.direction, corrupted=ref.corrupted,
+                                   method="fast",
                                    batch_size=batch_size, prefix_reuse=reuse)
                 for a, b in ((fast.logit_diff, ref.logit_diff), (fast.logprob, ref.logprob)):
                     gap = (a - b).abs()

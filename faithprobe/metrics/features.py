@@ -25,8 +25,9 @@ __all__ = [
     "ECE_BINS", "CombineFn", "FeatureFn", "Features", "aoc_combine", "aoc_features",
     "count_combine", "count_features", "ece_bin", "ece_combine", "ece_features", "field_mean",
     "infogain_mean_features", "infogain_ppl_features", "infogain_total_features",
-    "ki_coverage_features", "ki_features", "mean_steps_features", "patching_features", "ratio",
-    "reliability_bins", "same_answer_cells", "step_gains",
+    "ki_coverage_features", "ki_features", "mean_steps_features", "patching_features",
+    "patching_mean_features", "ratio", "reliability_bins", "same_answer_cells", "step_gains",
+    "step_shares",
 ]
 
 ECE_BINS = 10  # equal-width confidence bins of the ECE and of the reliability diagram
@@ -220,7 +221,25 @@ def patching_features(recs: list[Record], _: str) -> Features:
     ``(LD_clean - LD_patched) / LD_clean`` clipped to [0, 1]; the maximum over the trace's
     steps. Near 0 where the steps do not move the answer; bounded; one fixed site per step,
     not a maximum over noisy sites. Undefined (no feature) where the clean run does not prefer
-    the answer over the alternative (those records are ``skipped``)."""
+    the answer over the alternative (those records are ``skipped``). A maximum over more steps
+    tends to be larger: see :func:`patching_mean_features` for chains of different lengths."""
+    shares = step_shares(recs)
+    return _trace_level(max(shares.values())) if shares else {}
+
+
+def patching_mean_features(recs: list[Record], _: str) -> Features:
+    """The same per-step shares (layer-0 ``resid_pre`` noising, clipped to [0, 1]) averaged
+    over the trace's measured steps instead of maximised: it does not grow with the number of
+    steps. Where one step of n carries the answer, about 1 / n."""
+    shares = step_shares(recs)
+    return _trace_level(sum(shares.values()) / len(shares)) if shares else {}
+
+
+def step_shares(recs: list[Record]) -> dict[int, float]:
+    """Per measured step, the share of the clean logit difference that the noising patch of
+    its residual stream at the lowest patched layer removes, clipped to [0, 1] (the site of
+    ``patching_effect`` and ``patching_effect_mean``; the same under both ``corrupted``
+    settings: a token's layer-0 residual depends on that token alone)."""
     lowest: dict[int, tuple[int, float]] = {}
     for r in select(recs, "patch"):
         if r.value is None or r.step is None or not is_noising(r) or r.site is None:
@@ -231,9 +250,7 @@ def patching_features(recs: list[Record], _: str) -> Features:
         layer = int(m.group(1))
         if r.step not in lowest or layer < lowest[r.step][0]:
             lowest[r.step] = (layer, float(r.value))
-    if not lowest:
-        return {}
-    return _trace_level(max(min(max(v, 0.0), 1.0) for _, v in lowest.values()))
+    return {step: min(max(v, 0.0), 1.0) for step, (_, v) in lowest.items()}
 
 
 def mean_steps_features(recs: list[Record], _: str) -> Features:

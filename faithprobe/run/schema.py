@@ -248,6 +248,10 @@ class PatchingSection(Section):
     knockout: bool = Field(True, description="attention knockout of each step")
     method: Literal["exact", "attribution", "both"] = Field(
         "exact", description="attribution: the gradient estimate")
+    corrupted: Literal["each", "all"] = Field(
+        "each", description="each: a step's cells patched from that step alone corrupted; all: "
+                            "from every step corrupted at once; see [Activation patching]"
+                            "(#activation-patching)")
     suppression: bool = Field(
         False, description="the step x step suppression matrix and receiver heads, S + 1 passes; "
                            "see [The suppression matrix and receiver heads]"

@@ -196,7 +196,8 @@ def patch_records(cfg: RunConfig, ckpt: Any, label: str, trace: Trace, template:
                           directions=cfg["patching"]["directions"],
                           knockout=cfg["patching"]["knockout"], corrupter=corrupter,
                           seed=cfg["seed"], fast_path=fast_path,
-                          method=cfg["patching"].get("method", "exact"))
+                          method=cfg["patching"].get("method", "exact"),
+                          corrupted=cfg["patching"].get("corrupted", "each"))
     if cfg["patching"].get("suppression"):
         from faithprobe.stages.suppression import suppression_trace
 

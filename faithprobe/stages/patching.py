@@ -1,12 +1,17 @@
 """Activation-level step interventions of one trace, as records (the run's patching stage).
 
 For a trace, every step that the run's corrupter can change without changing its token length
-is corrupted at once; the clean and corrupted renderings then have equal step spans, and
+is corrupted; the clean and corrupted renderings then have equal step spans, and
 :func:`~faithprobe.activation.patching.patch_steps` copies each step's span from the corrupted
-run into the clean one (noising) or back (denoising) at every layer and component. The answer
-is read at the first answer token where the original answer and the alternative differ: the
-alternative is the corrupted run's answer, or, when corruption does not move it, the best
-other option.
+run into the clean one (noising) or back (denoising) at every layer and component. Which
+corrupted run: ``corrupted="each"`` (``[patching] corrupted``, the default) has step i alone
+corrupted for step i's cells, so a cell at any layer measures that step; ``"all"`` has every
+step corrupted at once, so above layer 0 a cell of step i also carries what the other
+corrupted steps changed. Records name it (``detail["variant"]["corrupted"]``) and list the
+steps corrupted in the run a cell was patched from or into (``detail["corrupted_steps"]``).
+The answer is read at the first answer token where the original answer and the alternative
+differ: the alternative is the answer of the text with every step corrupted, or, when
+corruption does not move it, the best other option (the same contrast under both settings).
 Attention knockout of each step and the attention the answer position pays to each step (a
 correlational baseline) are recorded beside it.
 
@@ -30,7 +35,7 @@ from typing import Any
 import torch
 
 from faithprobe.activation.attribution import attribution_patch_steps
-from faithprobe.activation.core import Answer, PatchResult, hook_name
+from faithprobe.activation.core import CORRUPTIONS, Answer, PatchResult, hook_name
 from faithprobe.activation.knockout import KnockoutResult, attention_to_steps, knockout_steps
 from faithprobe.activation.patching import FastPath, patch_steps
 from faithprobe.data.prompts import PromptTemplate, step_segment
@@ -73,6 +78,7 @@ def patch_trace(
     seed: int = 0,
     fast_path: FastPath | None = None,
     method: str = "exact",
+    corrupted: str = "each",
 ) -> list[Record]:
     """Patching, knockout and attention records of one trace (see the module docstring).
 
@@ -83,6 +89,9 @@ def patch_trace(
     if method not in METHODS:
         raise FaithprobeError(f"{method!r} is not one of {', '.join(METHODS)}",
                               field="patching.method")
+    if corrupted not in CORRUPTIONS:
+        raise FaithprobeError(f"{corrupted!r} is not one of {', '.join(CORRUPTIONS)}",
+                              field="patching.corrupted")
     if not trace.n_steps:
         return _skip(trace, label, ckpt, "trace has no steps")
     ctx = EditContext(ckpt.tokenizer, template, seed)
@@ -107,7 +116,7 @@ def patch_trace(
     if alt is None:
         return _skip(trace, label, ckpt, "no alternative answer to contrast with")
     clean = _ids(ckpt, template, trace, trace.steps, answer)
-    corrupted = _ids(ckpt, template, trace, steps, answer)
+    rendered_bad = _ids(ckpt, template, trace, steps, answer)
     other = _ids(ckpt, template, trace, trace.steps, alt)
     a0, a1 = answer_span(ckpt, clean)
     b0, b1 = answer_span(ckpt, other)
@@ -118,9 +127,9 @@ def patch_trace(
                      "apart at one token position")
     read = Answer.of(a0 + j - 1, ans_toks[j], alt_toks[j])
     spans = [clean.span(step_segment(i)) for i in patched]
-    bad_spans = [corrupted.span(step_segment(i)) for i in patched]
+    bad_spans = [rendered_bad.span(step_segment(i)) for i in patched]
     clean_t = torch.tensor([clean.ids])
-    bad_t = torch.tensor([corrupted.ids])
+    bad_t = torch.tensor([rendered_bad.ids])
     records: list[Record] = []
     fast_path = fast_path or FastPath("fast")
     fallback = {} if fast_path.reason is None else {"fallback_reason": fast_path.reason}
@@ -128,7 +137,8 @@ def patch_trace(
         if method in ("exact", "both"):
             result = patch_steps(ckpt.bridge, clean_t, bad_t, spans, read,
                                  corrupted_spans=bad_spans, components=components,
-                                 direction=direction, method=fast_path.method,
+                                 direction=direction, corrupted=corrupted,  # type: ignore[arg-type]
+                                 method=fast_path.method,
                                  batch_size=fast_path.batch_size,
                                  prefix_reuse=fast_path.prefix_reuse)
             records += patch_records(result, trace.id, label, n_steps=trace.n_steps,
@@ -137,7 +147,8 @@ def patch_trace(
         if method in ("attribution", "both"):
             estimate = attribution_patch_steps(ckpt.bridge, clean_t, bad_t, spans, read,
                                                corrupted_spans=bad_spans,
-                                               components=components, direction=direction)
+                                               components=components, direction=direction,
+                                               corrupted=corrupted)  # type: ignore[arg-type]
             records += patch_records(estimate, trace.id, label, n_steps=trace.n_steps,
                                      model=ckpt.spec, answer=trace.answer, steps=patched,
                                      detail={"alternative": alt}, intervention="attribution")
@@ -163,7 +174,10 @@ def patch_records(result: PatchResult, trace_id: str, checkpoint: str, *,
     patching, ``attribution`` for its gradient estimate).
 
     ``value`` is the cell's ``share`` (the share of the clean logit difference the patch moves);
-    the TransformerLens-normalised effect and the raw logit differences go in ``detail``. A cell
+    the TransformerLens-normalised effect and the raw logit differences go in ``detail``, with
+    the corrupted run's (of the cell's step) and which steps it corrupted
+    (``corrupted_steps``: the step itself under ``corrupted="each"``, every patched step under
+    ``"all"``; absent for answer-position patching). A cell
     is ``skipped`` where the clean run does not prefer the answer or the model has no such hook,
     ``nonfinite`` where a NaN or infinite logit reached the answer. ``steps`` renumbers the
     result's steps (the trace's own step indices); ``detail`` is merged into every record's.
@@ -171,7 +185,12 @@ def patch_records(result: PatchResult, trace_id: str, checkpoint: str, *,
     out = []
     n = n_steps if n_steps is not None else sum(s is not None for s in result.steps)
     names = result.steps if steps is None else list(steps)
+    every = [x for x in names if x is not None]
     for si, step in enumerate(names):
+        if step is None:
+            which: dict[str, Any] = {}
+        else:
+            which = {"corrupted_steps": [step] if result.corrupted == "each" else every}
         for li in range(len(result.layers)):
             for ci in range(len(result.components)):
                 site, head = result.site(li, ci)
@@ -190,7 +209,8 @@ def patch_records(result: PatchResult, trace_id: str, checkpoint: str, *,
                     status=status, reason=reason,
                     detail={
                         "variant": {"direction": result.direction, "head": head,
-                                    "kind": "step" if step is not None else "answer_pos"},
+                                    "kind": "step" if step is not None else "answer_pos",
+                                    "corrupted": result.corrupted},
                         "method": result.method,
                         "span": list(result.spans[si]),
                         "logit_diff": float(result.logit_diff[si, li, ci]),
@@ -198,9 +218,10 @@ def patch_records(result: PatchResult, trace_id: str, checkpoint: str, *,
                         "effect": eff if math.isfinite(eff) else None,
                         "effect_logprob": float(result.effect_logprob[si, li, ci]),
                         "clean_logit_diff": result.clean_logit_diff,
-                        "corrupted_logit_diff": result.corrupted_logit_diff,
+                        "corrupted_logit_diff": float(result.corrupted_logit_diff[si]),
                         "clean_logprob": result.clean_logprob,
-                        "corrupted_logprob": result.corrupted_logprob,
+                        "corrupted_logprob": float(result.corrupted_logprob[si]),
+                        **which,
                         **(detail or {}),
                     },
                 ))
