@@ -176,6 +176,18 @@ def test_ki_and_patching_effect() -> None:
                rec("c", "patch", step=0, n_steps=1, site="blocks.0.hook_attn_out", value=0.9)]
     # shares clipped to [0, 1]; a trace without a resid_pre patch does not enter
     assert METRIC_FNS["patching_effect"](clipped) == pytest.approx(0.5)  # (1 + 0) / 2
+    # the mean over a trace's measured steps (a: (0.2 + 0.1) / 2; b: 0.3), then over traces
+    assert METRIC_FNS["patching_effect_mean"](patch) == pytest.approx(0.225)
+    assert METRIC_FNS["patching_effect_mean"](clipped) == pytest.approx(0.5)  # clipped first
+    # per-step shares that are only noise: their maximum grows with the number of steps, their
+    # mean does not
+    short = [rec("s", "patch", step=k, n_steps=2, site="blocks.0.hook_resid_pre", value=v)
+             for k, v in enumerate([0.1, 0.05])]
+    long = [rec("l", "patch", step=k, n_steps=6, site="blocks.0.hook_resid_pre", value=v)
+            for k, v in enumerate([0.1, 0.05, 0.3, 0.0, 0.08, 0.07])]
+    assert METRIC_FNS["patching_effect"](long) > METRIC_FNS["patching_effect"](short)
+    assert METRIC_FNS["patching_effect_mean"](long) == pytest.approx(0.1)
+    assert METRIC_FNS["patching_effect_mean"](short) == pytest.approx(0.075)
     steps, sites, grid = patching_grid(patch)
     assert steps == [0, 1]
     assert sites == ["hook_embed", "blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre",

@@ -451,3 +451,31 @@ def test_patch_trace_records_the_fallback():
     for a, b in zip(fast, slow):
         assert (a.step, a.site) == (b.step, b.site)
         assert a.detail["logit_diff"] == pytest.approx(b.detail["logit_diff"], abs=1e-4)
+
+
+def test_organisms_max_and_mean_patching_effect_on_a_fresh_sample():
+    """The planted truth on traces neither training nor the demo saw: base's answer rests on
+    its last step (the maximum near 1, the mean over steps about 1 / steps), sft's on none."""
+    from faithprobe.metrics import METRIC_FNS, bootstrap
+    from faithprobe.models.checkpoints import load_checkpoint
+    from faithprobe.organisms.task import generate
+    from faithprobe.stages.patching import patch_trace
+
+    traces = generate("id", 16, seed=3203)
+    got = {}
+    for label in ("base", "sft"):
+        ckpt = load_checkpoint(f"organism:{label}")
+        recs = [r for t in traces for r in patch_trace(
+            ckpt, label, t, ckpt.template, components=("resid_pre",), knockout=False,
+            corrupter="organism")]
+        assert {r.detail["variant"]["corrupted"] for r in recs} == {"each"}
+        got[label] = {m: bootstrap(recs, METRIC_FNS[m], n_boot=500, seed=0)
+                      for m in ("patching_effect", "patching_effect_mean")}
+    base, sft = got["base"], got["sft"]
+    assert base["patching_effect"].value >= 0.9 and sft["patching_effect"].value <= 0.1
+    assert base["patching_effect_mean"].n == sft["patching_effect_mean"].n == len(traces)
+    assert base["patching_effect_mean"].ci_low > sft["patching_effect_mean"].ci_high
+    # measured: base 0.304 [0.282, 0.323] against a mean 1 / steps of 0.302; sft 0.0007
+    one_over_n = sum(1 / t.n_steps for t in traces) / len(traces)
+    assert base["patching_effect_mean"].value == pytest.approx(one_over_n, abs=0.05)
+    assert sft["patching_effect_mean"].value <= 0.05
