@@ -8,7 +8,9 @@ Exact commands (from the repository root, virtualenv active):
 
 The trace and its corruption are ``experiments/bench_patching.py``'s (six arithmetic steps, each
 step's digits shifted by 3 at the same token length, 149 tokens on SmolLM2); the grid is the
-runs' default, noising at ``resid_pre``, ``attn_out`` and ``mlp_out`` of every layer. Exact is
+runs' default, noising at ``resid_pre``, ``attn_out`` and ``mlp_out`` of every layer, each step
+patched from its own corrupted run (``--corrupted each``, the runs' default; ``all``: one run
+with every step corrupted, as ``results/bench/attribution-smollm2.json`` was measured). Exact is
 faithprobe's batched fast path (``patch_steps``, one patched forward pass per cell, as a run
 does); attribution is ``attribution_patch_steps`` (one clean-run cache of the corrupted run, one
 forward and one backward pass per metric). Both run in this process, one after the other, on
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
+    parser.add_argument("--corrupted", choices=["each", "all"], default="each")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -59,9 +62,11 @@ def main(argv: list[str] | None = None) -> None:
           f"threads={torch.get_num_threads()}")
     with torch.no_grad():
         exact, t_exact = timed(lambda: patch_steps(bridge, clean, corrupted, spans, answer,
-                                                   components=COMPONENTS))
+                                                   components=COMPONENTS,
+                                                   corrupted=args.corrupted))
     estimate, t_attr = timed(lambda: attribution_patch_steps(
-        bridge, clean, corrupted, spans, answer, components=COMPONENTS))
+        bridge, clean, corrupted, spans, answer, components=COMPONENTS,
+        corrupted=args.corrupted))
     a, b = exact.logit_diff.flatten().tolist(), estimate.logit_diff.flatten().tolist()
     rho = spearman(a, b)
     result = {
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         "speedup": t_exact / t_attr, "target_speedup": TARGET,
         "spearman": rho, "pearson": pearson(exact.logit_diff, estimate.logit_diff),
         "clean_logit_diff": exact.clean_logit_diff,
-        "corrupted_logit_diff": exact.corrupted_logit_diff, "argv": sys.argv,
+        "corrupted": args.corrupted,
+        "corrupted_logit_diff": exact.corrupted_logit_diff.tolist(), "argv": sys.argv,
     }
     print(f"exact_s={t_exact:.2f} attribution_s={t_attr:.2f} cells={len(a)} "
           f"pearson={result['pearson']:.3f}")

@@ -18,8 +18,18 @@ Fields (all plain JSON; floats are finite or written as the strings "nan"/"inf"/
     ``infogain`` (answer-only entropy after steps ``0..step-1``; ``step`` runs 0..n),
     ``infogain_ppl`` (whole-string perplexity form after ``step`` steps),
     ``ki`` (``value`` is the 0/1 knowledge judgement of step ``step``),
-    ``patch`` (activation patching of step ``step`` at hook ``site``; ``value`` is the
-    normalised effect, 0 = clean behaviour, 1 = corrupted behaviour),
+    ``patch`` (activation patching of step ``step`` at hook ``site``; ``value`` is the *share*
+    of the clean run's logit difference LD (answer minus alternative) that the patch moves:
+    noising ``(LD_clean - LD_patched) / LD_clean``, the share removed; denoising
+    ``(LD_patched - LD_corrupted) / LD_clean``, the share restored; null and ``skipped`` where
+    the clean run prefers the answer by less than 0.5. TransformerLens' normalised effect, the
+    raw logit differences and both runs' are in ``detail``. ``detail.variant.corrupted`` says
+    which corrupted run the step was patched from (noising) or into (denoising), and
+    ``detail.corrupted_steps`` which steps it corrupted: ``each``, step ``step`` alone, so a
+    cell at any layer L measures that step; ``all``, every patched step at once, so at L > 0
+    the activations over step ``step`` were computed attending to the other corrupted steps
+    too and the cell measures the step in that company; at layer 0's ``resid_pre`` the two
+    are the same),
     ``attribution`` (the same cell estimated by attribution patching, a gradient),
     ``attn_knockout`` and ``attention`` (knockout of the step's tokens; attention paid to them),
     ``suppression`` (step ``step``'s keys masked from every later query at every layer and head:
@@ -47,7 +57,8 @@ Fields (all plain JSON; floats are finite or written as the strings "nan"/"inf"/
 - ``logit_diff``: score of the original prediction minus score of the new argmax (0 when the
   answer did not change). ``kl``: KL(unedited answer distribution || edited one).
 - ``value``: the scalar a kind defines (entropy for ``infogain``, perplexity for
-  ``infogain_ppl``, 0/1 for ``ki``, normalised effect for ``patch``), else null.
+  ``infogain_ppl``, 0/1 for ``ki``, the share of the clean logit difference moved for ``patch``
+  and ``attribution``), else null.
 - ``status``: ``ok``, ``skipped`` (with ``reason``), ``no_answer`` or ``nonfinite`` (a NaN or
   infinite logit reached the measurement; counted in the summary, never averaged).
 - ``detail``: a dict of kind-specific extras (``continuation``, ``scorer``, ``edited_step``...).

@@ -23,7 +23,8 @@ from faithprobe.records import Record
 
 __all__ = [
     "COVERAGE_THRESHOLDS", "adding_mistakes_curve", "coverage_curve", "early_answering_curve",
-    "infogain_by_step", "infogain_drop", "patching_grid", "resampling_by_step", "step_effects",
+    "infogain_by_step", "infogain_drop", "patch_corruption", "patching_grid",
+    "resampling_by_step", "step_effects",
 ]
 
 COVERAGE_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
@@ -161,13 +162,23 @@ def _site_key(site: str) -> tuple[int, int, str]:
     return (0, 0, site) if site.startswith(("hook_", "embed", "pos_embed")) else (2, 0, site)
 
 
-def patching_grid(records: Sequence[Record], trace_id: str | None = None
-                  ) -> tuple[list[int], list[str], np.ndarray]:
+def patch_corruption(r: Record) -> str:
+    """Which corrupted run a patch record's step was patched from or into: ``each`` (that
+    step alone corrupted) or ``all`` (every step at once; records written before the setting
+    existed are of this kind)."""
+    variant = r.detail.get("variant") if isinstance(r.detail, dict) else None
+    return str(variant.get("corrupted", "all")) if isinstance(variant, dict) else "all"
+
+
+def patching_grid(records: Sequence[Record], trace_id: str | None = None,
+                  corrupted: str | None = None) -> tuple[list[int], list[str], np.ndarray]:
     """Mean patching share per (step, site) of noising "patch" records (the share of the
     clean answer's logit difference that patching the step at the site removes).
 
     Args:
         trace_id: one trace only; default all traces (the mean over them).
+        corrupted: only records patched from this corrupted run (``each`` or ``all``,
+            :func:`patch_corruption`); default every record.
 
     Returns:
         (steps, sites, matrix) with ``matrix[i, j]`` the mean effect of step ``steps[i]`` at
@@ -179,7 +190,8 @@ def patching_grid(records: Sequence[Record], trace_id: str | None = None
     for r in records:
         if (r.intervention == "patch" and is_usable(r) and r.value is not None
                 and r.step is not None and r.site is not None and is_noising(r)
-                and (trace_id is None or r.trace_id == trace_id)):
+                and (trace_id is None or r.trace_id == trace_id)
+                and (corrupted is None or patch_corruption(r) == corrupted)):
             cells.setdefault((r.step, r.site), []).append(float(r.value))
     steps = sorted({s for s, _ in cells})
     sites = sorted({site for _, site in cells}, key=lambda s: (_site_key(s), s))

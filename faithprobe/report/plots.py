@@ -21,7 +21,7 @@ from faithprobe.metrics import (
     infogain_by_step,
     patching_grid,
 )
-from faithprobe.metrics.curves import resampling_by_step
+from faithprobe.metrics.curves import patch_corruption, resampling_by_step
 from faithprobe.records import Record
 from faithprobe.report.figure import PLOT_NAMES, Plot, color, figure, png, style
 
@@ -96,16 +96,25 @@ def adding_mistakes_plot(groups: Mapping[str, Sequence[Record]], *,
 # patching, InfoGain, forest
 
 
+CORRUPTED_RUNS = {"each": "each step alone corrupted", "all": "every step corrupted at once"}
+
+
 def patching_plot(groups: Mapping[str, Sequence[Record]], *, max_sites_labelled: int = 24
                   ) -> Plot:
-    """Step x site heatmaps of the mean patching share, side by side per label."""
+    """Step x site heatmaps of the mean patching share, side by side per label and corrupted
+    run (``each``: a step's cells patched from the run with that step alone corrupted;
+    ``all``: from the run with every step corrupted at once)."""
     name, title = "patching", ("Activation patching: share of the clean logit difference "
                                "removed (step x site)")
     grids = {}
     for label, recs in groups.items():
-        steps, sites, matrix = patching_grid(recs)
-        if steps:
-            grids[label] = (steps, sites, matrix)
+        order = list(CORRUPTED_RUNS)
+        kinds = sorted({patch_corruption(r) for r in recs if r.intervention == "patch"},
+                       key=lambda k: (order.index(k) if k in order else len(order), k))
+        for kind in kinds:
+            steps, sites, matrix = patching_grid(recs, corrupted=kind)
+            if steps:
+                grids[f"{label}\n{CORRUPTED_RUNS.get(kind, kind)}"] = (steps, sites, matrix)
     if not grids:
         return Plot(name, title, None, "no usable patch records: activation patching was not "
                                        "run for these checkpoints")
@@ -137,7 +146,11 @@ def patching_plot(groups: Mapping[str, Sequence[Record]], *, max_sites_labelled:
                      shrink=0.9)
         fig.suptitle(title)
         return Plot(name, title, png(fig),
-                    "Mean over traces; grey cells were not measured.")
+                    "Mean over traces; grey cells were not measured. Each step alone: step i's "
+                    "cells are patched from the run with step i alone corrupted, so every cell "
+                    "measures step i. Every step at once: from one run with every step "
+                    "corrupted, so above layer 0 a cell of step i also carries what the other "
+                    "corrupted steps changed. Layer 0's resid_pre is the same under both.")
 
 
 def infogain_plot(groups: Mapping[str, Sequence[Record]], *, n_boot: int = 1000, seed: int = 0
