@@ -174,7 +174,8 @@ def patch_records(result: PatchResult, trace_id: str, checkpoint: str, *,
     patching, ``attribution`` for its gradient estimate).
 
     ``value`` is the cell's ``share`` (the share of the clean logit difference the patch moves);
-    the TransformerLens-normalised effect and the raw logit differences go in ``detail``, with
+    the TransformerLens-normalised effects (null where undefined: the corrupted run moves the
+    metric by less than 1e-6) and the raw logit differences go in ``detail``, with
     the corrupted run's (of the cell's step) and which steps it corrupted
     (``corrupted_steps``: the step itself under ``corrupted="each"``, every patched step under
     ``"all"``; absent for answer-position patching). A cell
@@ -195,6 +196,7 @@ def patch_records(result: PatchResult, trace_id: str, checkpoint: str, *,
             for ci in range(len(result.components)):
                 site, head = result.site(li, ci)
                 eff = float(result.effect[si, li, ci])
+                eff_lp = float(result.effect_logprob[si, li, ci])
                 status, reason, value = "ok", None, float(result.share[si, li, ci])
                 if result.skipped_reason is not None:
                     status, reason, value = "skipped", result.skipped_reason, None
@@ -216,7 +218,7 @@ def patch_records(result: PatchResult, trace_id: str, checkpoint: str, *,
                         "logit_diff": float(result.logit_diff[si, li, ci]),
                         "answer_logprob": float(result.logprob[si, li, ci]),
                         "effect": eff if math.isfinite(eff) else None,
-                        "effect_logprob": float(result.effect_logprob[si, li, ci]),
+                        "effect_logprob": eff_lp if math.isfinite(eff_lp) else None,
                         "clean_logit_diff": result.clean_logit_diff,
                         "corrupted_logit_diff": float(result.corrupted_logit_diff[si]),
                         "clean_logprob": result.clean_logprob,
