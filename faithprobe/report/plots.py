@@ -99,6 +99,15 @@ def adding_mistakes_plot(groups: Mapping[str, Sequence[Record]], *,
 CORRUPTED_RUNS = {"each": "each step alone corrupted", "all": "every step corrupted at once"}
 
 
+def site_label(site: str) -> str:
+    """A hook name as a short tick label: ``blocks.12.hook_attn_out`` -> ``12a``."""
+    parts = site.split(".")
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
+        return parts[1] + {"hook_resid_pre": "r", "hook_attn_out": "a",
+                           "hook_mlp_out": "m"}.get(parts[2], ":" + parts[2])
+    return site
+
+
 def patching_plot(groups: Mapping[str, Sequence[Record]], *, max_sites_labelled: int = 24
                   ) -> Plot:
     """Step x site heatmaps of the mean patching share, side by side per label and corrupted
@@ -135,15 +144,15 @@ def patching_plot(groups: Mapping[str, Sequence[Record]], *, max_sites_labelled:
                               vmax=hi, interpolation="nearest")
             every = max(1, -(-len(sites) // max_sites_labelled))
             ticks = list(range(0, len(sites), every))
-            ax.set_xticks(ticks, [sites[j] for j in ticks], rotation=90, fontsize=6)
+            ax.set_xticks(ticks, [site_label(sites[j]) for j in ticks], fontsize=6)
             every = max(1, -(-len(steps) // 30))
             ticks = list(range(0, len(steps), every))
             ax.set_yticks(ticks, [str(steps[i]) for i in ticks])
-            ax.set_xlabel("hook site")
+            ax.set_xlabel("layer (component: r = resid_pre, a = attn_out, m = mlp_out)")
             ax.set_ylabel("step patched")
             ax.set_title(label)
-        fig.colorbar(image, ax=list(axes), label="share removed (0 = none, 1 = all)",
-                     shrink=0.9)
+        fig.colorbar(image, ax=list(axes), shrink=0.9,
+                     label=f"share removed: 0 = none, 1 = all\n(here {lo:.2g} to {hi:.2g})")
         fig.suptitle(title)
         return Plot(name, title, png(fig),
                     "Mean over traces; grey cells were not measured. Each step alone: step i's "
