@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from faithprobe.run.config import RunConfig, placement_of
 from faithprobe.run.fingerprint import checkpoint_fingerprint, package_version, traces_fingerprint
 from faithprobe.run.layout import HEADER, MAX_WARNING_IDS, content
 from faithprobe.run.resume import check_labels, check_resume
+from faithprobe.run.units import Selection
 
 __all__ = ["Prepared", "check_out", "hardware", "prepare_run", "warnings_entry"]
 
@@ -73,7 +75,6 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
     from faithprobe.edits.interventions import make_intervention
     from faithprobe.models.checkpoints import check_same_tokenizer, preflight
     from faithprobe.run.units import (
-        check_cue_inputs,
         probe_config,
         select_traces,
         shard_traces,
@@ -174,3 +175,47 @@ def hardware(prep: Prepared) -> dict[str, Any]:
     if prep.scorer is not None:  # a role, never a label (labels may not be "scorer")
         out["roles"]["scorer"] = checkpoint_hardware(prep.scorer)
     return out
+
+
+def check_cue_inputs(cfg: RunConfig, traces: Sequence[Trace], selection: Selection,
+                     fits: Sequence[tuple[str, Any, Any]], *, source: str,
+                     config_source: str) -> None:
+    """The preflight of the cue test: every tested trace can be cued by every kind (a free-form
+    answer is a number, a replacing kind finds its place) and every cued prompt, with the
+    longest target and examples it can get, renders, tokenizes and fits each checkpoint's
+    context (``fits``: label, checkpoint, template). Errors name the kind's key."""
+    from dataclasses import replace
+
+    from faithprobe.edits.cues import choose_target
+    from faithprobe.run.units import cue_kinds
+    from faithprobe.stages.cue import cue_problem
+
+    tested = [t for t in traces if t.id in selection.cue]
+    kinds = cue_kinds(cfg)
+    for i, kind in enumerate(kinds):
+        where = f"cue.kinds[{i}]"
+        problems = []
+        for t in tested:
+            try:
+                if t.options:
+                    target = max(t.options, key=len)
+                else:
+                    target = choose_target(t, kind.name, None, seed=cfg["seed"])
+                    if target is None:
+                        continue
+                    target = "-" * target.startswith("-") + "9" * len(target.lstrip("-"))
+                problems.append(cue_problem(t, kind, target, selection.cue_examples,
+                                            seed=cfg["seed"])[0])
+            except FaithprobeError as exc:
+                raise FaithprobeError(f"cue kind {kind.name!r}, trace {t.id!r}: {exc.message}"
+                                      f" ({exc.field})", source=config_source,
+                                      field=where) from None
+        for label, ckpt, template in fits:
+            try:
+                check_fit([replace(p, answer=p.options[0] if p.options else "0")
+                           for p in problems], ckpt.tokenizer, template, ckpt.n_ctx,
+                          source=source, label=f"{label} ({ckpt.spec})", generate=True,
+                          paraphrases=False)
+            except FaithprobeError as exc:
+                raise FaithprobeError(f"cue kind {kind.name!r}: {exc.message}",
+                                      source=config_source, field=where) from None

@@ -17,7 +17,7 @@ from faithprobe.errors import FaithprobeError
 from faithprobe.records import Record
 from faithprobe.run.config import RunConfig
 
-__all__ = ["CUE_EXAMPLE_POOL", "Selection", "check_cue_inputs", "cue_kinds", "cue_records",
+__all__ = ["CUE_EXAMPLE_POOL", "Selection", "cue_kinds", "cue_records",
            "parse_shard", "probe_config", "probe_traces", "probed_generated", "resample_config",
            "select_traces", "shard_traces", "template_of", "truncated_ids"]
 
@@ -140,50 +140,6 @@ def cue_records(cfg: RunConfig, ckpt: Any, label: str, traces: Sequence[Trace], 
                     max_new_tokens=cfg["cue"]["max_new_tokens"], split=gen["split"],
                     max_steps=gen["max_steps"], batch_size=cfg["probe"]["batch_size"],
                     seed=cfg["seed"])
-
-
-def check_cue_inputs(cfg: RunConfig, traces: Sequence[Trace], selection: Selection,
-                     fits: Sequence[tuple[str, Any, Any]], *, source: str,
-                     config_source: str) -> None:
-    """The preflight of the cue test: every tested trace can be cued by every kind (a free-form
-    answer is a number, a replacing kind finds its place) and every cued prompt, with the
-    longest target and examples it can get, renders, tokenizes and fits each checkpoint's
-    context (``fits``: label, checkpoint, template). Errors name the kind's key."""
-    from dataclasses import replace
-
-    from faithprobe.data.traces import check_fit
-    from faithprobe.edits.cues import choose_target
-    from faithprobe.stages.cue import cue_problem
-
-    tested = [t for t in traces if t.id in selection.cue]
-    kinds = cue_kinds(cfg)
-    for i, kind in enumerate(kinds):
-        where = f"cue.kinds[{i}]"
-        problems = []
-        for t in tested:
-            try:
-                if t.options:
-                    target = max(t.options, key=len)
-                else:
-                    target = choose_target(t, kind.name, None, seed=cfg["seed"])
-                    if target is None:
-                        continue
-                    target = "-" * target.startswith("-") + "9" * len(target.lstrip("-"))
-                problems.append(cue_problem(t, kind, target, selection.cue_examples,
-                                            seed=cfg["seed"])[0])
-            except FaithprobeError as exc:
-                raise FaithprobeError(f"cue kind {kind.name!r}, trace {t.id!r}: {exc.message}"
-                                      f" ({exc.field})", source=config_source,
-                                      field=where) from None
-        for label, ckpt, template in fits:
-            try:
-                check_fit([replace(p, answer=p.options[0] if p.options else "0")
-                           for p in problems], ckpt.tokenizer, template, ckpt.n_ctx,
-                          source=source, label=f"{label} ({ckpt.spec})", generate=True,
-                          paraphrases=False)
-            except FaithprobeError as exc:
-                raise FaithprobeError(f"cue kind {kind.name!r}: {exc.message}",
-                                      source=config_source, field=where) from None
 
 
 def patch_records(cfg: RunConfig, ckpt: Any, label: str, trace: Trace, template: Any,
