@@ -68,7 +68,7 @@ from faithprobe.data.tokens import align
 from faithprobe.data.traces import Trace
 from faithprobe.edits.interventions import EditContext, make_intervention
 from faithprobe.models.checkpoints import Checkpoint, wrap_hf
-from faithprobe.models.forward import common_prefix
+from faithprobe.models.kvcache import common_prefix
 from faithprobe.records import Record
 from faithprobe.stages.probe import PPL_JOINER, ProbeConfig, ppl_text, probe
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from faithprobe.errors import FaithprobeError
-from faithprobe.models.forward import forward_logprobs, token_batches
+from faithprobe.models.batches import token_batches
+from faithprobe.models.forward import forward_logprobs
 
 
 def test_token_batches_respect_rows_and_padded_tokens():

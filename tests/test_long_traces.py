@@ -13,7 +13,7 @@ import zoo  # noqa: E402
 from faithprobe.data.prompts import PromptTemplate  # noqa: E402
 from faithprobe.data.traces import Trace  # noqa: E402
 from faithprobe.errors import FaithprobeError  # noqa: E402
-from faithprobe.models import forward  # noqa: E402
+from faithprobe.models import forward, kvcache  # noqa: E402
 from faithprobe.models.checkpoints import load_checkpoint  # noqa: E402
 from faithprobe.models.forward import forward_logprobs, forward_token_logprobs  # noqa: E402
 from faithprobe.stages.probe import ProbeConfig, probe  # noqa: E402
@@ -73,7 +73,7 @@ def test_token_logprobs_shared_equal_each_alone(llama, monkeypatch):
     def shared_with(s):
         return next((i for i, (a, b) in enumerate(zip(s, seqs[0])) if a != b), len(s))
 
-    bound = len(seqs[0]) + sum(len(s) - max(shared_with(s) - 1 - forward.GROUP_SLACK, 0)
+    bound = len(seqs[0]) + sum(len(s) - max(shared_with(s) - 1 - kvcache.GROUP_SLACK, 0)
                                for s in seqs[1:] if shared_with(s) < len(s))
     assert computed <= bound < sum(len(s) for s in seqs)
 
@@ -149,9 +149,9 @@ def test_reads_equal_full_logits_on_every_family(arch, tmp_path, monkeypatch):
     base = [zoo.BOS_ID] + [(3 * k) % zoo.VOCAB for k in range(1, 24)]
     seqs = [base, base[:12] + [5, 6, 7], base[:16] + base[17:]]
     reads = [[len(s) - 2, len(s) - 1] for s in seqs]
-    keeps = forward._keeps_logits(ckpt)
+    keeps = kvcache.keeps_logits(ckpt)
     with monkeypatch.context() as m:
-        m.setattr(forward, "_keeps_logits", lambda ckpt: False)
+        m.setattr(forward, "keeps_logits", lambda ckpt: False)
         want = forward_logprobs(ckpt, seqs, reads, batch_size=3)
     for reuse in (None, base):
         got = forward_logprobs(ckpt, seqs, reads, batch_size=3, reuse_prefix=reuse)

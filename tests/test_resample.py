@@ -17,7 +17,7 @@ from faithprobe.data.traces import Trace
 from faithprobe.errors import FaithprobeError
 from faithprobe.metrics import compute_metrics
 from faithprobe.models.checkpoints import load_checkpoint
-from faithprobe.models.generate import sample_continuations
+from faithprobe.models.decode import sample_continuations
 from faithprobe.organisms.task import generate as organism_problems
 from faithprobe.run.config import validate_config
 from faithprobe.run.units import probe_traces, select_traces

@@ -45,7 +45,7 @@ def test_generation_without_an_answer_is_recorded_not_a_crash(tiny):
 
 def test_generated_reasoning_is_what_the_model_wrote(tiny):
     from faithprobe.data.tokens import align
-    from faithprobe.models.forward import generate
+    from faithprobe.models.decode import generate
 
     t = generate_traces(tiny, _problems()[:1], tiny.template, GEN)[0]
     r = tiny.template.render(t.question, (), tokenizer=tiny.tokenizer)
@@ -59,7 +59,7 @@ def test_generated_reasoning_is_what_the_model_wrote(tiny):
 def test_cached_and_uncached_generation_agree_on_a_hf_model():
     """The KV-cache path (Hugging Face models) writes what full recomputation writes."""
     from faithprobe.models.checkpoints import Checkpoint
-    from faithprobe.models.forward import generate
+    from faithprobe.models.decode import generate
 
     ckpt = _tiny_llama(seed=0)
     prompts = [[5, 6, 7, 8], [9, 10]]
@@ -108,7 +108,7 @@ def test_unsupported_architecture_is_named(tmp_path):
 
 
 def test_generation_reusing_a_prefix_equals_plain_generation():
-    from faithprobe.models.forward import generate
+    from faithprobe.models.decode import generate
 
     ckpt = _tiny_llama(seed=1)
     prefix = [5, 6, 7, 8, 9, 10, 11, 12, 5, 6, 7, 8, 9, 10, 11, 12, 5, 6, 7, 8, 9, 10]

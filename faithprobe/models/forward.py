@@ -1,70 +1,41 @@
-"""Forward passes over padded batches, prefix reuse, and batched generation.
+"""Forward passes over padded batches, with prefix reuse.
 
 Sequences are padded into batches with an attention mask and explicit position ids (so a padded
-row computes what it computes alone). Models wrapped from Hugging Face keep a key-value cache:
-generation feeds one token per step, and :func:`forward_logprobs` can reuse the cache of a
-shared prefix so that edits of a trace recompute only what follows their first changed token
-(only the positions read are unembedded; greedy answers continue on the same caches).
-Native (tiny) models have no cache and always run whole sequences.
+row computes what it computes alone; see :mod:`faithprobe.models.kvcache`). On a model with a
+key-value cache :func:`forward_logprobs` can reuse the cache of a shared prefix so that edits of
+a trace recompute only what follows their first changed token (only the positions read are
+unembedded; greedy answers continue on the same caches, through the one generation loop of
+:mod:`faithprobe.models.decode`). Native (tiny) models have no cache and run whole sequences.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
-from faithprobe.models.batches import halving_on_oom, is_out_of_memory, token_batches
+from faithprobe.models.batches import halving_on_oom, token_batches
 from faithprobe.models.checkpoints import Checkpoint
+from faithprobe.models.decode import Rows, Sampler, decode
+from faithprobe.models.kvcache import (
+    PaddingSide,
+    cache_at,
+    common_prefix,
+    croppable,
+    has_kv_cache,
+    keeps_logits,
+    pad_batch,
+    positions,
+    prefix_cache,
+    prefix_groups,
+)
 
-__all__ = ["GreedyAfter", "PaddingSide", "common_prefix", "croppable", "forward_logprobs",
-           "forward_token_logprobs",
-           "generate", "halving_on_oom", "has_kv_cache", "is_out_of_memory", "token_batches"]
-
-PaddingSide = Literal["left", "right"]  # where a batch's shorter sequences are padded
-
-
-def has_kv_cache(ckpt: Checkpoint) -> bool:
-    """Whether the bridge can return and take a key-value cache (Hugging Face models)."""
-    return ckpt.native_config is None
-
-
-def _pad(
-    seqs: Sequence[Sequence[int]], pad_id: int, side: PaddingSide
-) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], list[int]]:
-    """Pad to one length; returns ids, attention mask and each sequence's offset."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    offsets = []
-    for row, s in enumerate(seqs):
-        off = width - len(s) if side == "left" else 0
-        ids[row, off : off + len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[row, off : off + len(s)] = 1
-        offsets.append(off)
-    return ids, mask, offsets
-
-
-def _positions(mask: Int[Tensor, "batch pos"], start: int = 0) -> Int[Tensor, "batch pos"]:
-    return (mask.cumsum(-1) - 1).clamp(min=0) + start
-
-
-def _keeps_logits(ckpt: Checkpoint) -> bool:
-    """Whether the wrapped Hugging Face model computes logits only at chosen positions
-    (``logits_to_keep``): a 4,096-token run then skips 4,095 rows of the unembedding and
-    their vocabulary-wide logits."""
-    model = getattr(ckpt.bridge, "original_model", None)
-    try:
-        return model is not None and has_kv_cache(ckpt) and \
-            "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+__all__ = ["GreedyAfter", "forward_logprobs", "forward_token_logprobs"]
 
 
 def _logprobs_at(ckpt: Checkpoint, ids: Tensor, at: Sequence[Sequence[int]], keep: bool,
@@ -153,77 +124,22 @@ def _whole(ckpt: Checkpoint, seqs: Sequence[Sequence[int]], reads: Sequence[Sequ
     is halved): the log-softmax at each one's ``reads`` (of its ``targets`` there, if given)."""
     out: list[Tensor | None] = [None] * len(seqs)
     device = ckpt.device
-    keep = _keeps_logits(ckpt)
+    keep = keeps_logits(ckpt)
 
     def run(rows: list[int]) -> None:
-        ids, mask, offsets = _pad([seqs[k] for k in rows], ckpt.tokenizer.pad_token_id,
+        ids, mask, offsets = pad_batch([seqs[k] for k in rows], ckpt.tokenizer.pad_token_id,
                                   padding_side)
         at = [[off + p for p in reads[k]] for k, off in zip(rows, offsets)]
         got, _ = _logprobs_at(ckpt, ids, at, keep,
                               targets=None if targets is None else [targets[k] for k in rows],
                               attention_mask=mask.to(device),
-                              position_ids=_positions(mask).to(device))
+                              position_ids=positions(mask).to(device))
         for k, lp in zip(rows, got):
             out[k] = lp
 
     for rows in token_batches([len(s) for s in seqs], batch_size, max_batch_tokens):
         halving_on_oom(run, rows, max(len(seqs[k]) for k in rows))
     return out  # type: ignore[return-value]
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """The length of the longest common prefix of ``a`` and ``b``."""
-    return next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
-GROUP_SLACK = 16  # tokens
-
-
-def _groups(starts: Sequence[int], batch_size: int) -> list[tuple[int, list[int]]]:
-    """Batches of sequence indices by divergence point: sequences whose points lie within
-    ``GROUP_SLACK`` tokens share one batch that starts at the earliest of them (a few tokens
-    recomputed buy one forward call fewer)."""
-    groups: list[tuple[int, list[int]]] = []
-    for k in sorted(range(len(starts)), key=lambda k: starts[k]):
-        if groups and starts[k] - groups[-1][0] <= GROUP_SLACK and \
-                len(groups[-1][1]) < batch_size:
-            groups[-1][1].append(k)
-        else:
-            groups.append((starts[k], [k]))
-    return groups
-
-
-def croppable(cache: Any) -> bool:
-    """Whether a prefix's cache can be cut back exactly: a plain ``DynamicCache`` of
-    full-attention layers. A sliding-window layer keeps only its last window of keys (and
-    refuses to crop past it), a recurrent or linear-attention state cannot be cut at all: for
-    those models every edit is recomputed from its first token."""
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-
-    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer
-                                               for layer in cache.layers)
-
-
-def _cache_at(base_cache: Any, start: int, rows: int) -> Any:
-    """A one-row KV cache cut to its first ``start`` tokens, for ``rows`` rows: views of the
-    prefix's tensors, nothing copied (a layer's update concatenates into new tensors)."""
-    cache = copy.copy(base_cache)
-    cache.layers = []
-    for layer in base_cache.layers:
-        view = copy.copy(layer)
-        view.keys = layer.keys[:, :, :start].expand(rows, -1, -1, -1)
-        view.values = layer.values[:, :, :start].expand(rows, -1, -1, -1)
-        cache.layers.append(view)
-    return cache
-
-
-def _prefix_cache(ckpt: Checkpoint, prefix: Sequence[int]) -> Any:
-    """The KV cache of one run of ``prefix`` (its logits are not needed: only the last
-    position is unembedded where the model allows it)."""
-    keep = {"logits_to_keep": 1} if _keeps_logits(ckpt) else {}
-    _, cache = ckpt.bridge(torch.tensor([list(prefix)], device=ckpt.device),
-                           return_type="logits_and_cache", **keep)
-    return cache
 
 
 @dataclass
@@ -251,7 +167,7 @@ DECODE_TOKENS = 8192  # continuations waiting to be decoded together hold at mos
 _Pending = tuple[int, int, int, list[tuple[Tensor, Tensor]]]  # (seq, position, token, cache)
 
 
-def _greedy_after(ckpt: Checkpoint, greedy: GreedyAfter, rows: _Rows, seqs, reads,
+def _greedy_after(ckpt: Checkpoint, greedy: GreedyAfter, rows: Rows, seqs, reads,
                   chunk: list[int], got: list[Tensor], cache: Any,
                   pending: list[_Pending]) -> None:
     """Continue the sequences of one scored batch (``chunk``, their read log-probabilities
@@ -278,7 +194,7 @@ def _greedy_after(ckpt: Checkpoint, greedy: GreedyAfter, rows: _Rows, seqs, read
         greedy.results[k] = rows.result(k)
 
 
-def _decode_pending(ckpt: Checkpoint, greedy: GreedyAfter, rows: _Rows, shell: Any,
+def _decode_pending(ckpt: Checkpoint, greedy: GreedyAfter, rows: Rows, shell: Any,
                     pending: list[_Pending]) -> None:
     """Decode the pending continuations as one batch: each row's cache right-padded to the
     longest and masked there (``shell``: a cache whose type and layers to copy)."""
@@ -300,8 +216,8 @@ def _decode_pending(ckpt: Checkpoint, greedy: GreedyAfter, rows: _Rows, shell: A
         for _, _, _, kv in pending:  # each copy freed once in the batch
             kv[i] = None  # type: ignore[call-overload]
     seq, pos, tok, _ = zip(*pending)
-    _decode(ckpt, rows, list(seq), torch.tensor([[t] for t in tok]), mask,
-            torch.tensor([[p] for p in pos]), cache, 0.0, torch.Generator())
+    decode(ckpt, rows, list(seq), torch.tensor([[t] for t in tok]), mask,
+           torch.tensor([[p] for p in pos]), cache, Sampler())
     for k in seq:
         greedy.results[k] = rows.result(k)
     pending.clear()
@@ -334,20 +250,20 @@ def _tail_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | Non
 def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=None,
                      greedy: GreedyAfter | None = None) -> list[Tensor]:
     device = ckpt.device
-    keep = _keeps_logits(ckpt)
+    keep = keeps_logits(ckpt)
     # a sequence reuses the prefix up to (not including) the first position it must compute:
     # its first differing token, and no later than its first read position
     starts = [min(common_prefix(s, prefix), min(r) if len(r) else len(s), len(s) - 1)
               for s, r in zip(seqs, reads)]
-    base_cache = _prefix_cache(ckpt, prefix)
+    base_cache = prefix_cache(ckpt, prefix)
     if not croppable(base_cache):
         return forward_logprobs(ckpt, seqs, reads, batch_size=batch_size,
                                 max_batch_tokens=max_batch_tokens)
     out: list[Tensor | None] = [None] * len(seqs)
     pending: list[_Pending] = []  # greedy continuations to decode together
-    rows = None if greedy is None else _Rows(ckpt, len(seqs), greedy.stop,
+    rows = None if greedy is None else Rows(ckpt, len(seqs), greedy.stop,
                                              greedy.max_new_tokens)
-    for start, group in _groups(starts, batch_size):
+    for start, group in prefix_groups(starts, batch_size):
         if start == 0:  # nothing shared: an ordinary batch
             for k, lp in zip(group, forward_logprobs(
                     ckpt, [seqs[k] for k in group], [reads[k] for k in group],
@@ -356,15 +272,15 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=Non
             continue
 
         def run(chunk: list[int], start: int = start) -> None:
-            ids, mask, _ = _pad([seqs[k][start:] for k in chunk], ckpt.tokenizer.pad_token_id,
+            ids, mask, _ = pad_batch([seqs[k][start:] for k in chunk], ckpt.tokenizer.pad_token_id,
                                 "right")
             full_mask = torch.cat([torch.ones(len(chunk), start, dtype=torch.long), mask], 1)
             # every read lies in the tail: a sequence's start is at or before its first read
             got, cache = _logprobs_at(
                 ckpt, ids, [[p - start for p in reads[k]] for k in chunk], keep,
                 attention_mask=full_mask.to(device),
-                position_ids=_positions(mask, start).to(device),
-                past_key_values=_cache_at(base_cache, start, len(chunk)),
+                position_ids=positions(mask, start).to(device),
+                past_key_values=cache_at(base_cache, start, len(chunk)),
                 return_type="logits_and_cache" if greedy is not None else "logits")
             for k, lp in zip(chunk, got):
                 out[k] = lp
@@ -415,7 +331,7 @@ def _token_logprobs_reusing(ckpt, seqs, batch_size, max_batch_tokens) -> list[Te
     """:func:`forward_token_logprobs` on the longest sequence's cache; None where that cache
     cannot be cut exactly."""
     device = ckpt.device
-    keep = _keeps_logits(ckpt)
+    keep = keeps_logits(ckpt)
     r = max(range(len(seqs)), key=lambda k: len(seqs[k]))
     ref = list(seqs[r])
     cache, pieces = None, []
@@ -437,16 +353,16 @@ def _token_logprobs_reusing(ckpt, seqs, batch_size, max_batch_tokens) -> list[Te
         else:  # logits from the last shared position on predict what differs
             starts[k] = max(shared - 1, 0)
     order = sorted(starts)
-    for start, group in _groups([starts[k] for k in order], batch_size):
+    for start, group in prefix_groups([starts[k] for k in order], batch_size):
         group = [order[i] for i in group]
 
         def run(chunk: list[int], start: int = start) -> None:
             tails = [seqs[k][start:] for k in chunk]
-            ids, mask, _ = _pad(tails, ckpt.tokenizer.pad_token_id, "right")
+            ids, mask, _ = pad_batch(tails, ckpt.tokenizer.pad_token_id, "right")
             kw: dict[str, Any] = {}
             if start:
-                kw = dict(past_key_values=_cache_at(cache, start, len(chunk)),
-                          position_ids=_positions(mask, start).to(device))
+                kw = dict(past_key_values=cache_at(cache, start, len(chunk)),
+                          position_ids=positions(mask, start).to(device))
             full_mask = torch.cat([torch.ones(len(chunk), start, dtype=torch.long), mask], 1)
             got, _ = _logprobs_at(ckpt, ids, [range(len(t) - 1) for t in tails], keep,
                                   targets=[t[1:] for t in tails],
@@ -459,137 +375,3 @@ def _token_logprobs_reusing(ckpt, seqs, batch_size, max_batch_tokens) -> list[Te
             chunk = [group[i] for i in rows]
             halving_on_oom(run, chunk, max(len(seqs[k]) for k in chunk))
     return out  # type: ignore[return-value]
-
-
-@torch.no_grad()
-def generate(
-    ckpt: Checkpoint,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int = 64,
-    stop: Sequence[str] = (),
-    temperature: float = 0.0,
-    seed: int = 0,
-    batch_size: int = 16,
-    return_logprob: bool = False,
-    reuse_prefix: Sequence[int] | None = None,
-) -> list[tuple]:
-    """Continue each prompt; returns (text up to the first stop string, whether it stopped).
-
-    With ``return_logprob`` each tuple also holds the summed log-probability of the tokens
-    kept. ``temperature == 0`` is greedy; above 0 samples with a seeded generator. A row stops at
-    the end-of-sequence token, at a stop string (cut from the text), or at ``max_new_tokens``
-    (``stopped`` false: the generation never reached its end), or at the model's context.
-    Rows are left-padded; a model with a KV cache feeds one new token per step. With
-    ``reuse_prefix`` (token ids the prompts share a beginning with) on such a model, the prefix
-    is run once and each batch starts from its copy of that cache.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    base_cache = None
-    if reuse_prefix is not None and has_kv_cache(ckpt) and len(prompts) > 0:
-        prefix = list(reuse_prefix)
-        base_cache = _prefix_cache(ckpt, prefix)
-        if not croppable(base_cache):  # sliding windows, recurrent state: no shared prefix
-            base_cache = None
-    if base_cache is not None:
-        starts = [min(common_prefix(p, prefix), len(p) - 1) for p in prompts]
-        results: list[tuple | None] = [None] * len(prompts)
-        for start, idx in _groups(starts, batch_size):
-            cache = _cache_at(base_cache, start, len(idx)) if start else None
-            out = _generate_batch(ckpt, [prompts[i] for i in idx], max_new_tokens, stop,
-                                  temperature, gen, cache=cache, start=start)
-            for i, r in zip(idx, out):
-                results[i] = r
-    else:
-        results = []
-        for lo in range(0, len(prompts), batch_size):
-            results += _generate_batch(ckpt, prompts[lo: lo + batch_size], max_new_tokens,
-                                       stop, temperature, gen)
-    return [r if return_logprob else r[:2] for r in results]  # type: ignore[index]
-
-
-class _Rows:
-    """Texts being generated, one a row: tokens kept, text, summed log-probability, whether
-    the row reached its end (end-of-sequence or a stop string), tokens it may still write."""
-
-    def __init__(self, ckpt: Checkpoint, n: int, stop: Sequence[str], max_new_tokens: int
-                 ) -> None:
-        self.tokenizer, self.stop, self.eos = ckpt.tokenizer, stop, ckpt.tokenizer.eos_token_id
-        self.out: list[list[int]] = [[] for _ in range(n)]
-        self.texts = ["" for _ in range(n)]
-        self.logps = [0.0 for _ in range(n)]
-        self.stopped = [False for _ in range(n)]
-        self.left = [max_new_tokens for _ in range(n)]
-
-    def live(self, i: int) -> bool:
-        return not self.stopped[i] and self.left[i] > 0
-
-    def emit(self, i: int, tok: int, logp: float) -> None:
-        self.left[i] -= 1
-        if self.eos is not None and tok == self.eos:
-            self.stopped[i] = True
-            return
-        self.out[i].append(tok)
-        self.logps[i] += logp
-        self.texts[i] = self.tokenizer.decode(self.out[i])
-        for s in self.stop:
-            at = self.texts[i].find(s)
-            if s and at >= 0:
-                self.texts[i] = self.texts[i][:at]
-                self.stopped[i] = True
-                break
-
-    def result(self, i: int) -> tuple[str, bool, float]:
-        return self.texts[i], self.stopped[i], self.logps[i]
-
-
-def _decode(ckpt: Checkpoint, rows: _Rows, which: list[int], ids: Tensor, mask: Tensor,
-            pos: Tensor, cache: Any, temperature: float, gen: torch.Generator) -> None:
-    """Feed ``ids`` (at positions ``pos``, attending where ``mask`` is 1, after ``cache``), then
-    one token a step until every row of ``which`` (batch row -> ``rows`` index) is done or
-    the model's context is full."""
-    device = ckpt.device
-    cached = has_kv_cache(ckpt)
-    keep = {"logits_to_keep": 1} if _keeps_logits(ckpt) else {}
-    fresh = True
-    while True:
-        live = [b for b, i in enumerate(which) if rows.live(i)]
-        if not live or int(pos[:, -1].max()) + 1 >= ckpt.n_ctx:
-            break
-        if cached:
-            feed, feed_pos = (ids, pos) if fresh else (ids[:, -1:], pos[:, -1:])
-            logits, cache = ckpt.bridge(feed.to(device), attention_mask=mask.to(device),
-                                        position_ids=feed_pos.to(device),
-                                        past_key_values=cache, return_type="logits_and_cache",
-                                        **keep)
-            fresh = False
-        else:
-            logits = ckpt.bridge(ids.to(device), attention_mask=mask.to(device),
-                                 position_ids=pos.to(device))
-        lp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
-        nxt = torch.full((len(which),), ckpt.tokenizer.pad_token_id, dtype=torch.long)
-        for b in live:
-            if temperature > 0:
-                tok = int(torch.multinomial(torch.softmax(lp[b] / temperature, dim=-1), 1,
-                                            generator=gen))
-            else:
-                tok = int(torch.argmax(lp[b]))
-            nxt[b] = tok
-            rows.emit(which[b], tok, float(lp[b, tok]))
-        ids = torch.cat([ids, nxt[:, None]], 1)
-        mask = torch.cat([mask, torch.ones(len(which), 1, dtype=torch.long)], 1)
-        pos = torch.cat([pos, pos[:, -1:] + 1], 1)
-
-
-def _generate_batch(ckpt, prompts, max_new_tokens, stop, temperature, gen, *, cache=None,
-                    start: int = 0) -> list[tuple]:
-    """One batch; with ``cache`` (the shared prefix's KV cache, ``start`` tokens) only the
-    prompts' tails after ``start`` are fed, left-padded between prefix and tail."""
-    n = len(prompts)
-    rows = _Rows(ckpt, n, stop, max_new_tokens)
-    ids, mask, _ = _pad([p[start:] for p in prompts], ckpt.tokenizer.pad_token_id, "left")
-    pos = _positions(mask, start)
-    if start:
-        mask = torch.cat([torch.ones(n, start, dtype=torch.long), mask], 1)
-    _decode(ckpt, rows, list(range(n)), ids, mask, pos, cache, temperature, gen)
-    return [rows.result(i) for i in range(n)]

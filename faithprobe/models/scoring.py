@@ -27,7 +27,9 @@ from faithprobe.data.prompts import PromptTemplate
 from faithprobe.data.tokens import Aligned, align
 from faithprobe.errors import FaithprobeError
 from faithprobe.models.checkpoints import Checkpoint
-from faithprobe.models.forward import GreedyAfter, PaddingSide, forward_logprobs, generate
+from faithprobe.models.decode import generate
+from faithprobe.models.forward import GreedyAfter, forward_logprobs
+from faithprobe.models.kvcache import PaddingSide
 
 __all__ = [
     "AnswerScore",
@@ -218,7 +220,7 @@ def score(
     With ``share_prefix`` the items are edits of the first one (one trace): on a model with a
     KV cache the first item's tokens are run once and every other item runs only from its first
     differing token (exact up to float rounding). ``max_batch_tokens`` bounds each batch's
-    padded size (see :func:`faithprobe.models.forward.token_batches`).
+    padded size (see :func:`faithprobe.models.batches.token_batches`).
     """
     template = template or ckpt.template
     if padding_side not in ("left", "right"):

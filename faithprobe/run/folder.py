@@ -289,6 +289,7 @@ def _generated(cfg: RunConfig, out: Path, header: dict[str, Any], label: str, ck
     from faithprobe.models.generate import generate_traces
 
     traces = generate_traces(ckpt, problems, template, cfg["generation"], seed=cfg["seed"],
+                             label=label,
                              batch_size=cfg["probe"]["batch_size"], quiet=quiet)
     _keep_generated(out, header, label, traces)
     return traces

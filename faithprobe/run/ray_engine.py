@@ -95,7 +95,8 @@ def _generate_task(cfg: RunConfig, label: str, spec: str, problems: list[Trace],
     _setup(cwd, threads)
     ckpt = _load(cfg, spec, label)
     return generate_traces(ckpt, problems, template_of(cfg, ckpt), cfg["generation"],
-                           seed=cfg["seed"], batch_size=cfg["probe"]["batch_size"], quiet=True)
+                           seed=cfg["seed"], label=label, batch_size=cfg["probe"]["batch_size"],
+                           quiet=True)
 
 
 def _probe_task(cfg: RunConfig, label: str, spec: str, scorer_spec: str | None,

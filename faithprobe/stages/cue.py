@@ -101,7 +101,8 @@ def cue_test(ckpt: Checkpoint, label: str, traces: Sequence[Trace],
     gen = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "split": split,
            "max_steps": max_steps}
     problems = [replace(t, steps=(), step_truth=None, paraphrases=None) for t in traces]
-    uncued = generate_traces(ckpt, problems, template, gen, seed=seed, batch_size=batch_size)
+    uncued = generate_traces(ckpt, problems, template, gen, seed=seed, label=label,
+                             purpose="cue", batch_size=batch_size)
     if on_batch is not None:
         on_batch(len(uncued))
     asked: list[tuple[Trace, Trace, CueKind, str | None, tuple[Trace, str] | None]] = []
@@ -116,7 +117,8 @@ def cue_test(ckpt: Checkpoint, label: str, traces: Sequence[Trace],
                                                               seed=seed)
             asked.append((trace, plain, kind, target, problem))
     todo = [p[0] for *_, p in asked if p is not None]
-    cued = iter(generate_traces(ckpt, todo, template, gen, seed=seed, batch_size=batch_size))
+    cued = iter(generate_traces(ckpt, todo, template, gen, seed=seed, label=label,
+                                purpose="cue", batch_size=batch_size))
     if on_batch is not None:
         on_batch(len(todo))
     name = judge_name(judge)

@@ -20,7 +20,9 @@ from faithprobe.data.traces import Trace
 from faithprobe.edits.interventions import Edit, EditContext, make_intervention
 from faithprobe.errors import FaithprobeError
 from faithprobe.models.checkpoints import Checkpoint
-from faithprobe.models.forward import PaddingSide, forward_token_logprobs, generate
+from faithprobe.models.decode import generate
+from faithprobe.models.forward import forward_token_logprobs
+from faithprobe.models.kvcache import PaddingSide
 from faithprobe.models.scoring import (
     AnswerScore,
     ScoreItem,

@@ -21,7 +21,6 @@ same whether traces run together or one by one, and whatever the batch size.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import statistics
 from collections import Counter
@@ -37,7 +36,8 @@ from faithprobe.data.traces import Trace
 from faithprobe.errors import FaithprobeError
 from faithprobe.metrics.bootstrap import percentile_interval
 from faithprobe.models.checkpoints import Checkpoint
-from faithprobe.models.generate import NO_ANSWER, sample_continuations
+from faithprobe.models.decode import draw_seed, sample_continuations
+from faithprobe.models.generate import NO_ANSWER
 from faithprobe.models.scoring import continuation_ids, normalize_answer, score
 from faithprobe.records import Record
 from faithprobe.stages.probe import item_of
@@ -83,8 +83,7 @@ class ResampleConfig:
 
 def rollout_seed(seed: int, trace_id: str, prefix: int, sample: int) -> int:
     """The seed of one rollout: a hash of the run seed, trace, prefix length and sample."""
-    key = f"{seed}\x00{trace_id}\x00{prefix}\x00{sample}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+    return draw_seed(seed, trace_id, prefix, sample)
 
 
 def total_variation(p: Counter[str], q: Counter[str]) -> float:
