@@ -383,11 +383,12 @@ def test_summarize_is_strict_json() -> None:
     summary = summarize(records, n_boot=50)
     text = json.dumps(summary, allow_nan=False)
     assert json.loads(text)["schema_version"] == 1
-    assert set(summary) == {"schema_version", "checkpoints", "comparisons", "seed_question"}
+    assert set(summary) == {"schema_version", "continuation", "checkpoints", "comparisons",
+                            "seed_question"}
     assert list(summary["checkpoints"]) == ["base", "sft"]
     base = summary["checkpoints"]["base"]
     assert base["early_answering_aoc"]["value"] == pytest.approx(0.4583333333333333)
-    assert set(base["accuracy"]) == {"value", "ci_low", "ci_high", "n"}
+    assert set(base["accuracy"]) == {"value", "ci_low", "ci_high", "n", "n_boot_undefined"}
     acc = [c for c in summary["comparisons"] if c["metric"] == "accuracy"]
     assert len(acc) == 1 and acc[0]["a"] == "base" and acc[0]["b"] == "sft"
     # a metric present on one side only is not compared

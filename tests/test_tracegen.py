@@ -30,6 +30,27 @@ def test_generation_is_deterministic_and_splits_steps(tiny):
                                       {**GEN, "temperature": 1.0}, seed=3)
 
 
+def test_a_sampled_trace_depends_on_its_problem_not_on_its_batch_or_shard(tiny):
+    """At temperature 0.7 each problem draws from its own seed (run seed, trace id, label,
+    purpose): generated alone, in other batches or in another order, it is the same trace;
+    another label or run seed draws another."""
+    problems = [Trace(f"p{i}", f"a={i % 10};a?", (), str(i % 10)) for i in range(8)]
+    gen = {**GEN, "temperature": 0.7, "max_new_tokens": 16}
+
+    def run(ps, **kw):
+        kw = {"seed": 5, "label": "base", "batch_size": 3, **kw}
+        return {t.id: t for t in generate_traces(tiny, ps, tiny.template, gen, **kw)}
+
+    whole = run(problems)
+    assert run(problems[4:]) | run(problems[:4]) == whole  # two shards
+    assert run(problems[::-1], batch_size=8) == whole
+    assert run(problems, batch_size=1) == whole
+    greedy = {t.id: t for t in generate_traces(tiny, problems, tiny.template, GEN)}
+    assert any(whole[k].steps != greedy[k].steps for k in whole)  # it did sample
+    for other in (run(problems, label="sft"), run(problems, seed=6)):
+        assert any(other[k].steps != whole[k].steps for k in whole)
+
+
 def test_generation_without_an_answer_is_recorded_not_a_crash(tiny):
     letter = tiny.tokenizer.token_id("a")
     with torch.no_grad():  # the model now always says "a": never a number

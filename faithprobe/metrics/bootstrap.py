@@ -29,7 +29,7 @@ from faithprobe.records import Record
 __all__ = [
     "METRIC_FNS", "SUMMARY_SCHEMA_VERSION", "Estimate", "bootstrap", "compare",
     "compare_metric", "compare_relative", "compute_metrics", "estimate_metric",
-    "percentile_interval", "replicate_sums", "seed_question", "summarize",
+    "percentile_interval", "replicate_sums", "seed_question", "summarize", "undefined_count",
 ]
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -43,6 +43,7 @@ class Estimate:
     ci_low: float  # 2.5th percentile of the replicates
     ci_high: float  # 97.5th percentile of the replicates
     n: int  # traces that entered the statistic (all records, for the *_count metrics)
+    n_boot_undefined: int = 0  # replicates on which the statistic had no value (left out)
 
     def __post_init__(self) -> None:
         for name in ("value", "ci_low", "ci_high"):
@@ -51,7 +52,8 @@ class Estimate:
 
     def to_json(self) -> dict[str, Any]:
         return {"value": float(self.value), "ci_low": float(self.ci_low),
-                "ci_high": float(self.ci_high), "n": int(self.n)}
+                "ci_high": float(self.ci_high), "n": int(self.n),
+                "n_boot_undefined": int(self.n_boot_undefined)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,9 +106,16 @@ def replicate_sums(matrix: np.ndarray, n_boot: int, seed: int) -> Iterator[np.nd
         yield np.bincount(idx, minlength=matrix.shape[0]) @ matrix
 
 
+def undefined_count(reps: Sequence[float | None]) -> int:
+    """Replicates without a value (a ratio over a resample whose denominator is 0, a metric
+    none of whose traces was drawn): :func:`percentile_interval` leaves them out, the summary
+    says how many (``n_boot_undefined``)."""
+    return sum(v is None for v in reps)
+
+
 def percentile_interval(point: float, reps: list[float | None]) -> tuple[float, float]:
-    """The 95% percentile interval of the replicates (None ones dropped); ``(point, point)``
-    when no replicate has a value."""
+    """The 95% percentile interval of the replicates (None ones dropped, see
+    :func:`undefined_count`); ``(point, point)`` when no replicate has a value."""
     reps = [v for v in reps if v is not None]
     if not reps:
         return point, point
@@ -135,7 +144,7 @@ def _estimate(metric: Metric, records: Sequence[Record], *, n_boot: int, seed: i
         return Estimate(point, point, point, len(records))
     reps = [_combine(metric, keys, sums) for sums in replicate_sums(matrix, n_boot, seed)]
     lo, hi = percentile_interval(point, reps)
-    return Estimate(point, lo, hi, len(ids))
+    return Estimate(point, lo, hi, len(ids), undefined_count(reps))
 
 
 def estimate_metric(metric: Metric, records: Sequence[Record], *, n_boot: int = 1000,
@@ -197,10 +206,9 @@ def bootstrap(records: Sequence[Record], fn: Callable[[list[Record]], float | No
         sample = [replace(r, trace_id=f"{ids[i]}#{draw}")
                   for draw, i in enumerate(idx) for r in groups[ids[i]]]
         v = fn(sample)
-        if v is not None and math.isfinite(v):
-            reps.append(float(v))
+        reps.append(float(v) if v is not None and math.isfinite(v) else None)
     lo, hi = percentile_interval(float(point), reps)
-    return Estimate(float(point), lo, hi, len(ids))
+    return Estimate(float(point), lo, hi, len(ids), undefined_count(reps))
 
 
 def compute_metrics(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0
@@ -225,10 +233,11 @@ def compute_metrics(records: Sequence[Record], *, n_boot: int = 1000, seed: int 
 def _paired(entry: Metric, records: Sequence[Record], a: str, b: str
             ) -> tuple[list[str], list[Hashable], np.ndarray, list[Hashable], np.ndarray]:
     """The traces entering ``entry`` on both sides (sorted) and each side's feature matrix over
-    them."""
+    them. The corrupt continuation is the one :func:`compute_metrics` chooses over the same
+    ``records`` (all of them, not the pair's): every comparison of a summary uses one."""
     rec_a = [r for r in records if r.checkpoint == a]
     rec_b = [r for r in records if r.checkpoint == b]
-    continuation = resolve_continuation(rec_a + rec_b, None)
+    continuation = resolve_continuation(records, None)
     ids_a, keys_a, mat_a = _features(entry, rec_a, continuation)
     ids_b, keys_b, mat_b = _features(entry, rec_b, continuation)
     shared = sorted(set(ids_a) & set(ids_b))
@@ -268,9 +277,11 @@ def compare(records: Sequence[Record], a: str, b: str, metric: str, *, n_boot: i
     trace ids once and computes the metric on both sides with the same ids.
 
     Returns:
-        ``{"a", "b", "metric", "delta" (b - a), "ci_low", "ci_high", "relative_change"
-        (delta / |value_a|, None when value_a == 0), "n" (shared traces)}``, or None when the
-        metric has no value on the shared traces.
+        ``{"a", "b", "metric", "value_a", "value_b" (each side over the shared traces),
+        "delta" (value_b - value_a), "ci_low", "ci_high", "relative_change" (delta /
+        |value_a|, None when value_a == 0), "n" (shared traces), "n_boot_undefined"
+        (replicates without a value)}``, or None when the metric has no value on the shared
+        traces.
     """
     return compare_metric(get_metric(metric), records, a, b, n_boot=n_boot, seed=seed)
 
@@ -284,15 +295,17 @@ def compare_metric(entry: Metric, records: Sequence[Record], a: str, b: str, *,
         return None
     shared, keys_a, mat_a, keys_b, mat_b, value_a, value_b = paired
     delta = value_b - value_a
+    reps: list[float | None] = []
     if entry.unit == "count":
         lo = hi = delta
     else:
         reps = [None if va is None or vb is None else vb - va
                 for va, vb in _paired_reps(entry, keys_a, mat_a, keys_b, mat_b, n_boot, seed)]
         lo, hi = percentile_interval(delta, reps)
-    return {"a": a, "b": b, "metric": entry.name, "delta": delta, "ci_low": lo, "ci_high": hi,
+    return {"a": a, "b": b, "metric": entry.name, "value_a": value_a, "value_b": value_b,
+            "delta": delta, "ci_low": lo, "ci_high": hi,
             "relative_change": delta / abs(value_a) if value_a != 0 else None,
-            "n": len(shared)}
+            "n": len(shared), "n_boot_undefined": undefined_count(reps)}
 
 
 def compare_relative(records: Sequence[Record], a: str, b: str, metric: str, *,
@@ -328,7 +341,7 @@ def compare_relative(records: Sequence[Record], a: str, b: str, metric: str, *,
     reps = [None if va is None or vb is None or va == 0 else (vb - va) / abs(va)
             for va, vb in _paired_reps(entry, keys_a, mat_a, keys_b, mat_b, n_boot, seed)]
     lo, hi = percentile_interval(rel, reps)
-    out.update(relative_change=rel, ci_low=lo, ci_high=hi)
+    out.update(relative_change=rel, ci_low=lo, ci_high=hi, n_boot_undefined=undefined_count(reps))
     return out
 
 
@@ -359,7 +372,8 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
             fine-tune against its base) only.
 
     Returns:
-        ``{"schema_version", "checkpoints": {label: {metric: estimate}}, "comparisons",
+        ``{"schema_version", "continuation" (the corrupt records every metric and comparison
+        read, chosen once), "checkpoints": {label: {metric: estimate}}, "comparisons",
         "seed_question" (``seed_question`` of each pair that has a value)}``, metrics in
         catalogue order.
     """
@@ -393,6 +407,7 @@ def summarize(records: Sequence[Record], *, n_boot: int = 1000, seed: int = 0,
     receivers = receiver_summary(records)
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
+        "continuation": resolve_continuation(records, None),
         "checkpoints": {label: {m: e.to_json() for m, e in ests.items()}
                         for label, ests in per.items()},
         "comparisons": comparisons,

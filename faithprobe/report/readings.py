@@ -136,6 +136,8 @@ def checkpoint_value(summary: Mapping[str, Any], label: str, metric: str) -> flo
 def baseline(c: Mapping[str, Any], summary: Mapping[str, Any]) -> float | None:
     """The first checkpoint's value on the traces the comparison shares (from the relative
     change), else its value over all its traces; None where unknown."""
+    if c.get("value_a") is not None:
+        return c["value_a"]
     rel, delta = c.get("relative_change"), c["delta"]
     own = checkpoint_value(summary, c["a"], c["metric"])
     if rel is None:  # ``compare`` leaves it out exactly when that value is 0

@@ -77,9 +77,11 @@ ARROW = " -> "
 
 
 def _values(c: Mapping[str, Any], summary: Mapping[str, Any], sep: str = ARROW) -> str:
+    """"a -> b": each side over the traces the comparison shares (the delta's own), else (a
+    summary written before comparisons held them) each checkpoint's value."""
     m = c["metric"]
-    va = checkpoint_value(summary, c["a"], m)
-    vb = checkpoint_value(summary, c["b"], m)
+    va = c["value_a"] if "value_a" in c else checkpoint_value(summary, c["a"], m)
+    vb = c["value_b"] if "value_b" in c else checkpoint_value(summary, c["b"], m)
     if va is None or vb is None:
         return ""
     return (f"{value_text(m, va, short=True, suffix=False)}{sep}"
@@ -128,7 +130,8 @@ def _dependence(compared: Mapping[str, Mapping[str, Any]], summary: Mapping[str,
     if downs and not ups:
         falls = [m for m in downs if METRICS_BY_NAME[m].direction > 0]
         gone = bool(falls) and all(
-            abs(checkpoint_value(summary, compared[m]["b"], m) or 0.0) < metric_mmd(m)
+            abs(compared[m].get("value_b", checkpoint_value(summary, compared[m]["b"], m))
+                or 0.0) < metric_mmd(m)
             for m in falls)
         word = "no longer carries its answer" if gone else "carries its answer less"
         return f"its reasoning {word}", evidence, -1

@@ -251,18 +251,22 @@ def _probe_all(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prepared
 def _probe_all_ray(cfg: RunConfig, out: Path, header: dict[str, Any], prep: Prepared,
                    done: set[tuple[str, str]], quiet: bool, tqdm: Any,
                    address: str | None) -> None:
-    from faithprobe.run.ray_engine import probe_on_ray
+    from faithprobe.run.ray_engine import probe_on_ray, worker_entry
 
     def generated(label: str) -> list[Trace] | None:
         path = generated_traces_file(out, label)
         return read_traces(path) if path.is_file() else None
 
     def on_worker(label: str, where: dict[str, Any], fast_path: dict[str, Any] | None) -> None:
-        """A task's checkpoint placement and patching path, in the header once per label."""
+        """A task's checkpoint placement, threads and patching path, in the header once per
+        label with every worker that found them (workers that disagree: an error)."""
         before = json.dumps(header)
-        header["hardware"]["checkpoints"].setdefault(label, where)
-        if fast_path is not None:
-            header.setdefault("patching", {}).setdefault(label, fast_path)
+        patching = header.setdefault("patching", {})
+        entry, fast = worker_entry(label, header["hardware"]["checkpoints"].get(label), where,
+                                   patching.get(label), fast_path)
+        header["hardware"]["checkpoints"][label] = entry
+        if fast is not None:
+            patching[label] = fast
         if json.dumps(header) != before:
             write_json(out / HEADER, header)
 

@@ -11,7 +11,10 @@ every input as a local run does, then submits, per checkpoint label:
 
 Each task loads its checkpoint once per worker process (kept for the next task of the same
 checkpoint) with the checkpoint's placement, and asks Ray for ``ray.cpus_per_task`` CPUs, plus
-``ray.gpus_per_task`` GPUs when the checkpoint is placed on a GPU. The driver alone writes the
+``ray.gpus_per_task`` GPUs when the checkpoint is placed on a GPU; torch runs in it with the
+threads a local run uses (the config's ``threads``, else the driver's), and the task reports its
+checkpoint's device, dtype, threads and patching path, which every worker must agree on (the
+header lists the workers). The driver alone writes the
 run folder, a trace's records at a time as tasks finish, with the same progress log as a local
 run, so ``--resume`` after the driver is killed completes the run. A task whose worker dies is
 retried by Ray (``max_retries``); a task's records are written only once it has finished, so a
@@ -37,7 +40,7 @@ from faithprobe.records import Record
 from faithprobe.run.config import RunConfig, placement_of
 from faithprobe.run.units import probed_generated, template_of
 
-__all__ = ["check_address", "import_ray", "probe_on_ray", "ray_node"]
+__all__ = ["check_address", "import_ray", "probe_on_ray", "ray_node", "worker_entry"]
 
 MAX_RETRIES = 3  # a task whose worker process dies is run again this many times at most
 TASKS_PER_CPU = 4  # default slicing: about this many tasks per CPU of the cluster
@@ -120,8 +123,33 @@ def _probe_task(cfg: RunConfig, label: str, spec: str, scorer_spec: str | None,
     out = [(t.id, records) for t, records in probe_traces(
         cfg, ckpt, label, template_of(cfg, ckpt), traces, scorer=scorer, selection=selection,
         fast_path=fast_path)]
-    where = {**checkpoint_hardware(ckpt), "node": ray_node()}
+    import torch
+
+    where = {**checkpoint_hardware(ckpt), "threads": torch.get_num_threads(), "node": ray_node()}
     return where, (fast_path.to_json() if fast_path else None), out
+
+
+def worker_entry(label: str, seen: dict[str, Any] | None, where: dict[str, Any],
+                 fast_seen: dict[str, Any] | None, fast_path: dict[str, Any] | None
+                 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A label's header entries (hardware, patching path) after one more task reported
+    ``where`` (its device, dtype, threads and ``node``) and ``fast_path``: the first report,
+    or the same with the node added to ``workers``. Workers that found the checkpoint on
+    other hardware, with other threads, or patching another way are an error: their records
+    would not be a local run's."""
+    found = {k: v for k, v in where.items() if k != "node"}
+    nodes = [where["node"]] if "node" in where else []
+    if seen is not None:
+        before = {k: v for k, v in seen.items() if k != "workers"}
+        if before != found:
+            raise FaithprobeError(f"Ray workers disagree on checkpoint {label!r}: {before} on "
+                                  f"{', '.join(seen.get('workers', []))}, {found} on "
+                                  f"{', '.join(nodes)}", field="--engine")
+        nodes = sorted({*seen.get("workers", []), *nodes})
+    if fast_seen is not None and fast_path is not None and fast_seen != fast_path:
+        raise FaithprobeError(f"Ray workers disagree on how checkpoint {label!r} is patched: "
+                              f"{fast_seen} and {fast_path}", field="--engine")
+    return {**found, "workers": nodes}, fast_seen if fast_seen is not None else fast_path
 
 
 def ray_node() -> str:
@@ -184,6 +212,11 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
     try:
         ray_cfg = cfg.get("ray", {})
         cpus = int(ray_cfg.get("cpus_per_task", 1))
+        import torch
+
+        # the threads a local run uses (the config's, else the driver's): reductions over
+        # another thread count may round otherwise, and records would not be a local run's
+        threads = int(cfg.get("threads") or torch.get_num_threads())
         gpus = float(ray_cfg.get("gpus_per_task", 1.0))
         cwd = os.getcwd()
         specs = {label: ckpt.spec for label, ckpt in prep.checkpoints.items()}
@@ -207,7 +240,7 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
                 traces[label] = saved
             else:
                 to_generate[label] = options(_generate_task, label).remote(
-                    cfg, label, specs[label], prep.traces, cwd, cpus)
+                    cfg, label, specs[label], prep.traces, cwd, threads)
         pending = list(to_generate.values())
         for label, ref in to_generate.items():
             traces[label] = ray.get(ref)
@@ -224,7 +257,7 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
                 1, math.ceil(len(todo) / (TASKS_PER_CPU * total_cpus)))
             for part in _slices(todo, int(size)):
                 ref = options(_probe_task, label).remote(
-                    cfg, label, specs[label], scorer_spec, part, prep.selection, cwd, cpus)
+                    cfg, label, specs[label], scorer_spec, part, prep.selection, cwd, threads)
                 owner[ref] = label
                 pending.append(ref)
         while pending:

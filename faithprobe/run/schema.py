@@ -305,7 +305,8 @@ class RaySection(Section):
     """with `--engine ray` only (see [Sweeps on a Ray cluster](#sweeps-on-a-ray-cluster)):"""
 
     cpus_per_task: int = Field(None, ge=1, le=1_024,
-                               description="CPUs a task asks for, torch threads in it")
+                               description="CPUs a task asks for; its torch threads "
+                                           "are the run's `threads`, as a local run's")
     gpus_per_task: float = Field(None, ge=0.0, le=64.0, description="GPUs a task of a "
                                                                     "checkpoint on a GPU asks for")
     traces_per_task: int = Field(None, ge=1, le=100_000, description="traces in one task; "
