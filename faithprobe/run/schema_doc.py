@@ -72,12 +72,18 @@ def _key(name: str, info: Any) -> str:
     return f"`{name}` ({text})" if text else f"`{name}`"
 
 
+def _field_types(info: Any) -> tuple[Any, Any]:
+    """A field's type (its first alternative) and, for a ``dict``, its values' type."""
+    annotation = _parts(info.annotation)[0]
+    inner = _parts(get_args(annotation)[-1])[0] if get_origin(annotation) is dict else None
+    return annotation, inner
+
+
 def _keys(model: type[BaseModel]) -> str:
     """A section's keys; a nested table's after its own name (``[probe.corrupt] ...``)."""
     own, nested = [], []
     for name, info in model.model_fields.items():
-        annotation = _parts(info.annotation)[0]
-        inner = _parts(get_args(annotation)[-1])[0] if get_origin(annotation) is dict else None
+        annotation, inner = _field_types(info)
         if _is_model(annotation):
             nested.append(f"{annotation.__doc__} {_keys(annotation)}")
         elif _is_model(inner):
@@ -91,8 +97,7 @@ def _table() -> list[str]:
     rows = ["| section | keys |", "|---|---|"]
     top = []
     for name, info in RunSchema.model_fields.items():
-        annotation = _parts(info.annotation)[0]
-        inner = _parts(get_args(annotation)[-1])[0] if get_origin(annotation) is dict else None
+        annotation, inner = _field_types(info)
         if _is_model(annotation):
             rows.append(f"| `[{name}]` | {annotation.__doc__} {_keys(annotation)} |")
         elif _is_model(inner):
