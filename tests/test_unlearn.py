@@ -79,6 +79,7 @@ def test_weights_come_back_bit_for_bit_and_only_the_chosen_ones_move(base, sampl
         log = npo_kl_unlearn(base.bridge, params, forget, [], epochs=3, lr=1e-2)
         inside = {clean_name(k): v for k, v in base.bridge.named_parameters()}
         moved = {k for k in state if not torch.equal(state[k], inside[k])}
+        assert weights_digest(base.bridge) != before  # the digest sees the trained weights
     assert moved == chosen and log.logprob_after < log.logprob_before
     assert weights_digest(base.bridge) == before
     with pytest.raises(RuntimeError), unlearning(base.bridge, params):  # restored on error too

@@ -56,8 +56,8 @@ from faithprobe.models.unlearning import (
 from faithprobe.records import Record
 from faithprobe.stages.probe import item_of
 
-__all__ = ["UNLEARN", "UnlearnConfig", "control_answers", "forget_of", "retain_traces",
-           "unlearn_trace"]
+__all__ = ["UNLEARN", "UnlearnConfig", "answer_again", "answer_prob", "control_answers",
+           "forget_of", "retain_traces", "unlearn_trace"]
 
 UNLEARN = "unlearn"  # the records' intervention
 
@@ -120,8 +120,8 @@ def _accuracy(control: Sequence[Trace], preds: Sequence[str]) -> float | None:
     return sum(graded) / len(graded) if graded else None
 
 
-def _answer(ckpt: Checkpoint, template: PromptTemplate, problem: Trace, cfg: UnlearnConfig
-            ) -> tuple[Trace | None, str]:
+def answer_again(ckpt: Checkpoint, template: PromptTemplate, problem: Trace,
+                 cfg: UnlearnConfig) -> tuple[Trace | None, str]:
     """The checkpoint's greedy reasoning and answer (None and why where none comes)."""
     prompt = len(continuation_ids(ckpt, template, problem.question, (), problem.id))
     budget = min(cfg.max_new_tokens, ckpt.n_ctx - prompt - 16)
@@ -138,8 +138,8 @@ def _answer(ckpt: Checkpoint, template: PromptTemplate, problem: Trace, cfg: Unl
     return out, ""
 
 
-def _prob(ckpt: Checkpoint, template: PromptTemplate, problem: Trace, steps: Sequence[str],
-          answer: str) -> tuple[float, float]:
+def answer_prob(ckpt: Checkpoint, template: PromptTemplate, problem: Trace,
+                steps: Sequence[str], answer: str) -> tuple[float, float]:
     """(probability, summed log-probability) of ``answer`` after ``steps`` (over the options
     where the trace has them)."""
     sc = score(ckpt, [ScoreItem(problem.question, tuple(steps), answer, problem.options,
@@ -170,9 +170,11 @@ _CHECKED: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], str | None]] = \
 
 def unlearn_trace(ckpt: Checkpoint, label: str, trace: Trace, template: PromptTemplate,
                   cfg: UnlearnConfig, *, pool: Sequence[Trace] = (),
-                  control: Sequence[Trace] = ()) -> list[Record]:
+                  control: Sequence[Trace] = (), steps: Sequence[int] | None = None
+                  ) -> list[Record]:
     """The ``unlearn`` records of ``trace`` (see the module docstring). ``pool``: the traces
-    the retain texts are drawn from; ``control``: the held-out traces of specificity."""
+    the retain texts are drawn from; ``control``: the held-out traces of specificity;
+    ``steps``: the steps unlearned (default every one)."""
     params = select_params(ckpt.bridge, cfg.params)
     checked = _CHECKED.setdefault(ckpt.bridge, {})
     if cfg.params not in checked:
@@ -184,14 +186,18 @@ def unlearn_trace(ckpt: Checkpoint, label: str, trace: Trace, template: PromptTe
                                  gold=_gold(trace))
     if not trace.n_steps:
         return [Record(**fixed, status="skipped", reason="trace has no steps")]
+    todo = list(range(trace.n_steps)) if steps is None else list(steps)
+    if any(not 0 <= i < trace.n_steps for i in todo):
+        raise FaithprobeError(f"a step to unlearn is outside 0..{trace.n_steps - 1}",
+                              source=f"trace {trace.id}", field="steps")
     problem = replace(trace, steps=(), step_truth=None, paraphrases=None)
     digest = weights_digest(ckpt.bridge)
-    before, why = _answer(ckpt, template, problem, cfg)
+    before, why = answer_again(ckpt, template, problem, cfg)
     if before is None:
         return [Record(**fixed, step=i, status="no_answer", reason=f"before unlearning: {why}")
-                for i in range(trace.n_steps)]
+                for i in todo]
     orig = before.answer
-    orig_prob, _ = _prob(ckpt, template, problem, before.steps, orig)
+    orig_prob, _ = answer_prob(ckpt, template, problem, before.steps, orig)
     control = list(control)
     ctl_before = control_answers(ckpt, template, control, batch_size=cfg.batch_size)
     retain = retain_traces(trace, pool, cfg.retain_traces, seed=cfg.seed)
@@ -204,7 +210,7 @@ def unlearn_trace(ckpt: Checkpoint, label: str, trace: Trace, template: PromptTe
               "efficacy_threshold": cfg.efficacy_threshold, "orig_prob": orig_prob,
               "orig_reasoning": str(before.metadata.get("generated_text", ""))}
     out = []
-    for i in range(trace.n_steps):
+    for i in todo:
         forget = forget_of(ckpt, template, trace, i)
         if forget is None:
             out.append(Record(**fixed, step=i, status="skipped",
@@ -213,8 +219,8 @@ def unlearn_trace(ckpt: Checkpoint, label: str, trace: Trace, template: PromptTe
         with unlearning(ckpt.bridge, params):
             log = npo_kl_unlearn(ckpt.bridge, params, forget, retain_ids, epochs=cfg.epochs,
                                  lr=cfg.lr, beta=cfg.beta, kl_coeff=cfg.kl_coeff)
-            after, why = _answer(ckpt, template, problem, cfg)
-            new = _prob(ckpt, template, problem, after.steps, orig) if after else None
+            after, why = answer_again(ckpt, template, problem, cfg)
+            new = answer_prob(ckpt, template, problem, after.steps, orig) if after else None
             ctl_after = control_answers(ckpt, template, control, batch_size=cfg.batch_size)
         restored = weights_digest(ckpt.bridge)
         if restored != digest:
