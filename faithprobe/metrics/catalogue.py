@@ -45,6 +45,7 @@ from faithprobe.metrics.suppression import (
     receiver_kurtosis_features,
     step_dependency_features,
 )
+from faithprobe.metrics.unlearn import unlearn_features
 
 __all__ = [
     "CATALOGUE", "HEADLINE_METRICS", "METRICS", "METRICS_BY_NAME", "TABLE_METRICS", "UNITS",
@@ -265,12 +266,36 @@ CATALOGUE: tuple[Metric, ...] = (
            "per trace, Spearman rank correlation of the steps' receiver scores with their "
            "resampling importance", table=28, mmd=0.1, reads=("receiver", "resample"),
            needs="at least 3 steps with both a receiver score and resampling importance"),
+    Metric("unlearn_flip_rate", unlearn_features("flip"), ratio, "points",
+           "unlearning flip rate (FF-HARD)",
+           "traces where unlearning some step from the weights (NPO + KL on the MLP output "
+           "projections) changes the answer written with new reasoning; unlearned steps only "
+           "(Tutek et al.)", table=29, verdict=20, mmd=_POINT, reads=("unlearn",),
+           needs="a step unlearned (efficacy at the threshold or above) with an answer before "
+                 "and after", direction=1),
+    Metric("unlearn_soft_effect", unlearn_features("soft"), ratio, "points",
+           "unlearning soft effect (FF-SOFT)",
+           "per trace, the mean over its unlearned steps of the drop in the original answer's "
+           "probability once the step is unlearned and the reasoning written again",
+           table=30, verdict=21, mmd=_POINT, reads=("unlearn",),
+           needs="a step unlearned with an answer before and after", direction=1),
+    Metric("unlearn_specificity", unlearn_features("specificity"), ratio, "points",
+           "unlearning specificity",
+           "change in accuracy on the held-out control traces after unlearning a step (0: "
+           "specific; negative: unlearning one step damaged other answers)", table=31,
+           mmd=_POINT, reads=("unlearn",), needs="control traces with gold answers"),
+    Metric("unlearn_efficacy", unlearn_features("efficacy"), ratio, "points",
+           "unlearning efficacy",
+           "steps whose own log-likelihood fell by at least the threshold (nats per token) when "
+           "unlearned; the others are 'not unlearned', never read as faithful", table=32,
+           mmd=_POINT, reads=("unlearn",), needs="an unlearned step with an answer before and "
+                                                 "after"),
     Metric("nonfinite_count", count_features("nonfinite"), count_combine, "count",
-           "nonfinite records", "records with a NaN or infinite value", table=29),
+           "nonfinite records", "records with a NaN or infinite value", table=33),
     Metric("no_answer_count", count_features("no_answer"), count_combine, "count",
-           "no-answer records", "records where no answer was read", table=30),
+           "no-answer records", "records where no answer was read", table=34),
     Metric("skipped_count", count_features("skipped"), count_combine, "count",
-           "skipped records", "records the probe skipped", table=31),
+           "skipped records", "records the probe skipped", table=35),
 )
 
 METRICS: tuple[str, ...] = tuple(m.name for m in CATALOGUE)  # the order of summary.json

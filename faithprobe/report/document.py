@@ -46,6 +46,7 @@ from faithprobe.report.readings import INTERVAL_SHORT, checkpoint_value, is_appe
 from faithprobe.report.render import PLOTS_DIR, REPORT_HTML, REPORT_MD, Doc, publish
 from faithprobe.report.seed import ki_lines, seed_question_section
 from faithprobe.report.suppression import suppression_section
+from faithprobe.report.unlearn import unlearn_section
 from faithprobe.report.verdict import (
     COMPARISON_HEADER,
     DOCS,
@@ -318,6 +319,7 @@ def write_report(run_dir: Path, records: list[Record], summary: dict, header: di
     seed_question_section(doc, summary)
     cue_section(doc, summary, records)
     suppression_section(doc, summary, records, traces)
+    unlearn_section(doc, summary, records, traces)
     _records_section(doc, groups)
 
     n_boot, seed = _seed(header)

@@ -118,7 +118,7 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
         return loaded[ident]
 
     prep = Prepared(traces, {}, {}, selection=select_traces(
-        cfg, [t.id for t in every], [t.question for t in every]))
+        cfg, [t.id for t in every], [t.question for t in every], every))
     for label, spec in cfg["checkpoints"].items():
         ckpt = prep.checkpoints[label] = load(f"checkpoints.{label}", spec, label)
         prep.templates[label] = template_of(cfg, ckpt, config_source)
@@ -151,6 +151,8 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
         longest = check_fit(traces, ckpt.tokenizer, template, ckpt.n_ctx, source=source,
                             label=f"{label} ({ckpt.spec})", generate=generate, paraphrases=para)
         prep.context[label] = {"max_prompt_tokens": longest, "n_ctx": ckpt.n_ctx}
+    if cfg["unlearn"]["enabled"]:
+        check_unlearn_inputs(cfg, prep.checkpoints, prep.selection, config_source)
     if cfg["cue"]["enabled"]:
         check_cue_inputs(cfg, traces, prep.selection, [f[:3] for f in fits[:len(
             prep.checkpoints)]], source=source, config_source=config_source)
@@ -219,3 +221,26 @@ def check_cue_inputs(cfg: RunConfig, traces: Sequence[Trace], selection: Selecti
             except FaithprobeError as exc:
                 raise FaithprobeError(f"cue kind {kind.name!r}: {exc.message}",
                                       source=config_source, field=where) from None
+
+
+def check_unlearn_inputs(cfg: RunConfig, checkpoints: dict[str, Any], selection: Selection,
+                         config_source: str) -> None:
+    """The preflight of unlearning: the run has a trace to unlearn beside the ones it keeps,
+    and every checkpoint can take gradients on the weights ``unlearn.params`` names (a
+    quantized or frozen one is refused, naming the weight)."""
+    from faithprobe.models.unlearning import gradient_problem, select_params
+
+    if cfg["unlearn"]["retain_traces"] and len(selection.unlearn_pool) < 2:
+        raise FaithprobeError("unlearning needs at least two traces outside the control set "
+                              "(one unlearned, one whose text the KL term keeps)",
+                              source=config_source, field="unlearn.retain_traces")
+    for label, ckpt in checkpoints.items():
+        try:
+            params = select_params(ckpt.bridge, cfg["unlearn"]["params"])
+        except FaithprobeError as exc:
+            raise FaithprobeError(f"{exc.message} (checkpoint {label})", source=config_source,
+                                  field=exc.field) from None
+        problem = gradient_problem(ckpt.bridge, params)
+        if problem is not None:
+            raise FaithprobeError(f"cannot unlearn: {problem}", source=config_source,
+                                  field=f"checkpoints.{label}")

@@ -47,12 +47,14 @@ from faithprobe.run.schema_base import (
     registered,
     seed_field,
 )
+from faithprobe.run.schema_unlearn import UnlearnSection
 
 __all__ = ["MAX_LABEL_CHARS", "MAX_SEED", "MAX_STRING_CHARS", "REGISTRIES", "CorruptOptions",
            "CueSection", "CustomCue", "DataSection", "FillerOptions", "GenerationSection",
            "InfogainSection", "KiSection", "MetricsSection", "ParaphraseOptions",
            "PatchingSection", "PlacementSection", "ProbeSection", "RaySection", "ResampleSection",
-           "RunSchema", "Section", "TemplateSection", "bounds_of", "config_error", "registered"]
+           "RunSchema", "Section", "TemplateSection", "UnlearnSection", "bounds_of", "config_error",
+           "registered"]
 
 # --- [data], [generation], [template] --------------------------------------------------------
 
@@ -353,6 +355,7 @@ class RunSchema(Section):
     patching: PatchingSection = Field(PatchingSection())
     resample: ResampleSection = Field(ResampleSection())
     cue: CueSection = Field(CueSection())
+    unlearn: UnlearnSection = Field(UnlearnSection())
     metrics: MetricsSection = Field(MetricsSection())
     ray: RaySection = Field(None)
 

@@ -19,18 +19,24 @@ from faithprobe.run.config import RunConfig
 
 __all__ = ["CUE_EXAMPLE_POOL", "Selection", "cue_kinds", "cue_records",
            "parse_shard", "probe_config", "probe_traces", "probed_generated", "resample_config",
-           "select_traces", "shard_traces", "template_of", "truncated_ids"]
+           "select_traces", "shard_traces", "template_of", "truncated_ids", "unlearn_config",
+           "unlearn_split"]
 
 
 @dataclass(frozen=True)
 class Selection:
     """What a run decides over its whole trace list: the ids of the traces it patches, those it
-    resamples and those it cue-tests, and the questions its few-shot cues show as examples."""
+    resamples, those it cue-tests and those it unlearns, the questions its few-shot cues show
+    as examples, and the traces unlearning draws its retain texts from and measures its
+    specificity on (as given: a generated run's are the source's)."""
 
     patch: frozenset[str] = frozenset()
     resample: frozenset[str] = frozenset()
     cue: frozenset[str] = frozenset()
     cue_examples: tuple[str, ...] = ()
+    unlearn: frozenset[str] = frozenset()
+    unlearn_pool: tuple[Trace, ...] = ()
+    unlearn_control: tuple[Trace, ...] = ()
 
 
 CUE_EXAMPLE_POOL = 8  # the few-shot cue's examples come from the first questions of the run
@@ -69,19 +75,48 @@ def probe_config(cfg: RunConfig):
 
 
 def select_traces(cfg: RunConfig, trace_ids: Sequence[str],
-                  questions: Sequence[str] = ()) -> Selection:
+                  questions: Sequence[str] = (), traces: Sequence[Trace] = ()) -> Selection:
     """The traces a run patches, the first ``patching.max_traces`` of the whole trace list,
     those it resamples, the first ``resample.max_traces``, and those it cue-tests, the first
-    ``cue.max_traces``, with the few-shot cue's example questions, the first of ``questions``
-    (every shard and every engine gets the same)."""
+    ``cue.max_traces``, with the few-shot cue's example questions, the first of ``questions``,
+    and those it unlearns (:func:`unlearn_split` of ``traces``; every shard and every engine
+    gets the same)."""
     resample = cfg.get("resample", {})
     cue = cfg.get("cue", {})
+    pool: Sequence[Trace] = ()
+    control: Sequence[Trace] = ()
+    if cfg.get("unlearn", {}).get("enabled"):
+        pool, control = unlearn_split(cfg, traces)
     return Selection(
         frozenset(trace_ids[: cfg["patching"]["max_traces"]] if cfg["patching"]["enabled"]
                   else ()),
         frozenset(trace_ids[: resample["max_traces"]] if resample.get("enabled") else ()),
         frozenset(trace_ids[: cue["max_traces"]] if cue.get("enabled") else ()),
-        tuple(questions[:CUE_EXAMPLE_POOL]) if cue.get("enabled") else ())
+        tuple(questions[:CUE_EXAMPLE_POOL]) if cue.get("enabled") else (),
+        frozenset(t.id for t in pool[: cfg["unlearn"]["max_traces"]]) if pool else frozenset(),
+        tuple(pool), tuple(control))
+
+
+def unlearn_split(cfg: RunConfig, traces: Sequence[Trace]
+                  ) -> tuple[list[Trace], list[Trace]]:
+    """(pool, control): the last ``unlearn.control_traces`` traces are the control set (at
+    most all but two), never unlearned; the rest are the pool the unlearned traces (its
+    first ``unlearn.max_traces``) and their retain texts come from."""
+    n = max(0, min(cfg["unlearn"]["control_traces"], len(traces) - 2))
+    return list(traces[: len(traces) - n]), list(traces[len(traces) - n:])
+
+
+def unlearn_config(cfg: RunConfig):
+    """The :class:`~faithprobe.stages.unlearn.UnlearnConfig` of a run config."""
+    from faithprobe.stages.unlearn import UnlearnConfig
+
+    u, gen = cfg["unlearn"], cfg["generation"]
+    return UnlearnConfig(epochs=u["epochs"], lr=u["lr"], params=tuple(u["params"]),
+                         retain_traces=u["retain_traces"],
+                         efficacy_threshold=u["efficacy_threshold"],
+                         max_new_tokens=u["max_new_tokens"], split=gen["split"],
+                         max_steps=gen["max_steps"], batch_size=cfg["probe"]["batch_size"],
+                         seed=cfg["seed"])
 
 
 def resample_config(cfg: RunConfig):
@@ -167,7 +202,7 @@ def probe_traces(cfg: RunConfig, ckpt: Any, label: str, template: Any,
                  traces: Sequence[Trace], *, scorer: Any = None,
                  selection: Selection = Selection(),
                  fast_path: Any = None) -> Iterator[tuple[Trace, list[Record]]]:
-    """Each trace with all its records: probe, then patching and resampling where
+    """Each trace with all its records: probe, then patching, resampling and unlearning where
     ``selection`` names it."""
     from faithprobe.stages.probe import iter_probe
 
@@ -191,6 +226,12 @@ def probe_traces(cfg: RunConfig, ckpt: Any, label: str, template: Any,
 
             records = records + resample_trace(ckpt, label, trace, template, rcfg,
                                                score_batch_size=cfg["probe"]["batch_size"])
+        if trace.id in selection.unlearn:
+            from faithprobe.stages.unlearn import unlearn_trace
+
+            records = records + unlearn_trace(ckpt, label, trace, template, unlearn_config(cfg),
+                                              pool=selection.unlearn_pool,
+                                              control=selection.unlearn_control)
         yield trace, records
 
 
