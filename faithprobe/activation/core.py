@@ -21,6 +21,7 @@ activations over step i were computed attending to the other corrupted steps too
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -51,6 +52,7 @@ __all__ = [
     "check_tokens",
     "collect",
     "hook_name",
+    "keep_kwargs",
     "make_result",
     "metrics_at",
     "resolve_components",
@@ -353,10 +355,30 @@ def site_name(layer: int, comp: str) -> str:
 # Hook plumbing
 
 
-def collect(bridge: Any, tokens: Tensor, names: Sequence[str], **forward: Any
-             ) -> tuple[Tensor, dict[str, Tensor]]:
+def keep_kwargs(bridge: Any, keep: Sequence[int] | None, device: Any) -> dict[str, Any]:
+    """The forward argument that unembeds only the positions ``keep`` (``logits_to_keep``,
+    where the wrapped Hugging Face model takes it; nothing elsewhere or without ``keep``): a
+    1,000-token run then skips 999 rows of the unembedding and their vocabulary-wide logits."""
+    model = getattr(bridge, "original_model", None)
+    try:
+        takes = model is not None and \
+            "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if keep is None or not takes:
+        return {}
+    return {"logits_to_keep": torch.tensor(list(keep), dtype=torch.long, device=device)}
+
+
+def collect(bridge: Any, tokens: Tensor, names: Sequence[str], *,
+            keep: Sequence[int] | None = None, **forward: Any
+            ) -> tuple[Tensor, dict[str, Tensor]]:
     """One forward (``forward``: the bridge's keyword arguments, e.g. ``past_key_values``);
-    activations keyed by the names WE registered (``hook.name`` may alias)."""
+    activations keyed by the names WE registered (``hook.name`` may alias). With ``keep``
+    (positions of ``tokens``) the logits returned are those at ``keep`` alone,
+    ``[batch, len(keep), vocab]``, and only those positions are unembedded where the model
+    allows it (not when the unembedding's own input is collected: it must see every
+    position)."""
     store: dict[str, Tensor] = {}
 
     def saver(name: str) -> Callable[..., Tensor]:
@@ -365,8 +387,11 @@ def collect(bridge: Any, tokens: Tensor, names: Sequence[str], **forward: Any
             return act
         return fn
 
+    kept = {} if UNEMBED_IN in names else keep_kwargs(bridge, keep, tokens.device)
     with bridge.hooks(fwd_hooks=[(n, saver(n)) for n in names]):
-        logits = bridge(tokens, **forward)
+        logits = bridge(tokens, **forward, **kept)
+    if keep is not None and not kept:
+        logits = logits[:, list(keep)]
     return logits, store
 
 
