@@ -34,6 +34,7 @@ from faithprobe.activation.core import (
     collect,
     keep_kwargs,
     make_result,
+    min_clean_logit_diff,
     site_name,
 )
 from faithprobe.errors import FaithprobeError
@@ -97,7 +98,8 @@ def attribution_patch_steps(
                         est[mi, i, li, ci] = m_base[mi] + part.sum()
     return make_result(direction, "attribution", list(range(len(spans))), spans, layers, comps,
                         est[0], est[1], (clean_m[0], clean_m[1]), (bad[0], bad[1]),
-                        corruption=corrupted)
+                        corruption=corrupted,
+                        min_clean=min_clean_logit_diff(next(bridge.parameters()).dtype))
 
 
 def _gradients(bridge: Any, base: Tensor, names: Sequence[str], answer: Answer

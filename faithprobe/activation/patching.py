@@ -49,6 +49,7 @@ from faithprobe.activation.core import (
     hook_name,
     make_result,
     metrics_at,
+    min_clean_logit_diff,
     resolve_components,
     site_name,
     span_setter,
@@ -167,7 +168,8 @@ def patch_steps(
                     grid[:, i, li, ci] = torch.stack([dv, lv])
     return make_result(direction, method, list(range(len(spans))), spans, layers, comps,
                        grid[0], grid[1], (clean[0], clean[1]), (bad[0], bad[1]),
-                       absent_sites=absent, corruption=corrupted)
+                       absent_sites=absent, corruption=corrupted,
+                       min_clean=min_clean_logit_diff(next(bridge.parameters()).dtype))
 
 
 @dataclass(frozen=True)
@@ -344,4 +346,5 @@ def patch_answer_positions(
                 d, lp = metrics_at(logits, answers[base_key])
                 grid[:, 0, li, ci] = torch.stack([d[0], lp[0]])
     return make_result(direction, "reference", [None], [(n_c - n, n_c)], layers, comps,
-                        grid[0], grid[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]))
+                        grid[0], grid[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]),
+                        min_clean=min_clean_logit_diff(next(bridge.parameters()).dtype))
