@@ -7,6 +7,8 @@ Exact commands (from the repository root, virtualenv active)::
     python experiments/bench_long_traces.py --lengths 2048 --naive-lengths "" \
         --patching-lengths "" --append             # one more length into the same JSON
     python experiments/bench_long_traces.py --device cuda --out results/bench/gpu-long-traces.json
+    python experiments/bench_long_traces.py --lengths 1024 --naive-lengths "" \
+        --patching-lengths 512,1024 --append      # the memory goals (CPU, one thread: ~1 hour)
 
 The model is SmolLM2-135M's architecture and tokenizer with random weights (seeded): its config
 and tokenizer come from ``--config-dir`` (a Hugging Face folder, weights not needed) or else from
@@ -39,12 +41,18 @@ floor.
 
 Peak RSS is the process's resident-set high-water mark during a phase (VmHWM, reset through
 /proc/self/clear_refs at its start): model weights included. On CUDA it is
-``torch.cuda.max_memory_allocated`` instead. The load average (``os.getloadavg``) is printed
+``torch.cuda.max_memory_allocated`` instead. Each case (the text suite at one length, with its
+naive run; the patching grid at one length) runs in a fresh subprocess (``--case``), with its
+own floor timed in that process: memory one case freed but the allocator kept does not count
+against the next. The load average (``os.getloadavg``) is printed
 with every phase: another process on the machine slows a CPU run.
 
 It writes ``--out`` (JSON) and ``--plot`` (PNG: time and floor against tokens, peak memory
 against tokens) and prints a table, then last
-``tokens=<L> steps=<n> floor_ratio=<x> peak_rss_mib=<y>`` for the longest length. On one CPU
+``tokens=<L> steps=<n> floor_ratio=<x> peak_rss_mib=<y>`` for the longest length, and last the
+memory goals (:data:`GOALS`: the text suite at 1,024 tokens within 2x of its floor in at most
+1,500 MiB, the patching grid at 512 tokens within 2x in at most 2,000 MiB, at 1,024 tokens in
+at most 2,500 MiB), each met, not met, or not measured, with its numbers. On one CPU
 thread a forward of 4,096 tokens takes over a minute, so that length's floor alone (82 forward
 equivalents) is hours: on a CPU pass ``--lengths``; the whole default set is for a GPU.
 """
@@ -69,10 +77,13 @@ from faithprobe.data.traces import Trace
 from faithprobe.edits.interventions import EditContext, make_intervention
 from faithprobe.models.checkpoints import Checkpoint, wrap_hf
 from faithprobe.models.kvcache import common_prefix
+from faithprobe.models.precision import float32_head, freeze
 from faithprobe.records import Record
 from faithprobe.stages.probe import PPL_JOINER, ProbeConfig, ppl_text, probe
 
 LENGTHS = (512, 1024, 2048, 4096)
+# (part, target length, largest floor ratio or None, largest peak MiB): the memory goals
+GOALS = (("suite", 1024, 2.0, 1500), ("patching", 512, 2.0, 2000), ("patching", 1024, None, 2500))
 TOKENS_PER_STEP = 51.2  # 512 tokens: 10 steps ... 4,096 tokens: 80 steps
 SUITE = ProbeConfig(interventions=("truncate", "corrupt", "filler", "delete"),
                     options={"corrupt": {"corrupter": "number", "continuations": ["keep"]}},
@@ -124,6 +135,8 @@ def load_model(config_dir: Path | None, device: str) -> Checkpoint:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
     ckpt = wrap_hf(model, AutoTokenizer.from_pretrained(where, **kw), "smollm2-random",
                    "smollm2-random")
+    freeze(ckpt.bridge)  # as load_checkpoint leaves a model
+    float32_head(ckpt.bridge)
     return ckpt
 
 
@@ -381,6 +394,58 @@ def plot(rows: list[dict[str, Any]], path: Path, device: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def run_case(args: argparse.Namespace) -> None:
+    """One case in this process: its row on the last line, after ``ROW``."""
+    part, _, length = args.case.partition(":")
+    if part not in ("suite", "patching"):
+        raise SystemExit(f"--case {args.case}: the part is suite or patching")
+    target = int(length)
+    args.lengths = (target,) if part == "suite" else ()
+    args.patching_lengths = (target,) if part == "patching" else ()
+    args.naive_lengths = tuple(t for t in args.naive_lengths if part == "suite" and t == target)
+    ckpt = load_model(args.config_dir, args.device)
+    ckpt.bridge = Counting(ckpt.bridge)
+    time_forward(ckpt, tuple(range(1, 65)), args.device)  # warm-up
+    print("ROW " + json.dumps(run_length(ckpt, target, args)), flush=True)
+
+
+def subprocess_case(args: argparse.Namespace, part: str, target: int) -> dict[str, Any]:
+    """Run one case in a fresh Python process (see the module docstring); its row."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--case", f"{part}:{target}",
+           "--device", args.device, "--threads", str(args.threads),
+           "--naive-lengths", ",".join(map(str, args.naive_lengths))]
+    if args.config_dir is not None:
+        cmd += ["--config-dir", str(args.config_dir)]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
+    if done.returncode or not rows:
+        raise SystemExit(f"case {part}:{target} failed (exit {done.returncode})")
+    row = json.loads(rows[-1])
+    row["argv"] = sys.argv[1:]
+    return row
+
+
+def goals_line(rows: list[dict[str, Any]]) -> str:
+    """The memory goals (:data:`GOALS`), each met, not met or not measured, with numbers."""
+    out = []
+    for part, target, ratio, mib in GOALS:
+        name = f"{'text suite' if part == 'suite' else 'patching grid'} at {target}"
+        got = next((r[part] for r in rows if r["target"] == target and part in r), None)
+        want = (f"within {ratio:g}x, " if ratio else "") + f"<= {mib} MiB"
+        if got is None:
+            out.append(f"{name} ({want}): not measured")
+            continue
+        met = got["peak_mib"] <= mib and (ratio is None or got["floor_ratio"] <= ratio)
+        out.append(f"{name} ({want}): {'met' if met else 'NOT met'} "
+                   f"({got['floor_ratio']:.2f}x, {got['peak_mib']:.0f} MiB)")
+    return "goals: " + "; ".join(out)
+
+
 def commit() -> str:
     """The code measured: the repository's commit, ``+dirty`` with uncommitted changes."""
     import subprocess
@@ -408,19 +473,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, default=Path("results/bench/long-traces.png"))
     parser.add_argument("--append", action="store_true",
                         help="merge these lengths into --out's rows (same device) and redraw")
+    parser.add_argument("--case", help="PART:LENGTH (suite or patching): run that case alone "
+                        "in this process and print its row (what each subprocess runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.case:
+        return run_case(args)
     started = time.perf_counter()
-    ckpt = load_model(args.config_dir, args.device)
-    ckpt.bridge = Counting(ckpt.bridge)
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"model=smollm2-random device={args.device} ({card}) threads={torch.get_num_threads()} "
+    print(f"model=smollm2-random device={args.device} ({card}) threads={args.threads} "
           f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f}", flush=True)
-    time_forward(ckpt, tuple(range(1, 65)), args.device)  # warm-up
-    rows = []
-    for target in sorted(set(args.lengths) | set(args.patching_lengths)):
-        rows.append(run_length(ckpt, target, args))
-        print(json.dumps(rows[-1]), flush=True)
+    by_target: dict[int, dict[str, Any]] = {}
+    cases = [("patching", t) for t in args.patching_lengths] + [("suite", t) for t in args.lengths]
+    for part, target in sorted(cases, key=lambda c: (c[1], c[0] != "suite")):
+        row = subprocess_case(args, part, target)
+        was = by_target.get(target, {})
+        by_target[target] = {**was, **row} if part == "suite" else {**row, **was,
+                                                                    "patching": row["patching"]}
+        print(json.dumps(row), flush=True)
+    rows = [by_target[t] for t in sorted(by_target)]
     total = time.perf_counter() - started
     print(f"total_s={total:.0f}")
     result = {"model": "smollm2-random", "device": args.device, "card": card,
@@ -447,10 +518,13 @@ def main(argv: list[str] | None = None) -> None:
                                                  or r["naive"]["records_differing"])]
     for r in bad:
         print(f"suite and naive records differ at {r['tokens']} tokens: {r['naive']}")
-    last = [r for r in rows if "suite" in r][-1]
-    print(f"tokens={last['target']} steps={last['steps']} "
-          f"floor_ratio={last['suite']['floor_ratio']:.2f} "
-          f"peak_rss_mib={last['suite']['peak_mib']:.0f}")
+    suites = [r for r in rows if "suite" in r]
+    if suites:
+        last = suites[-1]
+        print(f"tokens={last['target']} steps={last['steps']} "
+              f"floor_ratio={last['suite']['floor_ratio']:.2f} "
+              f"peak_rss_mib={last['suite']['peak_mib']:.0f}")
+    print(goals_line(rows))
     if bad:
         raise SystemExit(1)
 

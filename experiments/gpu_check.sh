@@ -3,12 +3,15 @@
 # as results/bench/gpu-*.json with the card's name (torch.cuda.get_device_name).
 #
 #   bash experiments/gpu_check.sh                       # a CUDA machine: about 8 minutes, one H100
-#   DEVICE=cpu QUICK=1 OUT_DIR=/tmp/gpu-check bash experiments/gpu_check.sh   # the script itself,
-#                                                        # tiny sizes, on a CPU (a few minutes)
+#   bash experiments/gpu_check.sh --device cpu --quick --out /tmp/gpu-check   # the script
+#                                                        # itself, tiny sizes, on a CPU
 #
-# Environment: PYTHON (default .venv/bin/python, else python), DEVICE (cuda), OUT_DIR
-# (results/bench), QUICK=1 (short traces, one problem: checks the script, measures nothing).
+# Options, or the environment: --device (DEVICE, default cuda), --out (OUT_DIR, default
+# results/bench), --quick (QUICK=1: short traces, one problem, the Llama organism for the exact
+# check: checks the script, measures nothing); PYTHON (default .venv/bin/python, else python).
 # Writes: gpu-card.json, gpu-patching-<model>.json, gpu-long-traces.json (+ .png),
+# gpu-exact-smollm2-bf16.json (experiments/gpu_exact_check.py: SmolLM2 in bfloat16 on the
+# device, the fast patching path against the reference loop and against float32's),
 # gpu-smollm2-bf16.json (wall time and headline numbers of the run; the run folder beside it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +21,19 @@ PY=${PYTHON:-.venv/bin/python}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT_DIR:-results/bench}
 QUICK=${QUICK:-0}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE=$2; shift 2 ;;
+    --device=*) DEVICE=${1#*=}; shift ;;
+    --out) OUT=$2; shift 2 ;;
+    --out=*) OUT=${1#*=}; shift ;;
+    --quick) QUICK=1; shift ;;
+    *) echo "unknown option $1 (--device D, --out DIR, --quick)" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this tree's faithprobe
 
 "$PY" - "$DEVICE" "$OUT/gpu-card.json" <<'EOF'
 import json, sys, torch
@@ -61,7 +75,13 @@ else lengths=(); fi
 "$PY" experiments/bench_long_traces.py --device "$DEVICE" "${lengths[@]}" \
   --out "$OUT/gpu-long-traces.json" --plot "$OUT/gpu-long-traces.png"
 
-# 3. a SmolLM2 study in bfloat16: its own traces, the text suite, patching of 4 traces
+# 3. exact against reference in bfloat16 on the device (QUICK: the Llama organism)
+if [ "$QUICK" = 1 ]; then exact=organism:base-llama; else exact=smollm2; fi
+"$PY" experiments/gpu_exact_check.py --device "$DEVICE" --model "$exact" \
+  --out "$OUT/gpu-exact-smollm2-bf16.json"
+stamp "$OUT/gpu-exact-smollm2-bf16.json"
+
+# 4. a SmolLM2 study in bfloat16: its own traces, the text suite, patching of 4 traces
 count=12; [ "$QUICK" = 1 ] && count=1
 config="$OUT/gpu-smollm2-bf16.toml"
 cat > "$config" <<EOF

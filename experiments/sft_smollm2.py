@@ -486,10 +486,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from faithprobe.models.checkpoints import cache_root, load_checkpoint
+    from faithprobe.models.gguf import converted
 
-    load_checkpoint("smollm2")  # converts the packaged GGUF once into the cache folder
-    base = cache_root() / "smollm2"
+    base = converted("smollm2")  # the packaged GGUF, converted once into the cache folder
     tok = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     model.train()

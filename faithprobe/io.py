@@ -164,11 +164,14 @@ def lock_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_folder(out: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+def atomic_folder(out: str | os.PathLike[str], *, replace: bool = False,
+                  keep_existing: bool = False) -> Iterator[Path]:
     """A folder written whole or not at all: the block writes into a temporary folder beside
-    ``out`` (locked meanwhile), renamed onto ``out`` when the block ends without an exception
-    and removed when it raises. ``out`` may exist only as an empty folder, or (``replace``) an
-    earlier folder that the new one replaces."""
+    ``out`` (a fresh name, locked meanwhile), renamed onto ``out`` when the block ends without
+    an exception and removed when it raises. ``out`` may exist only as an empty folder, or
+    (``replace``) an earlier folder that the new one replaces. With ``keep_existing`` a
+    non-empty ``out`` found at the end (another process wrote the same content meanwhile) is
+    kept and the new folder dropped."""
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +185,8 @@ def atomic_folder(out: str | os.PathLike[str], *, replace: bool = False) -> Iter
         os.chmod(tmp, 0o755)
         old = None
         if out.is_dir() and any(out.iterdir()):
+            if keep_existing:
+                return
             if not replace:
                 raise FaithprobeError("output folder exists and is not empty (another process "
                                       "wrote it meanwhile)", source=str(out), field="--out")
@@ -189,7 +194,11 @@ def atomic_folder(out: str | os.PathLike[str], *, replace: bool = False) -> Iter
             os.replace(out, old)
         elif out.is_dir():
             out.rmdir()
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError as exc:  # another process renamed its folder onto out just now
+            if not (keep_existing and exc.errno in (errno.ENOTEMPTY, errno.EEXIST)):
+                raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -124,13 +124,17 @@ def test_clean_into_clean_changes_nothing(model, corrupted, tokens, request):
         r = patch_steps(bridge, clean, clean, SPANS, strong, heads=True, method=method,
                         corrupted=corrupted)
         assert r.corrupted == corrupted
-        assert torch.equal(r.logit_diff, torch.full_like(r.logit_diff, r.clean_logit_diff))
-        assert torch.equal(r.logprob, torch.full_like(r.logprob, r.clean_logprob))
-        # the TransformerLens ratio is undefined (0 / 0); the share is exactly 0
+        # equal up to float rounding: the clean run unembeds its answer position alone, a
+        # batch of cells several rows at once (a matrix product rounds by its shape)
+        exact = {"rtol": 0.0, "atol": 1e-5}
+        assert torch.allclose(r.logit_diff, torch.full_like(r.logit_diff, r.clean_logit_diff),
+                              **exact)
+        assert torch.allclose(r.logprob, torch.full_like(r.logprob, r.clean_logprob), **exact)
+        # the TransformerLens ratio is undefined (0 / 0); the share is 0
         assert torch.isnan(r.effect).all() and r.skipped_reason is None
-        assert torch.equal(r.share, torch.zeros_like(r.share))
+        assert torch.allclose(r.share, torch.zeros_like(r.share), **exact)
         recs = patch_records(r, "t0", "base")
-        assert {x.status for x in recs} == {"ok"} and {x.value for x in recs} == {0.0}
+        assert {x.status for x in recs} == {"ok"} and all(abs(x.value) < 1e-5 for x in recs)
         assert all(x.detail["effect"] is None for x in recs)
     assert_no_hooks(bridge)
 

@@ -24,10 +24,14 @@ def empty_cache(tmp_path_factory):
 
 def test_first_load_converts_from_the_package_alone(capfd):
     from faithprobe.models.checkpoints import cache_root, load_checkpoint
+    from faithprobe.models.gguf import file_digest, packaged_gguf
 
-    assert not (cache_root() / "smollm2").exists()
+    assert not any(cache_root().glob("smollm2*"))
     ckpt = load_checkpoint("smollm2")
-    assert (cache_root() / "smollm2" / "config.json").is_file()
+    # the conversion is keyed by the GGUF file's content, not the package's name
+    digest = file_digest(packaged_gguf("smollm2", "smollm2"))[:16]
+    assert [p.name for p in cache_root().glob("smollm2*")] == [f"smollm2-{digest}"]
+    assert (cache_root() / f"smollm2-{digest}" / "config.json").is_file()
     assert ckpt.n_layers == 30 and ckpt.tokenizer.vocab_size == 49152
     # stderr is not a terminal here (captured, as a log file would be): no progress bar in it
     err = capfd.readouterr().err

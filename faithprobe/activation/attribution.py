@@ -28,11 +28,13 @@ from faithprobe.activation.core import (
     Direction,
     PatchResult,
     Span,
+    answer_metrics,
     check_answer,
     check_grid,
     collect,
+    keep_kwargs,
     make_result,
-    metrics_at,
+    min_clean_logit_diff,
     site_name,
 )
 from faithprobe.errors import FaithprobeError
@@ -79,14 +81,15 @@ def attribution_patch_steps(
             m_base, acts, grads = _gradients(bridge, base, names, answer)
         if i == 0 or (per_step and direction == "noising"):
             with torch.no_grad():
-                src_logits, src_cache = collect(bridge, src, names)
-            m_src = [float(v[0]) for v in metrics_at(src_logits, answer)]
+                src_logits, src_cache = collect(bridge, src, names, keep=list(answer.positions))
+            m_src = [float(v[0]) for v in answer_metrics(src_logits, answer)]
         clean_m, bad[:, i] = ((m_base, torch.tensor(m_src)) if direction == "noising"
                               else (m_src, torch.tensor(m_base)))  # [metric] each
-        for name in names:
-            delta = src_cache[name] - acts[name]  # [1, pos, d_model] or [1, pos, head, d]
+        for name in names:  # in float32 whatever the model's dtype
+            # [1, pos, d_model] or [1, pos, head, d]
+            delta = src_cache[name][0, s:e].float() - acts[name][0, s:e].float()
             for mi in range(2):
-                prod = delta[0, s:e] * grads[mi][name][0, s:e]
+                prod = delta * grads[mi][name][0, s:e].float()
                 for li, lyr in enumerate(layers):
                     for ci, c in enumerate(comps):
                         if site_name(lyr, c) != name:
@@ -95,31 +98,46 @@ def attribution_patch_steps(
                         est[mi, i, li, ci] = m_base[mi] + part.sum()
     return make_result(direction, "attribution", list(range(len(spans))), spans, layers, comps,
                         est[0], est[1], (clean_m[0], clean_m[1]), (bad[0], bad[1]),
-                        corruption=corrupted)
+                        corruption=corrupted,
+                        min_clean=min_clean_logit_diff(next(bridge.parameters()).dtype))
 
 
 def _gradients(bridge: Any, base: Tensor, names: Sequence[str], answer: Answer
                ) -> tuple[list[float], dict[str, Tensor], list[dict[str, Tensor]]]:
     """One forward and backward pass of ``base``: its metrics, its activations at ``names``
-    and the gradients of its logit difference and log-probability with respect to them."""
+    and the gradients of its logit difference and log-probability with respect to them.
+
+    No parameter gets a gradient (each is frozen for the pass, as loading leaves it): the
+    first activation hooked becomes the graph's leaf, and every later one depends on it."""
     acts: dict[str, Tensor] = {}
 
     def keeper(name: str) -> Any:
         def fn(act: Tensor, *, hook: Any) -> Tensor:
+            if not act.requires_grad:  # the first site: the graph starts here
+                act = act.detach().requires_grad_(True)
             act.retain_grad()
             acts[name] = act  # keyed by the name we registered (hook.name may be an alias)
             return act
         return fn
 
-    with torch.enable_grad(), bridge.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
-        logits = bridge(base)
-        diff, logprob = metrics_at(logits, answer)
-        grads = []
-        for metric in (diff[0], logprob[0]):
-            for a in acts.values():
-                a.grad = None
-            metric.backward(retain_graph=True)
-            grads.append({n: a.grad.detach().clone() for n, a in acts.items()})
+    params = [p for p in bridge.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad(), bridge.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
+            kept = keep_kwargs(bridge, answer.positions, base.device)
+            logits = bridge(base, **kept)  # the answer's positions alone unembedded
+            diff, logprob = answer_metrics(
+                logits if kept else logits[:, list(answer.positions)], answer)
+            grads = []
+            for metric in (diff[0], logprob[0]):
+                for a in acts.values():
+                    a.grad = None
+                metric.backward(retain_graph=True)
+                grads.append({n: a.grad.detach().clone() for n, a in acts.items()})
+    finally:
+        for p in params:
+            p.requires_grad_(True)
     for a in acts.values():
         a.grad = None
     return ([float(diff[0].detach()), float(logprob[0].detach())],

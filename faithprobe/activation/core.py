@@ -21,6 +21,7 @@ activations over step i were computed attending to the other corrupted steps too
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,6 +37,7 @@ __all__ = [
     "CORRUPTIONS",
     "FINAL_NORM_IN",
     "MIN_CLEAN_LOGIT_DIFF",
+    "MIN_CLEAN_LOGIT_DIFF_BY_DTYPE",
     "Answer",
     "Corruption",
     "Direction",
@@ -51,8 +53,10 @@ __all__ = [
     "check_tokens",
     "collect",
     "hook_name",
+    "keep_kwargs",
     "make_result",
     "metrics_at",
+    "min_clean_logit_diff",
     "resolve_components",
     "site_name",
     "span_setter",
@@ -73,6 +77,13 @@ ZERO_DENOMINATOR = 1e-6  # |m_corrupted - m_clean| below this: effect undefined,
 # The clean run must prefer the answer over the alternative by this logit margin (62% against
 # 38% between the two) for a share of that margin to mean anything.
 MIN_CLEAN_LOGIT_DIFF = 0.5
+# The margin per dtype of the model's weights (the unembedding runs in float32 in every one,
+# faithprobe.models.precision): in half precision the margin must also clear the rounding of
+# the run itself. bfloat16 keeps 8 significant bits, and a bfloat16 run's logit differences
+# lie up to about 0.07 of their scale from float32's (SmolLM2, tests/test_bf16.py): 0.25 more.
+# float16 keeps 11 bits, a quarter of that rounding: 0.1 more.
+MIN_CLEAN_LOGIT_DIFF_BY_DTYPE = {"float32": MIN_CLEAN_LOGIT_DIFF, "float64": MIN_CLEAN_LOGIT_DIFF,
+                                 "bfloat16": 0.75, "float16": 0.6}
 
 Span = tuple[int, int]  # half-open [start, end) token positions
 
@@ -191,18 +202,26 @@ def normalise(patched: Float[Tensor, "step layer comp"], clean: float,
     return out.masked_fill(den.abs() < ZERO_DENOMINATOR, float("nan"))
 
 
+def min_clean_logit_diff(dtype: torch.dtype) -> float:
+    """The clean run's least logit difference for a share of it to be measured, in a model
+    whose weights are ``dtype`` (:data:`MIN_CLEAN_LOGIT_DIFF_BY_DTYPE`)."""
+    return MIN_CLEAN_LOGIT_DIFF_BY_DTYPE.get(str(dtype).replace("torch.", ""),
+                                             max(MIN_CLEAN_LOGIT_DIFF_BY_DTYPE.values()))
+
+
 def make_result(direction: Direction, method: Method, steps: list[int | None], spans: list[Span],
                  layers: list[int], comps: list[str], diff: Tensor, logprob: Tensor,
                  clean: tuple[float, float],
                  corrupted: tuple[float | Sequence[float], float | Sequence[float]],
-                 absent_sites: Sequence[str] = (), corruption: Corruption = "all"
-                 ) -> PatchResult:
+                 absent_sites: Sequence[str] = (), corruption: Corruption = "all",
+                 min_clean: float = MIN_CLEAN_LOGIT_DIFF) -> PatchResult:
     """A :class:`PatchResult`; ``corrupted`` holds the corrupted run's logit difference and
-    log-probability, one number (the run of every step) or one per step."""
+    log-probability, one number (the run of every step) or one per step; ``min_clean``: the
+    clean margin the share needs (:func:`min_clean_logit_diff` of the model's dtype)."""
     reason = None
-    if not clean[0] >= MIN_CLEAN_LOGIT_DIFF:
+    if not clean[0] >= min_clean:
         reason = (f"the clean run prefers the answer over the alternative by a logit difference "
-                  f"of {clean[0]:.3g} (under {MIN_CLEAN_LOGIT_DIFF}): no share of it to measure")
+                  f"of {clean[0]:.3g} (under {min_clean}): no share of it to measure")
     bad_diff, bad_logprob = (torch.as_tensor(v, dtype=diff.dtype).expand(len(steps)).clone()
                              for v in corrupted)  # [step]
     moved = clean[0] - diff if direction == "noising" else diff - bad_diff[:, None, None]
@@ -353,10 +372,30 @@ def site_name(layer: int, comp: str) -> str:
 # Hook plumbing
 
 
-def collect(bridge: Any, tokens: Tensor, names: Sequence[str], **forward: Any
-             ) -> tuple[Tensor, dict[str, Tensor]]:
+def keep_kwargs(bridge: Any, keep: Sequence[int] | None, device: Any) -> dict[str, Any]:
+    """The forward argument that unembeds only the positions ``keep`` (``logits_to_keep``,
+    where the wrapped Hugging Face model takes it; nothing elsewhere or without ``keep``): a
+    1,000-token run then skips 999 rows of the unembedding and their vocabulary-wide logits."""
+    model = getattr(bridge, "original_model", None)
+    try:
+        takes = model is not None and \
+            "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if keep is None or not takes:
+        return {}
+    return {"logits_to_keep": torch.tensor(list(keep), dtype=torch.long, device=device)}
+
+
+def collect(bridge: Any, tokens: Tensor, names: Sequence[str], *,
+            keep: Sequence[int] | None = None, **forward: Any
+            ) -> tuple[Tensor, dict[str, Tensor]]:
     """One forward (``forward``: the bridge's keyword arguments, e.g. ``past_key_values``);
-    activations keyed by the names WE registered (``hook.name`` may alias)."""
+    activations keyed by the names WE registered (``hook.name`` may alias). With ``keep``
+    (positions of ``tokens``) the logits returned are those at ``keep`` alone,
+    ``[batch, len(keep), vocab]``, and only those positions are unembedded where the model
+    allows it (not when the unembedding's own input is collected: it must see every
+    position)."""
     store: dict[str, Tensor] = {}
 
     def saver(name: str) -> Callable[..., Tensor]:
@@ -365,8 +404,11 @@ def collect(bridge: Any, tokens: Tensor, names: Sequence[str], **forward: Any
             return act
         return fn
 
+    kept = {} if UNEMBED_IN in names else keep_kwargs(bridge, keep, tokens.device)
     with bridge.hooks(fwd_hooks=[(n, saver(n)) for n in names]):
-        logits = bridge(tokens, **forward)
+        logits = bridge(tokens, **forward, **kept)
+    if keep is not None and not kept:
+        logits = logits[:, list(keep)]
     return logits, store
 
 

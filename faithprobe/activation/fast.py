@@ -39,6 +39,7 @@ from faithprobe.activation.core import (
     answer_metrics,
     collect,
     hook_name,
+    keep_kwargs,
     site_name,
     span_setter,
     tolerance,
@@ -134,31 +135,36 @@ class SuffixRunner:
     (the first positional argument, or ``hidden_states=``) and any KV cache object, wherever
     it was passed, which becomes a read-only view of the prefix's keys and values.
 
-    That forward also keeps its logits (``own_logits``) and its activations at ``names``
-    (``own_cache``), at positions ``self.start:``. With ``keep_prefix``, :meth:`run` runs
-    other sequences that share the prefix.
+    That forward also keeps its logits at the positions ``keep`` (``own_logits``; default
+    the last position) and its activations at ``names`` (``own_cache``), at positions
+    ``self.start:``. With ``keep_prefix``, :meth:`run` runs other sequences that share the
+    prefix.
     """
 
     def __init__(self, bridge: Any, tokens: Tensor, start: int, names: Sequence[str] = (),
-                 keep_prefix: bool = False) -> None:
+                 keep_prefix: bool = False, keep: Sequence[int] | None = None) -> None:
         self.bridge, self.start = bridge, start
+        self.keep = [tokens.shape[1] - 1] if keep is None else list(keep)  # absolute
         self.kv: list[tuple[Tensor, Tensor]] | None = None
         self.prefix_tokens = tokens[:, :start]
         self._prefix_cache: Any = None
         cache = None
-        if start > 0:
-            _, cache = bridge(tokens[:, :start], return_type="logits_and_cache")
+        if start > 0:  # only the cache is read: one position unembedded where the model allows
+            _, cache = bridge(tokens[:, :start], return_type="logits_and_cache",
+                              **keep_kwargs(bridge, [start - 1], tokens.device))
             self.kv = _key_values(cache)
         if self.kv is not None:
             if keep_prefix:  # the forward below appends to the cache
                 self._prefix_cache = copy.deepcopy(cache)
             with _capture_block_inputs(bridge) as captured:
-                self.own_logits, self.own_cache = collect(bridge, tokens[:, start:], names,
-                                                  past_key_values=cache)
+                self.own_logits, self.own_cache = collect(
+                    bridge, tokens[:, start:], names, keep=[p - start for p in self.keep],
+                    past_key_values=cache)
         else:  # no prefix, or a cache that is not plain keys and values: every position runs
             self.start = 0
             with _capture_block_inputs(bridge) as captured:
-                self.own_logits, self.own_cache = collect(bridge, tokens, names)
+                self.own_logits, self.own_cache = collect(bridge, tokens, names, keep=self.keep)
+        del cache  # the suffix's keys and values were appended to it: kept only in self.kv
         self.inputs = captured
         for k, (args, kwargs) in captured.items():
             if not args and "hidden_states" not in kwargs:
@@ -169,17 +175,19 @@ class SuffixRunner:
         return len(self.inputs)
 
     def run(self, tokens: Int[Tensor, "1 pos"], names: Sequence[str]
-            ) -> tuple[Float[Tensor, "1 suffix vocab"], dict[str, Tensor]]:
-        """Another sequence with the same first ``start`` tokens: its logits and activations
-        at ``names`` over positions ``self.start:``, from one forward of those positions on a
-        copy of the prefix's cache (of every position where there is no prefix)."""
+            ) -> tuple[Float[Tensor, "1 n_keep vocab"], dict[str, Tensor]]:
+        """Another sequence with the same first ``start`` tokens: its logits at the positions
+        ``keep`` and its activations at ``names`` over positions ``self.start:``, from one
+        forward of those positions on a copy of the prefix's cache (of every position where
+        there is no prefix)."""
         if self.start == 0:
-            return collect(self.bridge, tokens, names)
+            return collect(self.bridge, tokens, names, keep=self.keep)
         if self._prefix_cache is None or not torch.equal(tokens[:, :self.start],
                                                           self.prefix_tokens):
             raise FaithprobeError("SuffixRunner.run needs keep_prefix and a sequence that "
                                   f"shares the first {self.start} tokens", source="patching")
         return collect(self.bridge, tokens[:, self.start:], names,
+                       keep=[p - self.start for p in self.keep],
                        past_key_values=copy.deepcopy(self._prefix_cache))
 
     def block(self, k: int, x: Float[Tensor, "batch pos d_model"]) -> Tensor:
@@ -211,14 +219,14 @@ def check_head(bridge: Any, base_cache: dict[str, Tensor], base_logits: Tensor,
                 answer: Answer) -> None:
     """The fast path ends with the final norm and the unembedding: refuse a model whose output
     head is more than that (a logit scale, an extra projection), where it would be silently
-    off."""
+    off. ``base_logits``: the model's own logits at the answer's positions."""
     final = base_cache.get(FINAL_NORM_IN, base_cache.get(UNEMBED_IN))
     if final is None:
         raise FaithprobeError(f"the model has neither {FINAL_NORM_IN} nor {UNEMBED_IN}: the "
                               "fast path cannot finish the forward", source="patching")
     positions = list(answer.positions)
     ours = _head(bridge, final[:, positions]).float()
-    theirs = base_logits[:, positions].float()
+    theirs = base_logits.float()  # already at the answer's positions
     tol = tolerance(bridge) * max(1.0, float(theirs.abs().max()))
     if not torch.allclose(ours, theirs, atol=tol, rtol=0.0):
         raise FaithprobeError(

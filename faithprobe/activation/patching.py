@@ -41,6 +41,7 @@ from faithprobe.activation.core import (
     GridInputs,
     PatchResult,
     Span,
+    answer_metrics,
     check_answer,
     check_grid,
     check_tokens,
@@ -48,6 +49,7 @@ from faithprobe.activation.core import (
     hook_name,
     make_result,
     metrics_at,
+    min_clean_logit_diff,
     resolve_components,
     site_name,
     span_setter,
@@ -62,6 +64,7 @@ from faithprobe.activation.fast import (
     supports_prefix,
 )
 from faithprobe.errors import FaithprobeError
+from faithprobe.models.batches import BYTE_BUDGET, rows_within
 
 __all__ = ["FastPath", "check_fast_path", "patch_answer_positions", "patch_steps"]
 
@@ -126,10 +129,12 @@ def patch_steps(
         names.append(final)
     reuse = supports_prefix(bridge) if prefix_reuse is None else prefix_reuse
     cells.sort(key=lambda c: layers[c[0]])
+    keep = list(answer.positions)  # the logits read: the answer's positions alone
     with torch.no_grad():
-        clean_logits, clean_cache = collect(bridge, grid_in.clean, names)
-        clean = [float(v[0]) for v in metrics_at(clean_logits, answer)]
-        every = None if corrupted == "each" else collect(bridge, grid_in.corrupted, names)
+        clean_logits, clean_cache = collect(bridge, grid_in.clean, names, keep=keep)
+        clean = [float(v[0]) for v in answer_metrics(clean_logits, answer)]
+        every = None if corrupted == "each" else collect(bridge, grid_in.corrupted, names,
+                                                         keep=keep)
         if method == "fast":
             check_head(bridge, clean_cache, clean_logits, answer)
         # [metric, step, layer, comp]; a site the model does not have stays NaN
@@ -146,11 +151,15 @@ def patch_steps(
                     head = int(c[2:]) if c.startswith("z.") else None
                     name = site_name(layers[li], c)
                     fn = span_setter(runs.src[name], s, e, head)
-                    logits = bridge.run_with_hooks(base, fwd_hooks=[(name, fn)])
-                    d, lp = metrics_at(logits, answer)
+                    with bridge.hooks(fwd_hooks=[(name, fn)]):
+                        logits, _ = collect(bridge, base, [], keep=keep)
+                    d, lp = answer_metrics(logits, answer)
                     grid[:, i, li, ci] = torch.stack([d[0], lp[0]])
                 continue
-            size = batch_size or len(cells)
+            # cells a batch: as many as the byte budget's attention scores allow
+            size = batch_size or rows_within(BYTE_BUDGET, int(bridge.cfg.n_heads),
+                                             grid_in.clean.shape[1] - runs.runner.start,
+                                             grid_in.clean.shape[1])
             for at in range(0, len(cells), size):
                 chunk = cells[at:at + size]
                 d, lp = run_staggered(runs.runner, chunk, layers, comps, runs.base, runs.src,
@@ -159,7 +168,8 @@ def patch_steps(
                     grid[:, i, li, ci] = torch.stack([dv, lv])
     return make_result(direction, method, list(range(len(spans))), spans, layers, comps,
                        grid[0], grid[1], (clean[0], clean[1]), (bad[0], bad[1]),
-                       absent_sites=absent, corruption=corrupted)
+                       absent_sites=absent, corruption=corrupted,
+                       min_clean=min_clean_logit_diff(next(bridge.parameters()).dtype))
 
 
 @dataclass(frozen=True)
@@ -182,22 +192,24 @@ def _step_runs(bridge: Any, grid_in: GridInputs, i: int, names: list[str],
     first position the fast path recomputes, sharing the clean run's prefix."""
     noising = grid_in.direction == "noising"
     bad_tokens = grid_in.corrupted_run(i)
-    runner, offset = None, 0  # offset: the first position bad_logits holds
+    keep = list(answer.positions)
+    runner = None  # bad_logits: the corrupted run's logits at the answer's positions
     if every is not None:
         bad_logits, bad_cache = every
         if start is not None:
-            runner = SuffixRunner(bridge, grid_in.pair(i)[0], start)
+            runner = SuffixRunner(bridge, grid_in.pair(i)[0], start, keep=keep)
     elif start is None:
-        bad_logits, bad_cache = collect(bridge, bad_tokens, names)
+        bad_logits, bad_cache = collect(bridge, bad_tokens, names, keep=keep)
     elif noising:  # the clean run is patched: step i's corrupted run is the source
-        runner = SuffixRunner(bridge, grid_in.clean, start, keep_prefix=True)
-        (bad_logits, suffix), offset = runner.run(bad_tokens, names), runner.start
-        bad_cache = _absolute(suffix, clean[1], offset)
+        runner = SuffixRunner(bridge, grid_in.clean, start, keep_prefix=True, keep=keep)
+        bad_logits, suffix = runner.run(bad_tokens, names)
+        bad_cache = _absolute(suffix, clean[1], runner.start)
     else:  # step i's corrupted run is patched: the runner runs it
-        runner = SuffixRunner(bridge, bad_tokens, start, names)
-        bad_logits, offset = runner.own_logits, runner.start
-        bad_cache = _absolute(runner.own_cache, clean[1], offset)
-    m = [float(v[0]) for v in metrics_at(bad_logits, answer.shifted(-offset))]
+        runner = SuffixRunner(bridge, bad_tokens, start, names, keep=keep)
+        bad_logits = runner.own_logits
+        bad_cache = _absolute(runner.own_cache, clean[1], runner.start)
+        runner.own_cache = {}  # read: freed with the suffix's copy
+    m = [float(v[0]) for v in answer_metrics(bad_logits, answer)]
     base, src = (clean[1], bad_cache) if noising else (bad_cache, clean[1])
     return _StepRuns(base, src, (m[0], m[1]), runner)
 
@@ -334,4 +346,5 @@ def patch_answer_positions(
                 d, lp = metrics_at(logits, answers[base_key])
                 grid[:, 0, li, ci] = torch.stack([d[0], lp[0]])
     return make_result(direction, "reference", [None], [(n_c - n, n_c)], layers, comps,
-                        grid[0], grid[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]))
+                        grid[0], grid[1], (clean[0], clean[1]), (corrupted[0], corrupted[1]),
+                        min_clean=min_clean_logit_diff(next(bridge.parameters()).dtype))

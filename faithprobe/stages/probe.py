@@ -19,6 +19,7 @@ from faithprobe.data.prompts import THINK_CLOSE, PromptTemplate
 from faithprobe.data.traces import Trace
 from faithprobe.edits.interventions import Edit, EditContext, make_intervention
 from faithprobe.errors import FaithprobeError
+from faithprobe.models.batches import BYTE_BUDGET, tokens_within
 from faithprobe.models.checkpoints import Checkpoint
 from faithprobe.models.decode import generate
 from faithprobe.models.forward import forward_token_logprobs
@@ -164,8 +165,10 @@ def _ppl(ckpt: Checkpoint, texts: Sequence[str], config: ProbeConfig) -> list[fl
     prefix = ckpt.tokenizer.prefix_ids
     # without a BOS the first token is unscored
     seqs = [prefix + ckpt.tokenizer.encode(t)[0] for t in texts]
+    budget = config.max_batch_tokens or tokens_within(  # long strings: the byte budget
+        BYTE_BUDGET, int(ckpt.bridge.cfg.n_heads), max((len(s) for s in seqs), default=1))
     lps = forward_token_logprobs(ckpt, seqs, batch_size=config.batch_size,
-                                 max_batch_tokens=config.max_batch_tokens,
+                                 max_batch_tokens=budget,
                                  share_prefix=config.share_prefix)
     out = []
     for lp in lps:
