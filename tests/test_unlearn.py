@@ -86,7 +86,16 @@ def test_weights_come_back_bit_for_bit_and_only_the_chosen_ones_move(base, sampl
         npo_kl_unlearn(base.bridge, params, forget, [], epochs=2, lr=1e-2)
         raise RuntimeError("boom")
     assert weights_digest(base.bridge) == before
-    assert all(p.requires_grad and p.grad is None for p in base.bridge.parameters())
+    # the flags are what the loader left (every weight frozen) and no gradient stays
+    assert all(not p.requires_grad and p.grad is None for p in base.bridge.parameters())
+
+
+def frozen_by_loader(bridge, params) -> frozenset:
+    """Make ``params`` weights their loader froze (not faithprobe's own freezing at load);
+    returns what to put back."""
+    old = bridge.faithprobe_trainable
+    bridge.faithprobe_trainable = old - {id(p) for p in params}
+    return old
 
 
 def test_npo_loss_by_hand_and_zero_epochs_or_lr_change_nothing(base, sample):
@@ -115,12 +124,12 @@ def test_gradient_problem_names_frozen_and_quantized_weights(base):
     params = select_params(base.bridge, ["mlp_out"])
     assert gradient_problem(base.bridge, params) is None
     name, p = params[1]
-    p.requires_grad_(False)
+    old = frozen_by_loader(base.bridge, [p])
     try:
         assert "frozen" in gradient_problem(base.bridge, params) and name in \
             gradient_problem(base.bridge, params)
     finally:
-        p.requires_grad_(True)
+        base.bridge.faithprobe_trainable = old
     fake = torch.nn.Parameter(torch.zeros(2, dtype=torch.int8), requires_grad=False)
     assert "quantized" in gradient_problem(base.bridge, [("w", fake)])
     with torch.inference_mode():
@@ -134,12 +143,12 @@ def test_preflight_refuses_a_frozen_checkpoint(base, sample):
                            "unlearn": {"enabled": True}})
     sel = select_traces(cfg, [t.id for t in sample], traces=sample)
     check_unlearn_inputs(cfg, {"base": base}, sel, "study.toml")
-    base.bridge.requires_grad_(False)
+    old = frozen_by_loader(base.bridge, list(base.bridge.parameters()))
     try:
         with pytest.raises(FaithprobeError) as err:
             check_unlearn_inputs(cfg, {"base": base}, sel, "study.toml")
     finally:
-        base.bridge.requires_grad_(True)
+        base.bridge.faithprobe_trainable = old
     assert err.value.field == "checkpoints.base" and "frozen" in str(err.value)
     assert "\n" not in str(err.value)
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["float32_head", "freeze", "head_dtype"]
+__all__ = ["float32_head", "freeze", "head_dtype", "was_trainable"]
 
 
 def _float32_linear(module: torch.nn.Linear, x: Tensor) -> Tensor:
@@ -58,6 +58,19 @@ def head_dtype(bridge: Any) -> torch.dtype:
     return next(bridge.parameters()).dtype
 
 
+TRAINABLE = "faithprobe_trainable"  # the bridge attribute: what was trainable at load
+
+
 def freeze(bridge: Any) -> None:
-    """No parameter of ``bridge`` requires a gradient."""
+    """No parameter of ``bridge`` requires a gradient. Which did is kept (by identity, in
+    ``bridge.faithprobe_trainable``): a weight frozen by its loader stays frozen to the stages
+    that train (unlearning), one frozen here does not."""
+    setattr(bridge, TRAINABLE, frozenset(id(p) for p in bridge.parameters() if p.requires_grad))
     bridge.requires_grad_(False)
+
+
+def was_trainable(bridge: Any, param: torch.nn.Parameter) -> bool:
+    """Whether ``param`` of ``bridge`` could take gradients before :func:`freeze` (or can
+    now, on a bridge it never froze)."""
+    trainable = getattr(bridge, TRAINABLE, None)
+    return param.requires_grad if trainable is None else id(param) in trainable

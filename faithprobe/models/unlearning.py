@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from faithprobe.errors import FaithprobeError
+from faithprobe.models.precision import was_trainable
 
 __all__ = ["MLP_OUT", "PARAM_GROUPS", "Forget", "UnlearnLog", "clean_name", "gradient_problem",
            "npo_kl_unlearn", "select_params", "sequence_logprob", "unlearning",
@@ -99,7 +100,7 @@ def gradient_problem(bridge: torch.nn.Module, params: Sequence[tuple[str, torch.
                     "(a float dtype) to unlearn")
         if p.is_inference():
             return f"{name} was made in inference mode and cannot take gradients"
-        if not p.requires_grad:
+        if not was_trainable(bridge, p):
             return f"{name} is frozen (requires_grad is false)"
         if p.is_meta:
             return f"{name} has no data (meta device)"
