@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.prompts import PromptTemplate, Rendered
 from faithprobe.data.tokens import CharTokenizer, HFTokenizer, Tokenizer
 from faithprobe.errors import FaithprobeError
 from faithprobe.io import (
@@ -564,12 +564,13 @@ def _load_hub(name: str) -> Checkpoint:
     return wrap_hf(model, tok, name, name)
 
 
-def check_same_tokenizer(a: Checkpoint, b: Checkpoint, prompts: Sequence[tuple[str, str, str]]
-                         = ()) -> None:
+def check_same_tokenizer(a: Checkpoint, b: Checkpoint,
+                         prompts: Sequence[tuple[str, Rendered, Rendered]] = ()) -> None:
     """Refuse a pair whose patched traces become different token ids: patching compares the
     two checkpoints position by position. Equal vocabularies (and BOS) pass at once; otherwise
-    each of ``prompts`` ((trace id, text rendered for ``a``, for ``b``)) must encode to the same
-    ids in both, so a fine-tune that added a token is patched on traces that do not use it."""
+    each of ``prompts`` ((trace id, the prompt rendered for ``a``, for ``b``)) must encode to
+    the same ids in both, so a fine-tune that added a token is patched on traces that do not
+    use it."""
     ta, tb = a.tokenizer, b.tokenizer
     if isinstance(ta, CharTokenizer) and isinstance(tb, CharTokenizer):
         if ta.alphabet == tb.alphabet:
@@ -585,8 +586,8 @@ def check_same_tokenizer(a: Checkpoint, b: Checkpoint, prompts: Sequence[tuple[s
                               source=f"{a.spec} vs {b.spec}")
     for trace_id, text_a, text_b in prompts:
         try:
-            ids_a = ta.prefix_ids + ta.encode(text_a)[0]
-            ids_b = tb.prefix_ids + tb.encode(text_b)[0]
+            ids_a = ta.prefix_ids + ta.encode(text_a.text, text_a.markup)[0]
+            ids_b = tb.prefix_ids + tb.encode(text_b.text, text_b.markup)[0]
         except FaithprobeError:
             ids_a, ids_b = [0], [1]
         if ids_a != ids_b:

@@ -128,10 +128,10 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
     patched = [t for t in traces if t.id in prep.selection.patch]
     generate = cfg["data"]["traces"] == "generate"
 
-    def text(t: Trace, label: str) -> str:
+    def text(t: Trace, label: str) -> Any:
         ckpt = prep.checkpoints[label]
         return prep.templates[label].render(t.question, () if generate else t.steps,
-                                            tokenizer=ckpt.tokenizer).text
+                                            tokenizer=ckpt.tokenizer)
 
     for label in others if cfg["patching"]["enabled"] else ():
         try:
@@ -151,16 +151,71 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
         longest = check_fit(traces, ckpt.tokenizer, template, ckpt.n_ctx, source=source,
                             label=f"{label} ({ckpt.spec})", generate=generate, paraphrases=para)
         prep.context[label] = {"max_prompt_tokens": longest, "n_ctx": ckpt.n_ctx}
+    special: dict[str, None] = {}  # ids of traces holding special-token text, in order
+    for label, ckpt, template, para in fits:
+        special.update(dict.fromkeys(check_texts(
+            traces, ckpt.tokenizer, template, mode=cfg["data"]["special_tokens"],
+            source=source, label=f"{label} ({ckpt.spec})", generate=generate,
+            paraphrases=para)))
     if cfg["cue"]["enabled"]:
         check_cue_inputs(cfg, traces, prep.selection, [f[:3] for f in fits[:len(
             prep.checkpoints)]], source=source, config_source=config_source)
-    prep.warnings = warnings_entry(trace_warnings(traces))
+    prep.warnings = warnings_entry({**trace_warnings(traces),
+                                    **({"special_token_text": list(special)} if special else {})})
     prep.inputs = {"faithprobe": package_version(), "traces": trace_print,
                    "checkpoints": {label: checkpoint_fingerprint(ckpt)
                                    for label, ckpt in prep.checkpoints.items()},
                    "roles": {"scorer": checkpoint_fingerprint(prep.scorer)}
                    if prep.scorer is not None else {}, "generated": {}}
     return prep
+
+
+def trace_texts(t: Trace, *, generate: bool = False, paraphrases: bool = True
+                ) -> list[tuple[str, str]]:
+    """Every text of a trace that its prompts hold, by field (as ``check_fit`` renders them:
+    the answer as scored, no steps when the checkpoints write their own)."""
+    from faithprobe.models.scoring import normalize_answer
+
+    steps = () if generate else t.steps
+    out = [("question", t.question), *((f"steps[{i}]", x) for i, x in enumerate(steps))]
+    if t.options:
+        out += [(f"options[{i}]", x) for i, x in enumerate(t.options)]
+    elif not generate:
+        out.append(("answer", normalize_answer(t.answer) or t.answer))
+    if paraphrases and steps and t.paraphrases:
+        out += [(f"paraphrases[{i}]", x) for i, x in enumerate(t.paraphrases)]
+    return out
+
+
+def check_texts(traces: Sequence[Trace], tokenizer: Any, template: Any, *, mode: str,
+                source: str, label: str, generate: bool = False,
+                paraphrases: bool = True) -> list[str]:
+    """Every text of every trace encodes as the text it is: a piece the tokenizer maps only to
+    its unknown or pad token (or to a special token even as text) is refused, naming the
+    field. Returns the ids of the traces holding a special token's text (the tokenizer's, and
+    ``<think>``, ``</think>`` in a thinking template), which ``mode`` ``refuse`` refuses."""
+    from faithprobe.data.prompts import THINK_CLOSE, THINK_OPEN
+
+    specials = [*tokenizer.special_strings, *((THINK_OPEN, THINK_CLOSE) if template.thinking
+                                              else ())]
+    found = []
+    for t in traces:
+        for name, text in trace_texts(t, generate=generate, paraphrases=paraphrases):
+            bad = tokenizer.unencodable(text)
+            if bad is not None:
+                raise FaithprobeError(f"trace {t.id!r} with checkpoint {label}: {bad[1]!r} at "
+                                      f"offset {bad[0]} becomes {bad[2]}", source=source,
+                                      field=name)
+            held = min(((text.find(s), s) for s in specials if s in text),
+                       default=(0, None))[1]  # the first in the text
+            if held is not None and mode == "refuse":
+                raise FaithprobeError(
+                    f"trace {t.id!r} with checkpoint {label}: holds {held!r}, the text of a "
+                    f"special token (data.special_tokens = \"refuse\"; \"as_text\" encodes it "
+                    "as plain text)", source=source, field=name)
+            if held is not None and (not found or found[-1] != t.id):
+                found.append(t.id)
+    return found
 
 
 def hardware(prep: Prepared) -> dict[str, Any]:

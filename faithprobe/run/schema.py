@@ -73,6 +73,11 @@ class DataSection(Section):
     traces: Literal["file", "generate"] = Field(
         "file", description="`file`: the traces as given; `generate`: each checkpoint writes "
                             "its own")
+    special_tokens: Literal["as_text", "refuse"] = Field(
+        "as_text", description="a question, step, answer or option holding a tokenizer's "
+                               "special-token text (`<|im_end|>`): `as_text` encodes it as plain "
+                               "text, `refuse` stops the run before it starts; counted in the "
+                               "header's warnings either way")
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataSection:
