@@ -60,26 +60,22 @@ class Prepared:
     context: dict[str, dict[str, int]] = field(default_factory=dict)
     selection: Any = None  # units.Selection: decided over the whole trace list, not the shard
     inputs: dict[str, Any] = field(default_factory=dict)  # fingerprint.* of what was loaded
+    ray_started: bool = False  # the preflight joined Ray: the run leaves it at its end
 
 
 def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
                 shard: tuple[int, int] | None = None, config_source: str = "config",
-                on_cpu: bool = False) -> Prepared:
+                on_cpu: bool = False, engine: str = "local",
+                ray_address: str | None = None) -> Prepared:
     """Every check a run makes before its folder exists: the output location, the traces, the
-    interventions, each checkpoint (loaded once), each template with each tokenizer, every
-    trace against each context. Raises FaithprobeError naming the input.
+    Ray cluster (``engine="ray"``: joined, or started, at ``ray_address``), the interventions,
+    each checkpoint (loaded once), each template with each tokenizer, every trace against each
+    context. Raises FaithprobeError naming the input.
 
     ``on_cpu``: load the checkpoints on the CPU whatever their placement (the Ray engine's
     driver, which only checks them; its tasks load them where the config places them)."""
     from faithprobe.data.sources import load_traces
-    from faithprobe.edits.interventions import make_intervention
-    from faithprobe.models.checkpoints import check_same_tokenizer, preflight
-    from faithprobe.run.units import (
-        probe_config,
-        select_traces,
-        shard_traces,
-        template_of,
-    )
+    from faithprobe.run.units import shard_traces
 
     check_out(Path(out), resume=resume)
     check_labels(cfg, config_source)
@@ -96,6 +92,33 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
         raise FaithprobeError(str(exc), source=config_source, field="data.path") from None
     if not traces:
         raise FaithprobeError("this shard holds no traces", field="--shard")
+    started = False
+    if engine == "ray":  # joined before a checkpoint is loaded; an address nowhere is refused
+        from faithprobe.run.ray_engine import connect
+
+        started = connect(ray_address)
+    try:
+        prep = _check_inputs(cfg, every, traces, trace_print, config_source=config_source,
+                             on_cpu=on_cpu or engine == "ray")
+    except BaseException:
+        if started:
+            from faithprobe.run.ray_engine import disconnect
+
+            disconnect()
+        raise
+    prep.ray_started = started
+    return prep
+
+
+def _check_inputs(cfg: RunConfig, every: list[Trace], traces: list[Trace], trace_print: Any, *,
+                  config_source: str, on_cpu: bool) -> Prepared:
+    """The checks of :func:`prepare_run` after the traces are read: the interventions, each
+    checkpoint loaded once, each template with each tokenizer, every trace against each
+    context."""
+    from faithprobe.edits.interventions import make_intervention
+    from faithprobe.models.checkpoints import check_same_tokenizer, preflight
+    from faithprobe.run.units import probe_config, select_traces, template_of
+
     probe_cfg = probe_config(cfg)
     for name in probe_cfg.interventions:
         try:
