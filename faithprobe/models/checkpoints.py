@@ -465,14 +465,14 @@ def load_checkpoint(spec: str, *, allow_pickle: bool = False, device: str = "cpu
     """Load a model by spec (see the module docstring) onto ``device`` in ``dtype`` (see
     :class:`Placement`; ``device_map="auto"`` spreads a large Hugging Face model over the GPUs
     with accelerate). Raises FaithprobeError on failure."""
-    placement = Placement(device, dtype, device_map)
+    placement = Placement(device, dtype, device_map).on_this_machine()  # no GPU: no map
     target = placement.torch_device()
     token = _PLACEMENT.set(placement)
     try:
         ckpt = _load_spec(spec, allow_pickle)
     finally:
         _PLACEMENT.reset(token)
-    if device_map is None:
+    if placement.device_map is None:
         first = next(ckpt.bridge.parameters())
         cast = placement.torch_dtype()
         # TransformerLens prints each move on stdout: keep the command's output clean

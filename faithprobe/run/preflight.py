@@ -11,7 +11,7 @@ from typing import Any
 from faithprobe.data.traces import Trace, check_fit, trace_warnings
 from faithprobe.errors import FaithprobeError
 from faithprobe.io import read_json
-from faithprobe.models.placement import checkpoint_hardware
+from faithprobe.models.placement import Placement, checkpoint_hardware
 from faithprobe.run.config import RunConfig, placement_of
 from faithprobe.run.fingerprint import checkpoint_fingerprint, package_version, traces_fingerprint
 from faithprobe.run.layout import HEADER, MAX_WARNING_IDS, content
@@ -61,6 +61,7 @@ class Prepared:
     selection: Any = None  # units.Selection: decided over the whole trace list, not the shard
     inputs: dict[str, Any] = field(default_factory=dict)  # fingerprint.* of what was loaded
     ray_started: bool = False  # the preflight joined Ray: the run leaves it at its end
+    device_map_ignored: list[str] = field(default_factory=list)  # labels (roles): no GPU
 
 
 def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
@@ -127,11 +128,14 @@ def _check_inputs(cfg: RunConfig, every: list[Trace], traces: list[Trace], trace
             raise FaithprobeError(exc.message, source=config_source,
                                   field=f"probe.{name}") from None
     loaded: dict[tuple, Any] = {}
+    ignored: list[str] = []  # labels whose device_map = "auto" this machine ignores
 
     def load(key: str, spec: str, label: str) -> Any:
         where = placement_of(cfg, label)
         if on_cpu:
             where = {"device": "cpu", "dtype": where["dtype"]}
+        elif where.get("device_map") and Placement(**where).on_this_machine().device_map is None:
+            ignored.append(label)
         ident = (spec, *sorted(where.items()))
         if ident not in loaded:
             try:
@@ -185,6 +189,10 @@ def _check_inputs(cfg: RunConfig, every: list[Trace], traces: list[Trace], trace
             prep.checkpoints)]], source=source, config_source=config_source)
     prep.warnings = warnings_entry({**trace_warnings(traces),
                                     **({"special_token_text": list(special)} if special else {})})
+    prep.device_map_ignored = list(dict.fromkeys(ignored))
+    if prep.device_map_ignored:  # said as doubtful data is: the run is not where it was asked
+        prep.warnings["device_map_ignored"] = {"count": len(prep.device_map_ignored),
+                                               "checkpoints": prep.device_map_ignored}
     prep.inputs = {"faithprobe": package_version(), "traces": trace_print,
                    "checkpoints": {label: checkpoint_fingerprint(ckpt)
                                    for label, ckpt in prep.checkpoints.items()},
@@ -248,10 +256,13 @@ def hardware(prep: Prepared) -> dict[str, Any]:
 
     out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda,
                            "threads": torch.get_num_threads(), "checkpoints": {}, "roles": {}}
+    ignored = {"device_map": "auto, ignored: no CUDA GPU on this machine"}
     for label, ckpt in prep.checkpoints.items():
-        out["checkpoints"][label] = checkpoint_hardware(ckpt)
+        out["checkpoints"][label] = {**checkpoint_hardware(ckpt), **(
+            ignored if label in prep.device_map_ignored else {})}
     if prep.scorer is not None:  # a role, never a label (labels may not be "scorer")
-        out["roles"]["scorer"] = checkpoint_hardware(prep.scorer)
+        out["roles"]["scorer"] = {**checkpoint_hardware(prep.scorer), **(
+            ignored if "scorer" in prep.device_map_ignored else {})}
     return out
 
 

@@ -342,7 +342,7 @@ class RunSchema(Section):
     dtype: Text = Field("float32", description="every checkpoint's: `float32`, `bfloat16`, "
                                                "`float16`, `auto`: the checkpoint's own")
     device_map: Text = Field(None, description="`auto`: accelerate spreads a model too large "
-                                               "for one GPU")
+                                               "for one GPU; ignored without one")
     placement: dict[str, PlacementSection] = Field(
         {}, description="`device`, `dtype`, `device_map` of one checkpoint (label `scorer` for "
                         "the fixed InfoGain scorer)")
