@@ -103,7 +103,7 @@ def test_a_port_that_answers_but_is_no_cluster_is_refused_in_time(study, tmp_pat
         code, err, seconds = _run(
             ["run", str(study), "--out", str(out), "--quiet", "--engine", "ray",
              "--ray-address", address],
-            prelude="import faithprobe.run.ray_engine as r\nr.JOIN_TIMEOUT_S = 3")
+            prelude="import faithprobe.run.ray_connect as r\nr.JOIN_TIMEOUT_S = 3")
     finally:
         stop.set()
         thread.join()

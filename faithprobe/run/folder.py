@@ -201,7 +201,7 @@ def _leaving_ray(joined: bool) -> Iterator[None]:
         yield
     finally:
         if joined:
-            from faithprobe.run.ray_engine import disconnect
+            from faithprobe.run.ray_connect import disconnect
 
             disconnect()
 

@@ -95,7 +95,7 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
         raise FaithprobeError("this shard holds no traces", field="--shard")
     started = False
     if engine == "ray":  # joined before a checkpoint is loaded; an address nowhere is refused
-        from faithprobe.run.ray_engine import connect
+        from faithprobe.run.ray_connect import connect
 
         started = connect(ray_address)
     try:
@@ -103,7 +103,7 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
                              on_cpu=on_cpu or engine == "ray")
     except BaseException:
         if started:
-            from faithprobe.run.ray_engine import disconnect
+            from faithprobe.run.ray_connect import disconnect
 
             disconnect()
         raise

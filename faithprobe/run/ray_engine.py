@@ -17,10 +17,9 @@ run, so ``--resume`` after the driver is killed completes the run. A task whose 
 retried by Ray (``max_retries``); a task's records are written only once it has finished, so a
 retried task writes each record once. Records are those of a local run (in another order).
 
-The driver joins the cluster in the preflight (:func:`connect`), before the run folder exists:
-an address that leads nowhere is a one-line error within ``REACH_TIMEOUT_S`` +
-``JOIN_TIMEOUT_S`` seconds, and Ray's own log lines are kept off stderr. SIGTERM cancels a Ray
-run as a local one (``cancelled``, exit 143): Ray installs no signal handler of its own.
+The driver joins the cluster in the preflight (:mod:`faithprobe.run.ray_connect`), before the
+run folder exists: an address that leads nowhere is a one-line error, Ray's own log lines are
+kept off stderr, and SIGTERM cancels a Ray run as a local one (``cancelled``, exit 143).
 
 Without an address a local Ray cluster starts on this machine and stops with the run; ``auto``
 or ``HOST:PORT`` joins a running cluster (``ray start --head`` on the first machine, ``ray start
@@ -30,16 +29,10 @@ or ``HOST:PORT`` joins a running cluster (``ray start --head`` on the first mach
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
 import os
-import socket
-import sys
-import tempfile
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from faithprobe.data.traces import Trace
@@ -48,12 +41,10 @@ from faithprobe.records import Record
 from faithprobe.run.config import RunConfig, placement_of
 from faithprobe.run.units import probed_generated, template_of
 
-__all__ = ["check_address", "connect", "disconnect", "import_ray", "probe_on_ray", "ray_node"]
+__all__ = ["check_address", "import_ray", "probe_on_ray", "ray_node"]
 
 MAX_RETRIES = 3  # a task whose worker process dies is run again this many times at most
 TASKS_PER_CPU = 4  # default slicing: about this many tasks per CPU of the cluster
-REACH_TIMEOUT_S = 5.0  # an address's host found and its port answering, at most
-JOIN_TIMEOUT_S = 30.0  # ray.init joining a cluster that answered, at most
 
 
 def import_ray() -> Any:
@@ -153,149 +144,6 @@ def _slices(traces: Sequence[Trace], size: int) -> list[list[Trace]]:
     return [list(traces[i:i + size]) for i in range(0, len(traces), size)]
 
 
-def _bounded(fn: Callable[[], Any], seconds: float) -> tuple[bool, Any, BaseException | None]:
-    """``fn()`` in a daemon thread, waited for at most ``seconds``: (finished, result, error).
-    A call still running is left behind (the process ends soon after: the run is refused)."""
-    box: dict[str, Any] = {}
-
-    def call() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=call, name="faithprobe-ray-connect", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    return not thread.is_alive(), box.get("result"), box.get("error")
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[Callable[[], None]]:
-    """Ray's own lines (its C++ core writes to file descriptor 2, its Python to sys.stderr)
-    go to a file that is dropped. The block may call the function it is given to keep them
-    off for good (a Ray call left running): descriptor 2 stays on the drop, and Python's
-    stderr moves to a copy of the real one, for the run's own last line."""
-    keep: list[bool] = []
-    real = sys.stderr
-    with tempfile.TemporaryFile() as sink, contextlib.redirect_stderr(io.StringIO()):
-        try:
-            real.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
-        try:
-            saved = os.dup(2)
-        except OSError:  # no descriptor 2: nothing to keep quiet
-            yield lambda: None
-            return
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lambda: keep.append(True)
-        finally:
-            if keep:
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, 2)
-                os.close(null)
-                if real is sys.__stderr__:  # the process's own stderr, not a capture
-                    real = sys.__stderr__ = open(saved, "w", buffering=1,  # noqa: SIM115
-                                                 encoding="utf-8", errors="backslashreplace")
-                else:
-                    os.close(saved)
-            else:
-                os.dup2(saved, 2)
-                os.close(saved)
-    sys.stderr = real
-
-
-def _check_reachable(address: str) -> None:
-    """``HOST:PORT`` (or ``ray://HOST:PORT``): the host is found and the port answers, within
-    REACH_TIMEOUT_S seconds; ray.init would wait minutes, printing, before it gives up."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-
-    def reach() -> None:
-        with socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S):
-            pass
-
-    done, _, exc = _bounded(reach, REACH_TIMEOUT_S + 1)
-    why = (f"no answer within {REACH_TIMEOUT_S:g} s" if not done or isinstance(
-        exc, TimeoutError) else f"host {host!r} not found" if isinstance(exc, socket.gaierror)
-        else "nothing listens on that port" if isinstance(exc, ConnectionRefusedError)
-        else f"{exc.strerror or exc}" if isinstance(exc, OSError) else None)
-    if why is not None:
-        raise FaithprobeError(f"cannot reach a Ray cluster there: {why}", source=address,
-                              field="--ray-address")
-
-
-def _signal_handlers(handlers: dict[int, Any] | None = None) -> dict[int, Any]:
-    """SIGTERM's and SIGINT's handlers; given ``handlers``, set them back (main thread)."""
-    import signal
-
-    out = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            out[sig] = signal.getsignal(sig)
-            if handlers is not None and handlers.get(sig) is not None:
-                signal.signal(sig, handlers[sig])
-        except ValueError:  # not the main thread: nothing was set
-            pass
-    return out
-
-
-def connect(address: str | None) -> bool:
-    """Join the Ray cluster at ``address`` (or start a local one): the run's preflight, before
-    its folder exists. Returns True when this call started (or joined) Ray, so the run ends it
-    (:func:`disconnect`); False when the process had joined already. An address that leads
-    nowhere, or a cluster that does not answer, is a FaithprobeError naming it."""
-    ray = import_ray()
-    if ray.is_initialized():
-        return False
-    where = address or "a local cluster"
-    if address is not None and address != "auto":
-        _check_reachable(address)
-    if address is not None and address.startswith("ray://"):
-        try:
-            import grpc  # noqa: F401 - Ray Client needs its client extra
-        except ImportError:
-            raise FaithprobeError("this Ray has no client for ray:// addresses (pip install "
-                                  "'ray[client]'); give the cluster's HOST:PORT instead",
-                                  source=address, field="--ray-address") from None
-    def init() -> None:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-
-    with _quiet_stderr() as for_good:
-        if address is None:  # in this thread: the processes it starts die with their thread
-            handlers = _signal_handlers()
-            try:
-                init()
-                done, exc = True, None
-            except Exception as error:  # noqa: BLE001 - said below, in one line
-                done, exc = True, error
-            finally:
-                _signal_handlers(handlers)  # Ray's own SIGTERM handler would exit with 15
-        else:  # joining starts nothing here: in a thread, bounded, and no signal handlers
-            done, _, exc = _bounded(init, JOIN_TIMEOUT_S)
-            if not done:  # it goes on trying, and printing, until the process ends
-                for_good()
-    if not done:
-        raise FaithprobeError(f"Ray did not join {where} within {JOIN_TIMEOUT_S:g} s",
-                              source=address, field="--ray-address")
-    if exc is not None:
-        text = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise FaithprobeError(f"cannot join the Ray cluster ({text})",
-                              source=address or "local", field="--ray-address")
-    return True
-
-
-def disconnect() -> None:
-    """Leave the cluster (a local one started by :func:`connect` stops), quietly."""
-    ray = import_ray()
-    if ray.is_initialized():
-        with _quiet_stderr():
-            ray.shutdown()
-
-
 def _raise_cause(exc: BaseException) -> None:
     """A task's FaithprobeError reaches the user as itself (one line, exit 2)."""
     cause = getattr(exc, "cause", None)
@@ -320,6 +168,8 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
     records)`` writes a trace's records;
     ``progress(label, total, initial)`` returns a bar with ``update``/``close``.
     """
+    from faithprobe.run.ray_connect import connect, disconnect
+
     ray = import_ray()
     started = connect(address)  # False where the preflight (or the caller) joined already
     pending: list[Any] = []
