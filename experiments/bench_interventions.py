@@ -104,7 +104,8 @@ def main() -> None:
     lengths = []
     for t in traces:
         r = ckpt.template.render(t.question, t.steps, t.answer, tokenizer=ckpt.tokenizer)
-        lengths.append(len(ckpt.tokenizer.prefix_ids) + len(ckpt.tokenizer.encode(r.text)[0]))
+        lengths.append(len(ckpt.tokenizer.prefix_ids)
+                       + len(ckpt.tokenizer.encode(r.text, r.markup)[0]))
     print(f"model={args.model} device={args.device} traces={len(traces)} "
           f"steps={[t.n_steps for t in traces]} tokens={lengths} edited sequences={n_items}")
 

@@ -173,7 +173,7 @@ def prompt_ids(ckpt: Checkpoint, trace: Trace, steps: tuple[str, ...],
     """The token ids the scorer runs for ``trace`` with ``steps``: the prompt and the answer."""
     template = template or ckpt.template
     r = template.render(trace.question, steps, trace.answer, tokenizer=ckpt.tokenizer)
-    return align(r.text, r.segments, ckpt.tokenizer).ids
+    return align(r.text, r.segments, ckpt.tokenizer, markup=r.markup).ids
 
 
 def suite_floor_tokens(ckpt: Checkpoint, trace: Trace) -> int:
@@ -257,7 +257,7 @@ def patching_case(ckpt: Checkpoint, trace: Trace, device: str) -> dict[str, Any]
         return "".join(str((int(c) + 3) % 10) if c.isdigit() else c for c in step)
 
     r = ckpt.template.render(trace.question, trace.steps, trace.answer, tokenizer=ckpt.tokenizer)
-    clean = align(r.text, r.segments, ckpt.tokenizer)
+    clean = align(r.text, r.segments, ckpt.tokenizer, markup=r.markup)
     corrupted = prompt_ids(ckpt, trace, tuple(shift(s) for s in trace.steps))
     if len(corrupted) != len(clean.ids):
         raise SystemExit("the corrupted trace changes the token count")

@@ -157,11 +157,27 @@ def _pairs_text(pairs: Any) -> str:
     return "; ".join(f"{b} vs {a}" for a, b in pairs) if pairs else "the default pairs"
 
 
+def _pairs(given: list[list[str]] | None) -> list[list[str]] | None:
+    """``--pair A B`` or ``--pair=A,B`` (the form for a label starting with "-": argparse reads
+    a separate ``-a`` as an option), as [a, b] lists."""
+    if given is None:
+        return None
+    out = []
+    for values in given:
+        pair = values[0].split(",") if len(values) == 1 else values
+        if len(pair) != 2:
+            raise FaithprobeError(f"expected two labels, A B or A,B; got {' '.join(values)!r}",
+                                  field="--pair")
+        out.append(pair)
+    return out
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from faithprobe.io import read_json
     from faithprobe.run.layout import HEADER
     from faithprobe.run.merge import score_runs
 
+    args.pair = _pairs(args.pair)
     dirs = [Path(d) for d in args.run_dirs]
     in_place = args.out is None or (len(dirs) == 1 and Path(args.out).resolve()
                                     == dirs[0].resolve())
@@ -311,9 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "records alone (no model). Several folders (shards) merge into --out.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="merged run folder (needed with several RUN_DIRs)")
-    p.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"),
+    p.add_argument("--pair", nargs="+", action="append", metavar="A B",
                    help="compare checkpoint B with A (repeat for more pairs); replaces the "
-                   "config's metrics.pairs (default: the first checkpoint against each other)")
+                   "config's metrics.pairs (default: the first checkpoint against each other); "
+                   "--pair=A,B names a label starting with '-' (--pair=-a,b)")
     p.add_argument("--partial", action="store_true",
                    help="merge an incomplete set of shards on purpose (the header and the "
                    "report say which shards it holds)")

@@ -44,7 +44,7 @@ def _argv(case: dict, tmp_path: Path) -> tuple[list[str], Path | None]:
 
 
 def test_corpus_is_large_enough():
-    assert len(CASES) >= 128  # 38 in round one, 30 and more in round two, 30 in round three
+    assert len(CASES) >= 143  # 38 in round one, 30 and more in round two, 45 in round three
     assert {c["kind"] for c in CASES} >= {"traces", "config", "checkpoint", "score", "report",
                                          "compare"}
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from faithprobe.data.prompts import Rendered
 from faithprobe.data.tokens import CharTokenizer
 from faithprobe.errors import FaithprobeError
 from faithprobe.models.checkpoints import Checkpoint, check_same_tokenizer, load_checkpoint
@@ -65,16 +66,21 @@ def test_unknown_organism_and_bad_spec():
         load_checkpoint("  ")
 
 
+def _r(text: str) -> Rendered:
+    return Rendered(text, (("question", 0, len(text)),))
+
+
 def test_different_tokenizers_refused(tiny):
     other = Checkpoint(tiny.bridge, CharTokenizer("xyz"), "other")
     check_same_tokenizer(tiny, tiny)
     with pytest.raises(FaithprobeError, match="tokenize differently.*trace 't1'.*"
                                               r"\[patching\] enabled = false"):
-        check_same_tokenizer(tiny, other, [("t1", "xy", "xy")])
+        check_same_tokenizer(tiny, other, [("t1", _r("xy"), _r("xy"))])
 
 
 def test_a_tokenizer_with_an_added_token_is_patched_on_traces_that_do_not_use_it(tiny):
     grown = Checkpoint(tiny.bridge, CharTokenizer(tiny.tokenizer.alphabet + "!"), "grown")
-    check_same_tokenizer(tiny, grown, [("t1", "a=1;a?\na=1", "a=1;a?\na=1")])
+    check_same_tokenizer(tiny, grown, [("t1", _r("a=1;a?\na=1"), _r("a=1;a?\na=1"))])
     with pytest.raises(FaithprobeError, match="trace 't2' becomes different token ids"):
-        check_same_tokenizer(tiny, grown, [("t1", "a=1", "a=1"), ("t2", "a=1", "a=1!")])
+        check_same_tokenizer(tiny, grown, [("t1", _r("a=1"), _r("a=1")),
+                                           ("t2", _r("a=1"), _r("a=1!"))])

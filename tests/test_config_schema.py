@@ -64,7 +64,8 @@ def test_every_key_says_what_it_is():
 
 
 # keys added after the committed demo was recorded: their defaults change no record of it
-NEWER_THAN_THE_DEMO = {"patching": ("suppression", "suppression_temperature")}
+NEWER_THAN_THE_DEMO = {"patching": ("suppression", "suppression_temperature"),
+                       "data": ("special_tokens",)}
 NEWER_SECTIONS = ("unlearn",)  # whole sections added since, off by default
 
 
@@ -85,7 +86,7 @@ def test_defaults_come_first_in_schema_order_then_the_keys_given():
     cfg = validate_config(_with(data={"count": 5, "seed": 3}, threads=2))
     assert list(cfg)[:3] == ["name", "seed", "allow_pickle"] and list(cfg)[-2:] == [
         "checkpoints", "threads"]
-    assert list(cfg["data"]) == ["source", "split", "seed", "traces", "count"]
+    assert list(cfg["data"]) == ["source", "split", "seed", "traces", "special_tokens", "count"]
     assert cfg["data"]["seed"] == 3 and "path" not in cfg["data"] and "ray" not in cfg
     assert "corrupt" not in cfg["probe"] and "pairs" not in cfg["metrics"]
 

@@ -256,7 +256,7 @@ class _Words:
     prefix_ids: list[int] = []
     name = "words"
 
-    def encode(self, text):
+    def encode(self, text, markup=()):
         import re
 
         spans = [(m.start(), m.end()) for m in re.finditer(r"\s*\S+|\s+$", text)]

@@ -48,7 +48,7 @@ def test_segment_inside_a_token_is_refused():
         prefix_ids: list[int] = []
         name = "words"
 
-        def encode(self, text):
+        def encode(self, text, markup=()):
             return [0], [(0, len(text))]
 
     with pytest.raises(FaithprobeError, match="has no token of its own"):

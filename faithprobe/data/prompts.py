@@ -31,6 +31,21 @@ def step_segment(i: int) -> str:
 class Rendered:
     text: str
     segments: tuple[tuple[str, int, int], ...]  # (name, start, end), tiling ``text``
+    # (field, start, end) of the trace's own words: the question, each step, the answer
+    fields: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def markup(self) -> tuple[tuple[int, int], ...]:
+        """The character ranges the template wrote (everything but the trace's fields): the
+        only places where a tokenizer's special-token text is a special token."""
+        out, pos = [], 0
+        for _name, start, end in sorted(self.fields, key=lambda f: f[1]):
+            if start > pos:
+                out.append((pos, start))
+            pos = max(pos, end)
+        if pos < len(self.text):
+            out.append((pos, len(self.text)))
+        return tuple(out)
 
     def char_span(self, name: str) -> tuple[int, int]:
         for seg, start, end in self.segments:
@@ -104,10 +119,16 @@ class PromptTemplate:
     ) -> Rendered:
         """Render; with ``answer=None`` the text ends after the suffix (ready to score)."""
         segments: list[tuple[str, int, int]] = []
+        fields: list[tuple[str, int, int]] = []
         text = ""
 
-        def add(name: str, piece: str) -> None:
+        def add(name: str, piece: str, field: str | None = None, at: int = 0,
+                words: str = "") -> None:
+            """Append segment ``name``; the trace's ``words`` (field ``field``) lie in it
+            from character ``at``."""
             nonlocal text
+            if field is not None:
+                fields.append((field, len(text) + at, len(text) + at + len(words)))
             segments.append((name, len(text), len(text) + len(piece)))
             text += piece
 
@@ -120,14 +141,15 @@ class PromptTemplate:
                 ("" if before.endswith("\n") else "\n") + THINK_OPEN)
             closing = "\n" + THINK_CLOSE + "\n\n"
         add("preamble", preamble)
-        add("question", question_text + after + opening)
+        add("question", question_text + after + opening, "question",
+            len(question_text) - len(question), question)
         for i, step in enumerate(steps):
-            sep = self.reasoning_prefix if i == 0 else self.step_sep
-            add(step_segment(i), sep + self.step_prefix + step)
+            lead = (self.reasoning_prefix if i == 0 else self.step_sep) + self.step_prefix
+            add(step_segment(i), lead + step, f"steps[{i}]", len(lead), step)
         add("suffix", closing + self.suffix)
         if answer is not None:
-            add("answer", self.answer_sep + answer)
-        return Rendered(text=text, segments=tuple(segments))
+            add("answer", self.answer_sep + answer, "answer", len(self.answer_sep), answer)
+        return Rendered(text=text, segments=tuple(segments), fields=tuple(fields))
 
     def _frame(self, question: str, tokenizer: Any) -> tuple[str, str, str]:
         """(text before the question, the question, text after it up to the reasoning)."""

@@ -448,13 +448,14 @@ def check_fit(traces: Iterable[Trace], tokenizer: Any, template: Any, n_ctx: int
             for answer in answers:
                 try:
                     r = template.render(t.question, variant, answer, tokenizer=tokenizer)
-                    n = prefix + len(tokenizer.encode(r.text)[0]) + (answer is None)
+                    n = prefix + len(tokenizer.encode(r.text, r.markup)[0]) + (answer is None)
                     if n > n_ctx:
                         alone = template.render(t.question, (), answer, tokenizer=tokenizer)
-                        too_long = prefix + len(tokenizer.encode(alone.text)[0]) > n_ctx
+                        too_long = prefix + len(tokenizer.encode(alone.text, alone.markup)[0]) \
+                            > n_ctx
                         raise fail(f"is {n} tokens long, longer than the model's context of "
                                    f"{n_ctx} tokens", "question" if too_long else where)
-                    align(r.text, r.segments, tokenizer)
+                    align(r.text, r.segments, tokenizer, markup=r.markup)
                 except FaithprobeError as exc:
                     if exc.message.startswith(f"trace {t.id!r} with"):
                         raise

@@ -87,7 +87,7 @@ class EditContext:
         """Token length of each step segment when ``steps`` is rendered for ``trace``."""
         rendered = self.template.render(trace.question, steps, tokenizer=self.tokenizer)
         aligned = align(rendered.text, rendered.segments, self.tokenizer,
-                        source=f"trace {trace.id}")
+                        source=f"trace {trace.id}", markup=rendered.markup)
         return [aligned.span(step_segment(i))[1] - aligned.span(step_segment(i))[0]
                 for i in range(len(steps))]
 

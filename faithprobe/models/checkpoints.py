@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from faithprobe.data.prompts import PromptTemplate
+from faithprobe.data.prompts import PromptTemplate, Rendered
 from faithprobe.data.tokens import CharTokenizer, HFTokenizer, Tokenizer
 from faithprobe.errors import FaithprobeError
 from faithprobe.io import (
@@ -385,14 +385,14 @@ def load_checkpoint(spec: str, *, allow_pickle: bool = False, device: str = "cpu
     """Load a model by spec (see the module docstring) onto ``device`` in ``dtype`` (see
     :class:`Placement`; ``device_map="auto"`` spreads a large Hugging Face model over the GPUs
     with accelerate). Raises FaithprobeError on failure."""
-    placement = Placement(device, dtype, device_map)
+    placement = Placement(device, dtype, device_map).on_this_machine()  # no GPU: no map
     target = placement.torch_device()
     token = _PLACEMENT.set(placement)
     try:
         ckpt = _load_spec(spec, allow_pickle)
     finally:
         _PLACEMENT.reset(token)
-    if device_map is None:
+    if placement.device_map is None:
         first = next(ckpt.bridge.parameters())
         cast = placement.torch_dtype()
         # TransformerLens prints each move on stdout: keep the command's output clean
@@ -486,12 +486,13 @@ def _load_hub(name: str) -> Checkpoint:
     return wrap_hf(model, tok, name, name)
 
 
-def check_same_tokenizer(a: Checkpoint, b: Checkpoint, prompts: Sequence[tuple[str, str, str]]
-                         = ()) -> None:
+def check_same_tokenizer(a: Checkpoint, b: Checkpoint,
+                         prompts: Sequence[tuple[str, Rendered, Rendered]] = ()) -> None:
     """Refuse a pair whose patched traces become different token ids: patching compares the
     two checkpoints position by position. Equal vocabularies (and BOS) pass at once; otherwise
-    each of ``prompts`` ((trace id, text rendered for ``a``, for ``b``)) must encode to the same
-    ids in both, so a fine-tune that added a token is patched on traces that do not use it."""
+    each of ``prompts`` ((trace id, the prompt rendered for ``a``, for ``b``)) must encode to
+    the same ids in both, so a fine-tune that added a token is patched on traces that do not
+    use it."""
     ta, tb = a.tokenizer, b.tokenizer
     if isinstance(ta, CharTokenizer) and isinstance(tb, CharTokenizer):
         if ta.alphabet == tb.alphabet:
@@ -507,8 +508,8 @@ def check_same_tokenizer(a: Checkpoint, b: Checkpoint, prompts: Sequence[tuple[s
                               source=f"{a.spec} vs {b.spec}")
     for trace_id, text_a, text_b in prompts:
         try:
-            ids_a = ta.prefix_ids + ta.encode(text_a)[0]
-            ids_b = tb.prefix_ids + tb.encode(text_b)[0]
+            ids_a = ta.prefix_ids + ta.encode(text_a.text, text_a.markup)[0]
+            ids_b = tb.prefix_ids + tb.encode(text_b.text, text_b.markup)[0]
         except FaithprobeError:
             ids_a, ids_b = [0], [1]
         if ids_a != ids_b:

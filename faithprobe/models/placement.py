@@ -6,7 +6,7 @@ Imports nothing heavy: a run config is validated with it before torch loads.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -36,6 +36,16 @@ class Placement:
         if self.device_map not in (None, "auto"):
             raise FaithprobeError("device_map is 'auto' or not given", field="device_map",
                                   source=repr(self.device_map))
+
+    def on_this_machine(self) -> Placement:
+        """This placement as this machine can have it: ``device_map = "auto"`` spreads a model
+        over the GPUs, so without CUDA it is ignored (the model loads whole on ``device``, in
+        ``dtype``; the run's header and warnings say so)."""
+        import torch
+
+        if self.device_map is not None and not torch.cuda.is_available():
+            return replace(self, device_map=None)
+        return self
 
     def torch_device(self) -> torch.device:
         """The device, with ``auto`` resolved on this machine; a missing one is an error."""

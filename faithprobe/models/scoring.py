@@ -97,7 +97,8 @@ def _render(
     ckpt: Checkpoint, template: PromptTemplate, item: ScoreItem, answer: str | None
 ) -> Aligned:
     rendered = template.render(item.question, item.steps, answer, tokenizer=ckpt.tokenizer)
-    aligned = align(rendered.text, rendered.segments, ckpt.tokenizer, source=f"trace {item.id}")
+    aligned = align(rendered.text, rendered.segments, ckpt.tokenizer, source=f"trace {item.id}",
+                    markup=rendered.markup)
     if len(aligned.ids) > ckpt.n_ctx:
         raise FaithprobeError(
             f"prompt is {len(aligned.ids)} tokens, longer than the model's context of "

@@ -31,10 +31,11 @@ record ``cancelled``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -159,8 +160,8 @@ def run_study(cfg: RunConfig, out: Path, *, argv: Sequence[str] = (), resume: bo
 
         import_ray()  # before anything is loaded: a missing extra is a one-line error
     prep = prepare_run(cfg, out, resume=resume, shard=shard, config_source=config_source,
-                       on_cpu=engine == "ray")
-    with lock_folder(out):
+                       on_cpu=engine == "ray", engine=engine, ray_address=ray_address)
+    with _leaving_ray(prep.ray_started), lock_folder(out):
         header = open_run(out, cfg, argv, resume=resume, shard=shard, inputs=prep.inputs,
                           options={"quiet": quiet, "engine": engine})
         try:
@@ -191,6 +192,18 @@ def run_study(cfg: RunConfig, out: Path, *, argv: Sequence[str] = (), resume: bo
                 pass  # the error that brought us here is the one to report
             raise
     return out
+
+
+@contextlib.contextmanager
+def _leaving_ray(joined: bool) -> Iterator[None]:
+    """The Ray cluster the preflight joined is left when the run ends, however it ends."""
+    try:
+        yield
+    finally:
+        if joined:
+            from faithprobe.run.ray_connect import disconnect
+
+            disconnect()
 
 
 def _restore(out: Path, header: dict[str, Any]) -> set[tuple[str, str]]:

@@ -11,7 +11,7 @@ from typing import Any
 from faithprobe.data.traces import Trace, check_fit, trace_warnings
 from faithprobe.errors import FaithprobeError
 from faithprobe.io import read_json
-from faithprobe.models.placement import checkpoint_hardware
+from faithprobe.models.placement import Placement, checkpoint_hardware
 from faithprobe.run.config import RunConfig, placement_of
 from faithprobe.run.fingerprint import checkpoint_fingerprint, package_version, traces_fingerprint
 from faithprobe.run.layout import HEADER, MAX_WARNING_IDS, content
@@ -60,26 +60,23 @@ class Prepared:
     context: dict[str, dict[str, int]] = field(default_factory=dict)
     selection: Any = None  # units.Selection: decided over the whole trace list, not the shard
     inputs: dict[str, Any] = field(default_factory=dict)  # fingerprint.* of what was loaded
+    ray_started: bool = False  # the preflight joined Ray: the run leaves it at its end
+    device_map_ignored: list[str] = field(default_factory=list)  # labels (roles): no GPU
 
 
 def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
                 shard: tuple[int, int] | None = None, config_source: str = "config",
-                on_cpu: bool = False) -> Prepared:
+                on_cpu: bool = False, engine: str = "local",
+                ray_address: str | None = None) -> Prepared:
     """Every check a run makes before its folder exists: the output location, the traces, the
-    interventions, each checkpoint (loaded once), each template with each tokenizer, every
-    trace against each context. Raises FaithprobeError naming the input.
+    Ray cluster (``engine="ray"``: joined, or started, at ``ray_address``), the interventions,
+    each checkpoint (loaded once), each template with each tokenizer, every trace against each
+    context. Raises FaithprobeError naming the input.
 
     ``on_cpu``: load the checkpoints on the CPU whatever their placement (the Ray engine's
     driver, which only checks them; its tasks load them where the config places them)."""
     from faithprobe.data.sources import load_traces
-    from faithprobe.edits.interventions import make_intervention
-    from faithprobe.models.checkpoints import check_same_tokenizer, preflight
-    from faithprobe.run.units import (
-        probe_config,
-        select_traces,
-        shard_traces,
-        template_of,
-    )
+    from faithprobe.run.units import shard_traces
 
     check_out(Path(out), resume=resume)
     check_labels(cfg, config_source)
@@ -96,6 +93,33 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
         raise FaithprobeError(str(exc), source=config_source, field="data.path") from None
     if not traces:
         raise FaithprobeError("this shard holds no traces", field="--shard")
+    started = False
+    if engine == "ray":  # joined before a checkpoint is loaded; an address nowhere is refused
+        from faithprobe.run.ray_connect import connect
+
+        started = connect(ray_address)
+    try:
+        prep = _check_inputs(cfg, every, traces, trace_print, config_source=config_source,
+                             on_cpu=on_cpu or engine == "ray")
+    except BaseException:
+        if started:
+            from faithprobe.run.ray_connect import disconnect
+
+            disconnect()
+        raise
+    prep.ray_started = started
+    return prep
+
+
+def _check_inputs(cfg: RunConfig, every: list[Trace], traces: list[Trace], trace_print: Any, *,
+                  config_source: str, on_cpu: bool) -> Prepared:
+    """The checks of :func:`prepare_run` after the traces are read: the interventions, each
+    checkpoint loaded once, each template with each tokenizer, every trace against each
+    context."""
+    from faithprobe.edits.interventions import make_intervention
+    from faithprobe.models.checkpoints import check_same_tokenizer, preflight
+    from faithprobe.run.units import probe_config, select_traces, template_of
+
     probe_cfg = probe_config(cfg)
     for name in probe_cfg.interventions:
         try:
@@ -104,11 +128,14 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
             raise FaithprobeError(exc.message, source=config_source,
                                   field=f"probe.{name}") from None
     loaded: dict[tuple, Any] = {}
+    ignored: list[str] = []  # labels whose device_map = "auto" this machine ignores
 
     def load(key: str, spec: str, label: str) -> Any:
         where = placement_of(cfg, label)
         if on_cpu:
             where = {"device": "cpu", "dtype": where["dtype"]}
+        elif where.get("device_map") and Placement(**where).on_this_machine().device_map is None:
+            ignored.append(label)
         ident = (spec, *sorted(where.items()))
         if ident not in loaded:
             try:
@@ -128,10 +155,10 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
     patched = [t for t in traces if t.id in prep.selection.patch]
     generate = cfg["data"]["traces"] == "generate"
 
-    def text(t: Trace, label: str) -> str:
+    def text(t: Trace, label: str) -> Any:
         ckpt = prep.checkpoints[label]
         return prep.templates[label].render(t.question, () if generate else t.steps,
-                                            tokenizer=ckpt.tokenizer).text
+                                            tokenizer=ckpt.tokenizer)
 
     for label in others if cfg["patching"]["enabled"] else ():
         try:
@@ -151,18 +178,77 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
         longest = check_fit(traces, ckpt.tokenizer, template, ckpt.n_ctx, source=source,
                             label=f"{label} ({ckpt.spec})", generate=generate, paraphrases=para)
         prep.context[label] = {"max_prompt_tokens": longest, "n_ctx": ckpt.n_ctx}
+    special: dict[str, None] = {}  # ids of traces holding special-token text, in order
+    for label, ckpt, template, para in fits:
+        special.update(dict.fromkeys(check_texts(
+            traces, ckpt.tokenizer, template, mode=cfg["data"]["special_tokens"],
+            source=source, label=f"{label} ({ckpt.spec})", generate=generate,
+            paraphrases=para)))
     if cfg["unlearn"]["enabled"]:
         check_unlearn_inputs(cfg, prep.checkpoints, prep.selection, config_source)
     if cfg["cue"]["enabled"]:
         check_cue_inputs(cfg, traces, prep.selection, [f[:3] for f in fits[:len(
             prep.checkpoints)]], source=source, config_source=config_source)
-    prep.warnings = warnings_entry(trace_warnings(traces))
+    prep.warnings = warnings_entry({**trace_warnings(traces),
+                                    **({"special_token_text": list(special)} if special else {})})
+    prep.device_map_ignored = list(dict.fromkeys(ignored))
+    if prep.device_map_ignored:  # said as doubtful data is: the run is not where it was asked
+        prep.warnings["device_map_ignored"] = {"count": len(prep.device_map_ignored),
+                                               "checkpoints": prep.device_map_ignored}
     prep.inputs = {"faithprobe": package_version(), "traces": trace_print,
                    "checkpoints": {label: checkpoint_fingerprint(ckpt)
                                    for label, ckpt in prep.checkpoints.items()},
                    "roles": {"scorer": checkpoint_fingerprint(prep.scorer)}
                    if prep.scorer is not None else {}, "generated": {}}
     return prep
+
+
+def trace_texts(t: Trace, *, generate: bool = False, paraphrases: bool = True
+                ) -> list[tuple[str, str]]:
+    """Every text of a trace that its prompts hold, by field (as ``check_fit`` renders them:
+    the answer as scored, no steps when the checkpoints write their own)."""
+    from faithprobe.models.scoring import normalize_answer
+
+    steps = () if generate else t.steps
+    out = [("question", t.question), *((f"steps[{i}]", x) for i, x in enumerate(steps))]
+    if t.options:
+        out += [(f"options[{i}]", x) for i, x in enumerate(t.options)]
+    elif not generate:
+        out.append(("answer", normalize_answer(t.answer) or t.answer))
+    if paraphrases and steps and t.paraphrases:
+        out += [(f"paraphrases[{i}]", x) for i, x in enumerate(t.paraphrases)]
+    return out
+
+
+def check_texts(traces: Sequence[Trace], tokenizer: Any, template: Any, *, mode: str,
+                source: str, label: str, generate: bool = False,
+                paraphrases: bool = True) -> list[str]:
+    """Every text of every trace encodes as the text it is: a piece the tokenizer maps only to
+    its unknown or pad token (or to a special token even as text) is refused, naming the
+    field. Returns the ids of the traces holding a special token's text (the tokenizer's, and
+    ``<think>``, ``</think>`` in a thinking template), which ``mode`` ``refuse`` refuses."""
+    from faithprobe.data.prompts import THINK_CLOSE, THINK_OPEN
+
+    specials = [*tokenizer.special_strings, *((THINK_OPEN, THINK_CLOSE) if template.thinking
+                                              else ())]
+    found = []
+    for t in traces:
+        for name, text in trace_texts(t, generate=generate, paraphrases=paraphrases):
+            bad = tokenizer.unencodable(text)
+            if bad is not None:
+                raise FaithprobeError(f"trace {t.id!r} with checkpoint {label}: {bad[1]!r} at "
+                                      f"offset {bad[0]} becomes {bad[2]}", source=source,
+                                      field=name)
+            held = min(((text.find(s), s) for s in specials if s in text),
+                       default=(0, None))[1]  # the first in the text
+            if held is not None and mode == "refuse":
+                raise FaithprobeError(
+                    f"trace {t.id!r} with checkpoint {label}: holds {held!r}, the text of a "
+                    f"special token (data.special_tokens = \"refuse\"; \"as_text\" encodes it "
+                    "as plain text)", source=source, field=name)
+            if held is not None and (not found or found[-1] != t.id):
+                found.append(t.id)
+    return found
 
 
 def hardware(prep: Prepared) -> dict[str, Any]:
@@ -172,10 +258,13 @@ def hardware(prep: Prepared) -> dict[str, Any]:
 
     out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda,
                            "threads": torch.get_num_threads(), "checkpoints": {}, "roles": {}}
+    ignored = {"device_map": "auto, ignored: no CUDA GPU on this machine"}
     for label, ckpt in prep.checkpoints.items():
-        out["checkpoints"][label] = checkpoint_hardware(ckpt)
+        out["checkpoints"][label] = {**checkpoint_hardware(ckpt), **(
+            ignored if label in prep.device_map_ignored else {})}
     if prep.scorer is not None:  # a role, never a label (labels may not be "scorer")
-        out["roles"]["scorer"] = checkpoint_hardware(prep.scorer)
+        out["roles"]["scorer"] = {**checkpoint_hardware(prep.scorer), **(
+            ignored if "scorer" in prep.device_map_ignored else {})}
     return out
 
 

@@ -20,6 +20,10 @@ run, so ``--resume`` after the driver is killed completes the run. A task whose 
 retried by Ray (``max_retries``); a task's records are written only once it has finished, so a
 retried task writes each record once. Records are those of a local run (in another order).
 
+The driver joins the cluster in the preflight (:mod:`faithprobe.run.ray_connect`), before the
+run folder exists: an address that leads nowhere is a one-line error, Ray's own log lines are
+kept off stderr, and SIGTERM cancels a Ray run as a local one (``cancelled``, exit 143).
+
 Without an address a local Ray cluster starts on this machine and stops with the run; ``auto``
 or ``HOST:PORT`` joins a running cluster (``ray start --head`` on the first machine, ``ray start
 --address HOST:PORT`` on the others). Every machine needs faithprobe installed (with its
@@ -169,19 +173,6 @@ def _slices(traces: Sequence[Trace], size: int) -> list[list[Trace]]:
     return [list(traces[i:i + size]) for i in range(0, len(traces), size)]
 
 
-def _start(ray: Any, address: str | None) -> bool:
-    """Connect to (or start) the cluster; True when this call started a local one."""
-    if ray.is_initialized():
-        return False
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    except ConnectionError as exc:
-        raise FaithprobeError(f"cannot join the Ray cluster ({exc})",
-                              source=address or "local", field="--ray-address") from None
-    return address is None
-
-
 def _raise_cause(exc: BaseException) -> None:
     """A task's FaithprobeError reaches the user as itself (one line, exit 2)."""
     cause = getattr(exc, "cause", None)
@@ -206,8 +197,10 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
     records)`` writes a trace's records;
     ``progress(label, total, initial)`` returns a bar with ``update``/``close``.
     """
+    from faithprobe.run.ray_connect import connect, disconnect
+
     ray = import_ray()
-    started = _start(ray, address)
+    started = connect(address)  # False where the preflight (or the caller) joined already
     pending: list[Any] = []
     try:
         ray_cfg = cfg.get("ray", {})
@@ -277,7 +270,7 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
         for ref in pending:
             ray.cancel(ref, force=True)
         if started:
-            ray.shutdown()
+            disconnect()
 
 
 def check_address(text: str | None) -> str | None:

@@ -75,6 +75,11 @@ class DataSection(Section):
     traces: Literal["file", "generate"] = Field(
         "file", description="`file`: the traces as given; `generate`: each checkpoint writes "
                             "its own")
+    special_tokens: Literal["as_text", "refuse"] = Field(
+        "as_text", description="a question, step, answer or option holding a tokenizer's "
+                               "special-token text (`<|im_end|>`): `as_text` encodes it as plain "
+                               "text, `refuse` stops the run before it starts; counted in the "
+                               "header's warnings either way")
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataSection:
@@ -340,7 +345,7 @@ class RunSchema(Section):
     dtype: Text = Field("float32", description="every checkpoint's: `float32`, `bfloat16`, "
                                                "`float16`, `auto`: the checkpoint's own")
     device_map: Text = Field(None, description="`auto`: accelerate spreads a model too large "
-                                               "for one GPU")
+                                               "for one GPU; ignored without one")
     placement: dict[str, PlacementSection] = Field(
         {}, description="`device`, `dtype`, `device_map` of one checkpoint (label `scorer` for "
                         "the fixed InfoGain scorer)")

@@ -62,7 +62,8 @@ def _skip(trace: Trace, label: str, ckpt: Checkpoint, reason: str) -> list[Recor
 def _ids(ckpt: Checkpoint, template: PromptTemplate, trace: Trace, steps: Sequence[str],
          answer: str):
     rendered = template.render(trace.question, steps, answer, tokenizer=ckpt.tokenizer)
-    return align(rendered.text, rendered.segments, ckpt.tokenizer, source=f"trace {trace.id}")
+    return align(rendered.text, rendered.segments, ckpt.tokenizer, source=f"trace {trace.id}",
+                 markup=rendered.markup)
 
 
 def patch_trace(

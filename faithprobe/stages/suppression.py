@@ -68,7 +68,8 @@ def suppression_trace(ckpt: Checkpoint, label: str, trace: Trace, template: Prom
     item = item_of(trace, trace.steps)
     rendered = template.render(trace.question, trace.steps, item.answer,
                                tokenizer=ckpt.tokenizer)
-    aligned = align(rendered.text, rendered.segments, ckpt.tokenizer, source=f"trace {trace.id}")
+    aligned = align(rendered.text, rendered.segments, ckpt.tokenizer, source=f"trace {trace.id}",
+                    markup=rendered.markup)
     spans = [aligned.span(step_segment(i)) for i in range(trace.n_steps)]
     empty = [i for i, (s, e) in enumerate(spans) if e <= s]
     if empty:

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from make_bad_runs import SUMMARY, full_record, round_three
+from make_bad_text import text_cases
 
 HERE = Path(__file__).parent
 GOOD = {"id": "t1", "question": "a=1;a?", "steps": ["a=1"], "answer": "1"}
@@ -131,6 +132,7 @@ def main() -> None:
              "score", "[kl]")
     more_cases(cases, trace_case, config_case, run_case, model, cfg, tok, header, rec)
     round_three(cases, config_case, run_case, HERE)
+    text_cases(cases, HERE)
     (HERE / "cases.json").write_text(json.dumps(cases, indent=1) + "\n")
     print(f"{len(cases)} cases")
 
