@@ -269,3 +269,18 @@ def test_bad_engine_arguments_exit_2(study, tmp_path, capsys, args, fragment):
     assert main(["run", str(study), "--out", str(out), *args]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err and not out.exists()
+
+
+def test_gpus_asked_follow_the_placement_and_the_cluster():
+    from faithprobe.errors import FaithprobeError
+    from faithprobe.run.config import validate_config
+    from faithprobe.run.ray_engine import gpus_asked
+
+    cfg = validate_config({"checkpoints": {"a": "organism:base", "b": "organism:sft",
+                                           "c": "organism:sft"},
+                           "placement": {"a": {"device": "cuda:0"}, "b": {"device_map": "auto"}}})
+    assert gpus_asked(cfg, "a", 2.0, 0.5) == 0.5
+    assert (gpus_asked(cfg, "b", 2.0, 0.5), gpus_asked(cfg, "b", 0.0, 0.5)) == (0.5, 0.0)
+    assert gpus_asked(cfg, "c", 2.0, 0.5) == 0.0
+    with pytest.raises(FaithprobeError, match="placed on cuda:0 but the Ray cluster has no GPU"):
+        gpus_asked(cfg, "a", 0.0, 0.5)

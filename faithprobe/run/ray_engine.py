@@ -44,7 +44,8 @@ from faithprobe.records import Record
 from faithprobe.run.config import RunConfig, placement_of
 from faithprobe.run.units import probed_generated, template_of
 
-__all__ = ["check_address", "import_ray", "probe_on_ray", "ray_node", "worker_entry"]
+__all__ = ["check_address", "gpus_asked", "import_ray", "probe_on_ray", "ray_node",
+           "worker_entry"]
 
 MAX_RETRIES = 3  # a task whose worker process dies is run again this many times at most
 TASKS_PER_CPU = 4  # default slicing: about this many tasks per CPU of the cluster
@@ -164,9 +165,18 @@ def ray_node() -> str:
 
 
 # --- driver side --------------------------------------------------------------------------------
-def _on_gpu(cfg: RunConfig, label: str) -> bool:
+def gpus_asked(cfg: RunConfig, label: str, cluster_gpus: float, per_task: float) -> float:
+    """GPUs a task of ``label`` asks Ray for. A checkpoint placed on ``cuda`` needs the
+    cluster to have one (else a one-line error: its tasks would wait for ever); one spread by
+    ``device_map = "auto"`` asks for GPUs only where the cluster has some (on a CPU-only cluster
+    the map is ignored, as a local run ignores it)."""
     where = placement_of(cfg, label)
-    return str(where.get("device", "")).startswith("cuda") or bool(where.get("device_map"))
+    if str(where.get("device", "")).startswith("cuda"):
+        if cluster_gpus <= 0:
+            raise FaithprobeError(f"checkpoint {label!r} is placed on {where['device']} but the "
+                                  "Ray cluster has no GPU", field=f"placement.{label}.device")
+        return per_task
+    return per_task if where.get("device_map") and cluster_gpus > 0 else 0.0
 
 
 def _slices(traces: Sequence[Trace], size: int) -> list[list[Trace]]:
@@ -218,10 +228,12 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
         on_cluster({"ray": ray.__version__, "nodes": len(ray.nodes()),
                     **{k: resources[k] for k in ("CPU", "GPU", "memory") if k in resources}})
         total_cpus = max(1, int(resources.get("CPU", 1)))
+        asked = {label: gpus_asked(cfg, label, float(resources.get("GPU", 0)), gpus)
+                 for label in prep.checkpoints}
 
         def options(fn: Any, label: str) -> Any:
             return ray.remote(fn).options(
-                num_cpus=cpus, num_gpus=gpus if _on_gpu(cfg, label) else 0,
+                num_cpus=cpus, num_gpus=asked[label],
                 max_retries=MAX_RETRIES, name=f"faithprobe:{label}")
 
         traces: dict[str, list[Trace]] = {}
