@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from faithprobe.errors import FaithprobeError
+from faithprobe.metrics.abstain import abstain_features, auroc_combine, auroc_features
 from faithprobe.metrics.cues import corrected_combine, cue_features
 from faithprobe.metrics.features import (
     CombineFn,
@@ -265,12 +266,27 @@ CATALOGUE: tuple[Metric, ...] = (
            "per trace, Spearman rank correlation of the steps' receiver scores with their "
            "resampling importance", table=28, mmd=0.1, reads=("receiver", "resample"),
            needs="at least 3 steps with both a receiver score and resampling importance"),
+    Metric("abstention_rate", abstain_features("unanswerable"), ratio, "points",
+           "abstention rate", "unanswerable twins (a needed fact removed) answered with the "
+           "declining answer", table=29, mmd=_POINT, reads=("abstain",),
+           needs="an unanswerable twin answered"),
+    Metric("false_abstention_rate", abstain_features("answerable"), ratio, "points",
+           "false abstention rate", "answerable questions answered with the declining answer",
+           table=30, mmd=_POINT, reads=("abstain",), needs="an answerable question answered"),
+    Metric("abstention_auroc", auroc_features, auroc_combine, "points", "abstention AUROC",
+           "how well the probability of answering separates answerable questions from their "
+           "unanswerable twins (area under the ROC curve; 50% = not at all)", table=31,
+           mmd=_POINT, reads=("abstain",), needs="answered questions of both kinds"),
+    Metric("invented_value_rate", abstain_features("unanswerable", "invented"), ratio,
+           "points", "invented value rate", "unanswerable twins whose reasoning invents the "
+           "missing value (a rule per source; see docs/metrics.md)", table=32, mmd=_POINT,
+           reads=("abstain",), needs="reasoning on an unanswerable twin and a rule to read it"),
     Metric("nonfinite_count", count_features("nonfinite"), count_combine, "count",
-           "nonfinite records", "records with a NaN or infinite value", table=29),
+           "nonfinite records", "records with a NaN or infinite value", table=33),
     Metric("no_answer_count", count_features("no_answer"), count_combine, "count",
-           "no-answer records", "records where no answer was read", table=30),
+           "no-answer records", "records where no answer was read", table=34),
     Metric("skipped_count", count_features("skipped"), count_combine, "count",
-           "skipped records", "records the probe skipped", table=31),
+           "skipped records", "records the probe skipped", table=35),
 )
 
 METRICS: tuple[str, ...] = tuple(m.name for m in CATALOGUE)  # the order of summary.json

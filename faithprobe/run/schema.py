@@ -48,7 +48,8 @@ from faithprobe.run.schema_base import (
     seed_field,
 )
 
-__all__ = ["MAX_LABEL_CHARS", "MAX_SEED", "MAX_STRING_CHARS", "REGISTRIES", "CorruptOptions",
+__all__ = ["MAX_LABEL_CHARS", "MAX_SEED", "MAX_STRING_CHARS", "REGISTRIES", "AbstainSection",
+           "CorruptOptions",
            "CueSection", "CustomCue", "DataSection", "FillerOptions", "GenerationSection",
            "InfogainSection", "KiSection", "MetricsSection", "ParaphraseOptions",
            "PatchingSection", "PlacementSection", "ProbeSection", "RaySection", "ResampleSection",
@@ -290,6 +291,20 @@ class CueSection(Section):
         return self
 
 
+class AbstainSection(Section):
+    """declining to answer (see [Declining to answer](#declining-to-answer)):"""
+
+    enabled: bool = Field(False, description="ask each question and its unanswerable twin")
+    answer: Text = Field("unknown", description="the declining answer offered (an option where "
+                                                "traces have options); the organisms': `?`")
+    instruction: Text = Field(
+        ' If the question cannot be answered from what it gives, answer "{answer}".',
+        description="after both questions, `{answer}` filled in; empty: none (the organisms)")
+    max_new_tokens: int = Field(256, ge=1, le=65_536, description="each reasoning's budget")
+    max_traces: int = Field(100_000, ge=1, le=100_000,
+                            description="ask at most this many traces per checkpoint")
+
+
 class MetricsSection(Section):
     """the summary:"""
 
@@ -352,6 +367,7 @@ class RunSchema(Section):
     patching: PatchingSection = Field(PatchingSection())
     resample: ResampleSection = Field(ResampleSection())
     cue: CueSection = Field(CueSection())
+    abstain: AbstainSection = Field(AbstainSection())
     metrics: MetricsSection = Field(MetricsSection())
     ray: RaySection = Field(None)
 
