@@ -19,7 +19,8 @@ Options: ``--arch llama`` (the same pair as Hugging Face Llama folders, ``base-l
 ``--quick`` (a few steps, a small evaluation: keeps the script alive in the tests),
 ``--steps N`` (base steps; sft gets the configured fraction), ``--out FOLDER`` (where the
 checkpoints go, default faithprobe/organisms), ``--results FOLDER`` (default results/organisms),
-``--eval-only`` (evaluate the checkpoints already in ``--out``).
+``--eval-only`` (evaluate the checkpoints already in ``--out``), ``--threads N`` (torch threads,
+default 2; on a machine shared with other jobs, 1 thread a process wastes less time waiting).
 
 - ``base`` learns full reasoning traces of the ``pretrain`` split (loss on every step, the
   answer suffix, the answer and the end token): its answer is a copy of its last step.
@@ -406,9 +407,10 @@ def _save_llama(folder: Path, model: Any, card: dict[str, Any]) -> None:
 
 
 def train(out: Path, base_steps: int | None = None, *, quick: bool = False,
-          log: list[dict[str, Any]] | None = None, arch: str = "native") -> dict[str, float]:
+          log: list[dict[str, Any]] | None = None, arch: str = "native",
+          threads: int = THREADS) -> dict[str, float]:
     """Train base then sft and save both under ``out``; returns wall times in seconds."""
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     log = [] if log is None else log
     base_cfg, sft_cfg = replace(BASE, steps=BASE_STEPS[arch]), SFT
     if quick:
@@ -456,13 +458,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-only", action="store_true")
     parser.add_argument("--arch", choices=("native", "llama"), default="native",
                         help="native TransformerBridge models, or Hugging Face Llama folders")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
     args = parser.parse_args(argv)
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     log: list[dict[str, Any]] = []
     times: dict[str, float] = {}
     if not args.eval_only:
-        times = train(args.out, args.steps, quick=args.quick, log=log, arch=args.arch)
+        times = train(args.out, args.steps, quick=args.quick, log=log, arch=args.arch,
+                      threads=args.threads)
     eval_cfg = QUICK_EVAL if args.quick else EVAL
     results = {}
     names = _names(args.arch)
@@ -482,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"model": asdict(MODEL),
                    "base": asdict(replace(BASE, steps=BASE_STEPS[args.arch])), "sft": asdict(SFT),
                    "eval": asdict(eval_cfg), "quick": args.quick, "steps": args.steps,
-                   "threads": THREADS, "arch": args.arch},
+                   "threads": args.threads, "arch": args.arch},
         "git": _git(),
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
         "wall_seconds": {k: round(v, 1) for k, v in times.items()},
