@@ -304,6 +304,13 @@ class AbstainSection(Section):
     max_traces: int = Field(100_000, ge=1, le=100_000,
                             description="ask at most this many traces per checkpoint")
 
+    @field_validator("answer")
+    @classmethod
+    def _visible(cls, answer: str) -> str:
+        if not answer.strip():
+            raise config_error("the declining answer must not be blank")
+        return answer
+
 
 class MetricsSection(Section):
     """the summary:"""
