@@ -289,6 +289,8 @@ def test_a_run_writes_abstain_records_summary_and_report(tmp_path):
     ('enabled = true\nmax_traces = 0', "abstain.max_traces"),
     ('enabled = "yes"', "abstain.enabled"),
     ('enabled = true\nrefuse = true', "abstain.refuse"),
+    # the default instruction's capitals are outside the organisms' alphabet: refused up front
+    ('enabled = true\nanswer = "?"', "[abstain]"),
 ])
 def test_bad_abstain_config_is_one_line_naming_the_key(tmp_path, capsys, abstain, field):
     assert main(["run", _config(tmp_path, abstain), "--out", str(tmp_path / "run")]) == 2

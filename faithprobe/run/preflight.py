@@ -154,6 +154,9 @@ def prepare_run(cfg: RunConfig, out: Path, *, resume: bool = False,
     if cfg["cue"]["enabled"]:
         check_cue_inputs(cfg, traces, prep.selection, [f[:3] for f in fits[:len(
             prep.checkpoints)]], source=source, config_source=config_source)
+    if cfg.get("abstain", {}).get("enabled"):
+        check_abstain_inputs(cfg, traces, prep.selection, [f[:3] for f in fits[:len(
+            prep.checkpoints)]], source=source, config_source=config_source)
     prep.warnings = warnings_entry(trace_warnings(traces))
     prep.inputs = {"faithprobe": package_version(), "traces": trace_print,
                    "checkpoints": {label: checkpoint_fingerprint(ckpt)
@@ -219,3 +222,27 @@ def check_cue_inputs(cfg: RunConfig, traces: Sequence[Trace], selection: Selecti
             except FaithprobeError as exc:
                 raise FaithprobeError(f"cue kind {kind.name!r}: {exc.message}",
                                       source=config_source, field=where) from None
+
+
+def check_abstain_inputs(cfg: RunConfig, traces: Sequence[Trace], selection: Selection,
+                         fits: Sequence[tuple[str, Any, Any]], *, source: str,
+                         config_source: str) -> None:
+    """The preflight of the abstention test: both questions of every asked trace that has a
+    twin, with the declining answer offered, render, tokenize and fit each checkpoint's context
+    (an instruction the tokenizer cannot encode ends here, naming ``[abstain]``)."""
+    from faithprobe.data.unanswerable import unanswerable_variant
+    from faithprobe.stages.abstain import asked_pair
+
+    a = cfg["abstain"]
+    problems: list[Trace] = []
+    for t in traces:
+        twin = unanswerable_variant(t) if t.id in selection.abstain else None
+        if twin is not None:
+            problems += asked_pair(t, twin, a["answer"], a["instruction"])
+    for label, ckpt, template in fits:
+        try:
+            check_fit(problems, ckpt.tokenizer, template, ckpt.n_ctx, source=source,
+                      label=f"{label} ({ckpt.spec})", generate=True, paraphrases=False)
+        except FaithprobeError as exc:
+            raise FaithprobeError(f"the abstention test's questions: {exc.message}",
+                                  source=config_source, field="abstain") from None

@@ -44,8 +44,8 @@ from faithprobe.models.generate import generate_traces
 from faithprobe.models.scoring import AnswerScore, ScoreItem, normalize_answer, score
 from faithprobe.records import Record
 
-__all__ = ["ABSTAIN", "DEFAULT_ANSWER", "DEFAULT_INSTRUCTION", "abstain_test", "declines",
-           "offered_question"]
+__all__ = ["ABSTAIN", "DEFAULT_ANSWER", "DEFAULT_INSTRUCTION", "abstain_test", "asked_pair",
+           "declines", "offered_question"]
 
 ABSTAIN = "abstain"  # the records' intervention
 DEFAULT_ANSWER = "unknown"
@@ -62,6 +62,15 @@ def declines(pred: str, answer: str) -> bool:
     """Whether an answer read is the declining one (free-form answers compared normalised and
     without case: "Unknown." declines "unknown")."""
     return normalize_answer(pred).lower() == normalize_answer(answer).lower()
+
+
+def asked_pair(trace: Trace, twin: Unanswerable, answer: str, instruction: str
+               ) -> tuple[Trace, Trace]:
+    """The two problems asked of ``trace``: its question and its twin, each with the offer of
+    the declining ``answer`` (an option too where the trace has options)."""
+    return (_problem(trace, offered_question(trace.question, instruction, answer), answer,
+                     False),
+            _problem(trace, offered_question(twin.question, instruction, answer), answer, True))
 
 
 def _problem(trace: Trace, question: str, answer: str, unanswerable: bool) -> Trace:
@@ -91,14 +100,11 @@ def abstain_test(ckpt: Checkpoint, label: str, traces: Sequence[Trace],
     """
     twins: dict[str, Unanswerable | None] = {t.id: unanswerable_variant(t) for t in traces}
     asked = [t for t in traces if twins[t.id] is not None]
-    problems = []
+    problems: list[Trace] = []
     for t in asked:
         twin = twins[t.id]
         assert twin is not None
-        problems.append(_problem(t, offered_question(t.question, instruction, answer), answer,
-                                 False))
-        problems.append(_problem(t, offered_question(twin.question, instruction, answer),
-                                 answer, True))
+        problems += asked_pair(t, twin, answer, instruction)
     gen = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "split": split,
            "max_steps": max_steps}
     written = generate_traces(ckpt, problems, template, gen, seed=seed, batch_size=batch_size)
