@@ -19,7 +19,10 @@ Options: ``--arch llama`` (the same pair as Hugging Face Llama folders, ``base-l
 ``--quick`` (a few steps, a small evaluation: keeps the script alive in the tests),
 ``--steps N`` (base steps; sft gets the configured fraction), ``--out FOLDER`` (where the
 checkpoints go, default faithprobe/organisms), ``--results FOLDER`` (default results/organisms),
-``--eval-only`` (evaluate the checkpoints already in ``--out``), ``--threads N`` (torch threads,
+``--eval-only`` (evaluate the checkpoints already in ``--out``), ``--continue-base FOLDER``
+(base goes on from that checkpoint for the ``CONTINUE`` stage instead of training from
+scratch; how the shipped Llama pair was made: ``--arch llama --continue-base
+faithprobe/organisms/base-llama``), ``--threads N`` (torch threads,
 default 2; on a machine shared with other jobs, 1 thread a process wastes less time waiting).
 
 - ``base`` learns full reasoning traces of the ``pretrain`` split (loss on every step, the
@@ -119,6 +122,12 @@ SFT = StageConfig(split="domain", steps=800, batch_size=64, lr=1e-3, warmup=50,
 # SwiGLU at the same width): at 1,500 base steps its loss was still 0.09 and it computed only
 # 16% of in-domain chains right. Twice the base steps; sft as for the native pair.
 BASE_STEPS = {"native": BASE.steps, "llama": 3000}
+# --continue-base FOLDER: instead of training base from scratch, go on training a shipped base
+# on the same pretraining data (twins included) at a lower rate, then train sft from it as
+# usual. This is how the Llama pair learned to decline ("?") without its 3,000 steps again.
+CONTINUE = StageConfig(split="pretrain", steps=400, batch_size=64, lr=5e-4, warmup=20,
+                       weight_decay=0.01, step_weight=1.0, answer_weight=1.0, wrong_step_rate=0.3,
+                       answer_follows_steps=True, seed=2)
 EVAL = EvalConfig()
 QUICK_STEPS = 3
 QUICK_EVAL = EvalConfig(n_id=20, n_ood=20, batch_size=20)
@@ -408,13 +417,17 @@ def _save_llama(folder: Path, model: Any, card: dict[str, Any]) -> None:
 
 def train(out: Path, base_steps: int | None = None, *, quick: bool = False,
           log: list[dict[str, Any]] | None = None, arch: str = "native",
-          threads: int = THREADS) -> dict[str, float]:
-    """Train base then sft and save both under ``out``; returns wall times in seconds."""
+          threads: int = THREADS, continue_base: Path | None = None) -> dict[str, float]:
+    """Train base then sft and save both under ``out``; returns wall times in seconds. With
+    ``continue_base``, base starts from that checkpoint folder and trains for the
+    :data:`CONTINUE` stage instead of :data:`BASE`."""
     torch.set_num_threads(threads)
     log = [] if log is None else log
     base_cfg, sft_cfg = replace(BASE, steps=BASE_STEPS[arch]), SFT
+    if continue_base is not None:
+        base_cfg = CONTINUE
     if quick:
-        base_cfg = replace(BASE, steps=QUICK_STEPS, warmup=1)
+        base_cfg = replace(base_cfg, steps=QUICK_STEPS, warmup=1)
         sft_cfg = replace(SFT, steps=QUICK_STEPS, warmup=1)
     elif base_steps is not None:
         base_cfg = replace(BASE, steps=base_steps, warmup=min(BASE.warmup, base_steps))
@@ -426,18 +439,23 @@ def train(out: Path, base_steps: int | None = None, *, quick: bool = False,
     times = {}
     t0 = time.perf_counter()
     torch.manual_seed(MODEL.seed)
+    config = MODEL.native_config(tok.vocab_size)
     if arch == "llama":
         from transformers import LlamaForCausalLM
 
-        model = LlamaForCausalLM(MODEL.llama_config(tok.vocab_size))
+        model = (LlamaForCausalLM(MODEL.llama_config(tok.vocab_size)) if continue_base is None
+                 else LlamaForCausalLM.from_pretrained(str(continue_base)))
     else:
-        config = MODEL.native_config(tok.vocab_size)
-        model = build_native(config)
+        model = (build_native(config) if continue_base is None
+                 else load_checkpoint(str(continue_base)).bridge)
     times["build_s"] = time.perf_counter() - t0
     for (stage, cfg), name, parent in zip((("base", base_cfg), ("sft", sft_cfg)), names,
                                           (None, names[0])):
         times[f"{stage}_train_s"] = train_stage(model, cfg, log, stage)
         card = _card(name, cfg, parent)
+        if stage == "base" and continue_base is not None:
+            card["continued_from"] = "the previous " + name + " (trained as --arch " + arch + \
+                " without unanswerable twins; see results/organisms/MODEL_CARD.md)"
         if arch == "llama":
             _save_llama(out / name, model, card)
         else:
@@ -459,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", choices=("native", "llama"), default="native",
                         help="native TransformerBridge models, or Hugging Face Llama folders")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
+    parser.add_argument("--continue-base", type=Path, default=None,
+                        help="start base from this checkpoint folder (the CONTINUE stage)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -466,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, float] = {}
     if not args.eval_only:
         times = train(args.out, args.steps, quick=args.quick, log=log, arch=args.arch,
-                      threads=args.threads)
+                      threads=args.threads, continue_base=args.continue_base)
     eval_cfg = QUICK_EVAL if args.quick else EVAL
     results = {}
     names = _names(args.arch)
@@ -486,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"model": asdict(MODEL),
                    "base": asdict(replace(BASE, steps=BASE_STEPS[args.arch])), "sft": asdict(SFT),
                    "eval": asdict(eval_cfg), "quick": args.quick, "steps": args.steps,
-                   "threads": args.threads, "arch": args.arch},
+                   "threads": args.threads, "arch": args.arch,
+                   "continue_base": None if args.continue_base is None else {
+                       "from": str(args.continue_base), "stage": asdict(CONTINUE)}},
         "git": _git(),
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
         "wall_seconds": {k: round(v, 1) for k, v in times.items()},
