@@ -18,8 +18,9 @@ bootstrap), ``detail.variant`` ``answerable`` or ``unanswerable``:
   answerable from unanswerable questions ``abstention_auroc`` measures: with options, the
   largest probability of an option other than the declining one (renormalised over the options
   and the declining answer); free form, the greedy answer's probability when it is not the
-  declining answer, else 1 minus the declining answer's probability;
-- ``detail.decline_prob``: the declining answer's probability; ``detail.invented``: whether the
+  declining answer, else 1 minus the probability of the declining answer as written;
+- ``detail.decline_prob``: the declining answer's probability (free form: as the model wrote it
+  when it declined, else the configured spelling, teacher-forced); ``detail.invented``: whether the
   reasoning invents a value the question does not give (the twin's rule, also applied to the
   answerable question as its false-alarm baseline; None without a rule or without reasoning);
 - ``detail.question``, ``detail.reasoning``, ``detail.maker``, ``detail.removed``,
@@ -139,10 +140,9 @@ def _probabilities(sc: AnswerScore, answer: str, pred: str, declined: bool
         decline = probs.get(answer, 0.0)
         others = [p for n, p in probs.items() if n != answer]
         return (max(others) if others else 0.0), decline
-    decline = math.exp(sc.answer_logprob)
-    if declined:
-        return max(0.0, 1.0 - decline), decline
-    return (sc.pred_prob if pred else max(0.0, 1.0 - decline)), decline
+    if declined:  # the declining answer as the model wrote it ("Unknown"): its probability
+        return max(0.0, 1.0 - sc.pred_prob), sc.pred_prob
+    return sc.pred_prob, math.exp(sc.answer_logprob)
 
 
 def _record(ckpt: Checkpoint, label: str, problem: Trace, written: Trace, sc: AnswerScore,
