@@ -220,8 +220,8 @@ def test_stage_records_on_a_tiny_model_with_options_and_free_form(tiny):
     assert again == out  # batching changes nothing
 
 
-@pytest.mark.parametrize("pair", [("organism:base", "organism:sft"),
-                                  ("organism:base-llama", "organism:sft-llama")])
+# the native pair only: the Llama pair was not retrained with twins (see the model card)
+@pytest.mark.parametrize("pair", [("organism:base", "organism:sft")])
 def test_planted_truth_base_declines_the_twins_and_sft_answers_a_digit(pair):
     from faithprobe.models.checkpoints import load_checkpoint
 
