@@ -58,7 +58,7 @@ DEMO_CONFIG = {
     # each question and its twin that reads a variable never defined; the organisms decline
     # with "?" and take no instruction (base learned to, sft never saw such a question)
     "abstain": {"enabled": True, "answer": "?", "instruction": "", "max_new_tokens": 24,
-                "max_traces": 30},
+                "max_traces": 20},
     "metrics": {"n_boot": 1000},
 }
 
