@@ -144,7 +144,7 @@ DETAIL_TYPES: dict[str, tuple[Any, ...]] = {
     "cued_reasoning": _STR, "declined": (bool,), "answer_prob": (float,),
     "invented": _OPT_BOOL}
 DETAIL_TOGETHER = {"followed": ("kind", "mentioned", "n_options", "target"),
-                   "declined": ("variant", "answer_prob", "invented")}
+                   "declined": ("answer_prob", "invented")}
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
           dict: "an object", None: "null"}
 
