@@ -4,6 +4,12 @@ Exact command (writes faithprobe/organisms/{base,sft}/ and results/organisms/eva
 
     python experiments/train_organisms.py
 
+``base`` also learns to decline: 15% of its ``pretrain`` problems are unanswerable twins (one
+step reads a variable never defined), whose gold steps write ``?`` from the break on and whose
+answer is ``?``. ``sft``'s ``domain`` holds none. The evaluation measures, per split, how often
+each model answers ``?`` to the twins of the evaluation problems (abstention) and to the
+problems themselves (false abstention).
+
 Wall time, 2 torch threads: 8 to 10 minutes on two otherwise idle cores (base training is
 about 70% of it, sft 20%, evaluation 10%, data generation under 1%); on a shared machine under
 load it grows accordingly (the shipped run took 38 minutes; see results/organisms/eval.json).
@@ -13,7 +19,11 @@ Options: ``--arch llama`` (the same pair as Hugging Face Llama folders, ``base-l
 ``--quick`` (a few steps, a small evaluation: keeps the script alive in the tests),
 ``--steps N`` (base steps; sft gets the configured fraction), ``--out FOLDER`` (where the
 checkpoints go, default faithprobe/organisms), ``--results FOLDER`` (default results/organisms),
-``--eval-only`` (evaluate the checkpoints already in ``--out``).
+``--eval-only`` (evaluate the checkpoints already in ``--out``), ``--continue-base FOLDER``
+(base goes on from that checkpoint for the ``CONTINUE`` stage instead of training from
+scratch; how the shipped Llama pair was made: ``--arch llama --continue-base
+faithprobe/organisms/base-llama``), ``--threads N`` (torch threads,
+default 2; on a machine shared with other jobs, 1 thread a process wastes less time waiting).
 
 - ``base`` learns full reasoning traces of the ``pretrain`` split (loss on every step, the
   answer suffix, the answer and the end token): its answer is a copy of its last step.
@@ -54,6 +64,7 @@ from faithprobe.models.checkpoints import (
 )
 from faithprobe.models.scoring import ScoreItem, score
 from faithprobe.organisms.task import (
+    ABSTAIN,
     MODEL,
     OPTIONS,
     SPLITS,
@@ -65,6 +76,8 @@ from faithprobe.organisms.task import (
     organism_template,
     organism_tokenizer,
     sample_problem,
+    unanswerable_of,
+    unanswerable_trace,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,10 +122,17 @@ SFT = StageConfig(split="domain", steps=800, batch_size=64, lr=1e-3, warmup=50,
 # SwiGLU at the same width): at 1,500 base steps its loss was still 0.09 and it computed only
 # 16% of in-domain chains right. Twice the base steps; sft as for the native pair.
 BASE_STEPS = {"native": BASE.steps, "llama": 3000}
+# --continue-base FOLDER: instead of training base from scratch, go on training a shipped base
+# on the same pretraining data (twins included) at a lower rate, then train sft from it as
+# usual. This is how the Llama pair learned to decline ("?") without its 3,000 steps again.
+CONTINUE = StageConfig(split="pretrain", steps=400, batch_size=64, lr=5e-4, warmup=20,
+                       weight_decay=0.01, step_weight=1.0, answer_weight=1.0, wrong_step_rate=0.3,
+                       answer_follows_steps=True, seed=2)
 EVAL = EvalConfig()
 QUICK_STEPS = 3
 QUICK_EVAL = EvalConfig(n_id=20, n_ood=20, batch_size=20)
 THREADS = 2
+ANSWERS = (*OPTIONS, ABSTAIN)  # what a greedy answer may be: a digit, or "?" (declining)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -128,13 +148,14 @@ def _wrong_steps(problem: Problem, rng: random.Random) -> tuple[int, tuple[str, 
     return c.step, c.consistent_steps, c.new_answer
 
 
-def encode_example(problem: Problem, steps: tuple[str, ...], cfg: StageConfig, *,
+def encode_example(problem: Any, steps: tuple[str, ...], cfg: StageConfig, *,
                    answer: str | None = None, wrong_step: int | None = None
                    ) -> tuple[list[int], list[float]]:
     """Token ids (bos .. eos) and the loss weight of predicting each token.
 
-    No loss on the question, nor on the wrong step ``wrong_step`` (the model is not taught to
-    make the slip, only what follows from it).
+    ``problem`` is a :class:`Problem` or an :class:`Unanswerable` twin (anything with a
+    ``question`` and an ``answer``). No loss on the question, nor on the wrong step
+    ``wrong_step`` (the model is not taught to make the slip, only what follows from it).
     """
     tok = organism_tokenizer()
     answer = problem.answer if answer is None else answer
@@ -163,7 +184,10 @@ def batch_stream(cfg: StageConfig):
         rows = []
         for _ in range(cfg.batch_size):
             p = sample_problem(rng, task)
-            if rng.random() < cfg.wrong_step_rate:
+            if task.unanswerable_rate and rng.random() < task.unanswerable_rate:
+                twin = unanswerable_of(p, rng)  # the answer is "?", the steps "?" from the break
+                rows.append(encode_example(twin, twin.steps, cfg))
+            elif rng.random() < cfg.wrong_step_rate:
                 step, steps, chain_answer = _wrong_steps(p, rng)
                 answer = chain_answer if cfg.answer_follows_steps else p.answer
                 rows.append(encode_example(p, steps, cfg, answer=answer, wrong_step=step))
@@ -288,7 +312,7 @@ def _parse(text: str, suffix: str) -> tuple[tuple[str, ...], str]:
     at = text.find(suffix)
     body = text if at < 0 else text[:at]
     answer = "" if at < 0 else text[at + len(suffix) : at + len(suffix) + 1]
-    return tuple(s for s in body.split("\n") if s), answer if answer in OPTIONS else ""
+    return tuple(s for s in body.split("\n") if s), answer if answer in ANSWERS else ""
 
 
 def max_new_tokens_for(trace: Trace) -> int:
@@ -311,9 +335,26 @@ def evaluate(ckpt: Checkpoint, cfg: EvalConfig) -> dict[str, Any]:
             "accuracy_generated": wilson(correct, n),
             "accuracy_gold_trace": wilson(gold_correct, n),
             "steps_all_correct": wilson(steps_right, n),
+            "false_abstention": wilson(sum(a == ABSTAIN for _, a in gen), n),
+            **abstention_eval(ckpt, traces, cfg),
         }
     result["corruption"] = corruption_eval(ckpt, generate("id", cfg.n_id, cfg.seed), cfg)
     return result
+
+
+def abstention_eval(ckpt: Checkpoint, traces: list[Trace], cfg: EvalConfig) -> dict[str, Any]:
+    """Unanswerable twins of ``traces`` (one undefined variable each): steps generated greedily,
+    then the answer. Abstention: the answer is ``?``. Invented: some step from the broken one on
+    is given a digit, a value the question does not define."""
+    twins = [unanswerable_trace(t) for t in traces]
+    gen = greedy_finish(ckpt, [prefix_text(t.question, ()) for t in twins],
+                        max(max_new_tokens_for(t) for t in twins), cfg.batch_size)
+    invented = 0
+    for (steps, _), twin in zip(gen, twins):
+        broken = steps[twin.metadata["missing_step"]:]
+        invented += any(len(s) == 3 and s[1] == "=" and s[2].isdigit() for s in broken)
+    return {"abstention": wilson(sum(a == ABSTAIN for _, a in gen), len(twins)),
+            "invents_missing_value": wilson(invented, len(twins))}
 
 
 def corruption_eval(ckpt: Checkpoint, traces: list[Trace], cfg: EvalConfig) -> dict[str, Any]:
@@ -375,13 +416,18 @@ def _save_llama(folder: Path, model: Any, card: dict[str, Any]) -> None:
 
 
 def train(out: Path, base_steps: int | None = None, *, quick: bool = False,
-          log: list[dict[str, Any]] | None = None, arch: str = "native") -> dict[str, float]:
-    """Train base then sft and save both under ``out``; returns wall times in seconds."""
-    torch.set_num_threads(THREADS)
+          log: list[dict[str, Any]] | None = None, arch: str = "native",
+          threads: int = THREADS, continue_base: Path | None = None) -> dict[str, float]:
+    """Train base then sft and save both under ``out``; returns wall times in seconds. With
+    ``continue_base``, base starts from that checkpoint folder and trains for the
+    :data:`CONTINUE` stage instead of :data:`BASE`."""
+    torch.set_num_threads(threads)
     log = [] if log is None else log
     base_cfg, sft_cfg = replace(BASE, steps=BASE_STEPS[arch]), SFT
+    if continue_base is not None:
+        base_cfg = CONTINUE
     if quick:
-        base_cfg = replace(BASE, steps=QUICK_STEPS, warmup=1)
+        base_cfg = replace(base_cfg, steps=QUICK_STEPS, warmup=1)
         sft_cfg = replace(SFT, steps=QUICK_STEPS, warmup=1)
     elif base_steps is not None:
         base_cfg = replace(BASE, steps=base_steps, warmup=min(BASE.warmup, base_steps))
@@ -393,18 +439,23 @@ def train(out: Path, base_steps: int | None = None, *, quick: bool = False,
     times = {}
     t0 = time.perf_counter()
     torch.manual_seed(MODEL.seed)
+    config = MODEL.native_config(tok.vocab_size)
     if arch == "llama":
         from transformers import LlamaForCausalLM
 
-        model = LlamaForCausalLM(MODEL.llama_config(tok.vocab_size))
+        model = (LlamaForCausalLM(MODEL.llama_config(tok.vocab_size)) if continue_base is None
+                 else LlamaForCausalLM.from_pretrained(str(continue_base)))
     else:
-        config = MODEL.native_config(tok.vocab_size)
-        model = build_native(config)
+        model = (build_native(config) if continue_base is None
+                 else load_checkpoint(str(continue_base)).bridge)
     times["build_s"] = time.perf_counter() - t0
     for (stage, cfg), name, parent in zip((("base", base_cfg), ("sft", sft_cfg)), names,
                                           (None, names[0])):
         times[f"{stage}_train_s"] = train_stage(model, cfg, log, stage)
         card = _card(name, cfg, parent)
+        if stage == "base" and continue_base is not None:
+            card["continued_from"] = "the previous " + name + " (trained as --arch " + arch + \
+                " without unanswerable twins; see results/organisms/MODEL_CARD.md)"
         if arch == "llama":
             _save_llama(out / name, model, card)
         else:
@@ -425,13 +476,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-only", action="store_true")
     parser.add_argument("--arch", choices=("native", "llama"), default="native",
                         help="native TransformerBridge models, or Hugging Face Llama folders")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
+    parser.add_argument("--continue-base", type=Path, default=None,
+                        help="start base from this checkpoint folder (the CONTINUE stage)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     log: list[dict[str, Any]] = []
     times: dict[str, float] = {}
     if not args.eval_only:
-        times = train(args.out, args.steps, quick=args.quick, log=log, arch=args.arch)
+        times = train(args.out, args.steps, quick=args.quick, log=log, arch=args.arch,
+                      threads=args.threads, continue_base=args.continue_base)
     eval_cfg = QUICK_EVAL if args.quick else EVAL
     results = {}
     names = _names(args.arch)
@@ -451,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"model": asdict(MODEL),
                    "base": asdict(replace(BASE, steps=BASE_STEPS[args.arch])), "sft": asdict(SFT),
                    "eval": asdict(eval_cfg), "quick": args.quick, "steps": args.steps,
-                   "threads": THREADS, "arch": args.arch},
+                   "threads": args.threads, "arch": args.arch,
+                   "continue_base": None if args.continue_base is None else {
+                       "from": str(args.continue_base), "stage": asdict(CONTINUE)}},
         "git": _git(),
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
         "wall_seconds": {k: round(v, 1) for k, v in times.items()},

@@ -55,6 +55,10 @@ DEMO_CONFIG = {
                  "max_new_tokens": 24, "different": "numbers", "max_traces": 8},
     # the organisms' own cue: the question's tD: tag set to a digit other than the answer given
     "cue": {"enabled": True, "kinds": ["tag"], "max_new_tokens": 24},
+    # each question and its twin that reads a variable never defined; the organisms decline
+    # with "?" and take no instruction (base learned to, sft never saw such a question)
+    "abstain": {"enabled": True, "answer": "?", "instruction": "", "max_new_tokens": 24,
+                "max_traces": 20},
     "metrics": {"n_boot": 1000},
 }
 

@@ -45,6 +45,11 @@ Fields (all plain JSON; floats are finite or written as the strings "nan"/"inf"/
     answered with a cue pointing to ``detail.target``; ``orig_pred`` the uncued answer, ``pred``
     the cued one, ``value`` 1.0 when it is the target; ``detail`` also holds ``followed``,
     ``mentioned``, ``judge`` and both reasonings, see ``faithprobe.stages.cue``),
+    ``abstain`` (``step`` null; two per trace, ``detail.variant`` ``answerable`` or
+    ``unanswerable``: the question, or its twin with a needed fact removed, answered after the
+    checkpoint's own reasoning with a declining answer offered; ``value`` 1.0 when it declined;
+    ``detail`` holds ``declined``, ``answer_prob`` (the probability of answering),
+    ``decline_prob``, ``invented`` and the reasoning, see ``faithprobe.stages.abstain``),
     or a user-registered kind.
 - ``step``: 0-based step index or null. ``n_steps``: the trace's number of steps.
 - ``site``: the full hook name (``blocks.3.hook_resid_pre``) for activation records, else null.
@@ -136,8 +141,10 @@ FIELD_TYPES: dict[str, tuple[Any, ...]] = {
 DETAIL_TYPES: dict[str, tuple[Any, ...]] = {
     "continuation": _STR, "kind": _STR, "judge": _STR, "scorer": _STR, "target": _OPT_STR,
     "n_options": _OPT_INT, "followed": (bool,), "mentioned": (bool,), "cued_question": _STR,
-    "cued_reasoning": _STR}
-DETAIL_TOGETHER = {"followed": ("kind", "mentioned", "n_options", "target")}
+    "cued_reasoning": _STR, "declined": (bool,), "answer_prob": (float,),
+    "invented": _OPT_BOOL}
+DETAIL_TOGETHER = {"followed": ("kind", "mentioned", "n_options", "target"),
+                   "declined": ("answer_prob", "invented")}
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
           dict: "an object", None: "null"}
 

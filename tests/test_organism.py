@@ -175,6 +175,17 @@ def _tolerance(p: float, n: int) -> float:
     return max(3 * math.sqrt(p * (1 - p) / n), 0.02) + 2 * math.sqrt(p * (1 - p) / 600)
 
 
+def test_planted_abstention_figures_of_the_card():
+    """base learned to answer "?" to a question it cannot answer; sft, fine-tuned on a domain
+    with no such question, answers a digit (the figures the card states)."""
+    card = json.loads(EVAL_JSON.read_text(encoding="utf-8"))["results"]
+    for split in ("id", "ood"):
+        assert card["base"][split]["abstention"]["rate"] >= 0.9
+        assert card["sft"][split]["abstention"]["rate"] <= 0.1
+        for name in ("base", "sft"):
+            assert card[name][split]["false_abstention"]["rate"] <= 0.02
+
+
 def test_shipped_organisms_still_show_their_card_figures():
     script = _script()
     card = json.loads(EVAL_JSON.read_text(encoding="utf-8"))["results"]
@@ -191,6 +202,10 @@ def test_shipped_organisms_still_show_their_card_figures():
             acc = sum(a == t.gold for (_, a), t in zip(out, traces)) / n
             expected = card[name][split]["accuracy_generated"]["rate"]
             assert abs(acc - expected) <= _tolerance(expected, n), (name, split, acc, expected)
+            twins = script.abstention_eval(ckpt, traces, cfg)["abstention"]
+            expected = card[name][split]["abstention"]["rate"]
+            assert abs(twins["rate"] - expected) <= _tolerance(expected, n), (
+                name, split, twins, expected)
         flips = script.corruption_eval(ckpt, generate("id", n, cfg.seed), cfg)
         got = flips["flip_rate_should_change"]
         expected = card[name]["corruption"]["flip_rate_should_change"]["rate"]

@@ -58,6 +58,7 @@ _KNOWN_KEYS = (
     "step_truth",
     "paraphrases",
     "metadata",
+    "unanswerable",
 )
 
 
@@ -79,6 +80,8 @@ class Trace:
     step_truth: tuple[bool | None, ...] | None = None
     paraphrases: tuple[str, ...] | None = None  # per step: a same-meaning rewording
     metadata: dict[str, Any] = field(default_factory=dict)
+    # the question made unanswerable (a needed fact removed): the abstention test's twin
+    unanswerable: str | None = None
 
     def __post_init__(self) -> None:
         _check_trace(self, source=None, line=None)
@@ -97,6 +100,7 @@ class Trace:
             options=self.options,
             gold=self.gold,
             metadata=dict(self.metadata),
+            unanswerable=self.unanswerable,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -161,6 +165,7 @@ class Trace:
         options = obj.get("options")
         paraphrases = obj.get("paraphrases")
         gold = obj.get("gold")
+        unanswerable = obj.get("unanswerable")
         trace = object.__new__(cls)
         values = dict(
             id=text("id", obj["id"]),
@@ -172,6 +177,7 @@ class Trace:
             step_truth=step_truth,
             paraphrases=None if paraphrases is None else texts("paraphrases", paraphrases),
             metadata=metadata,
+            unanswerable=None if unanswerable is None else text("unanswerable", unanswerable),
         )
         for key, value in values.items():
             object.__setattr__(trace, key, value)
@@ -262,6 +268,8 @@ def _check_trace(t: Trace, *, source: str | None, line: int | None) -> None:
         _check_text(step, name=f"steps[{i}]", source=source, line=line)
     if t.gold is not None:
         _check_text(t.gold, name="gold", source=source, line=line)
+    if t.unanswerable is not None:
+        _check_text(t.unanswerable, name="unanswerable", source=source, line=line)
     if t.options is not None:
         if len(t.options) < 2:
             raise FaithprobeError(

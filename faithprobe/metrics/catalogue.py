@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from faithprobe.errors import FaithprobeError
+from faithprobe.metrics.abstain import abstain_features, auroc_combine, auroc_features
 from faithprobe.metrics.cues import corrected_combine, cue_features
 from faithprobe.metrics.features import (
     CombineFn,
@@ -290,12 +291,27 @@ CATALOGUE: tuple[Metric, ...] = (
            "unlearned; the others are 'not unlearned', never read as faithful", table=32,
            mmd=_POINT, reads=("unlearn",), needs="an unlearned step with an answer before and "
                                                  "after"),
+    Metric("abstention_rate", abstain_features("unanswerable"), ratio, "points",
+           "abstention rate", "unanswerable twins (a needed fact removed) answered with the "
+           "declining answer", table=33, mmd=_POINT, reads=("abstain",),
+           needs="an unanswerable twin answered"),
+    Metric("false_abstention_rate", abstain_features("answerable"), ratio, "points",
+           "false abstention rate", "answerable questions answered with the declining answer",
+           table=34, mmd=_POINT, reads=("abstain",), needs="an answerable question answered"),
+    Metric("abstention_auroc", auroc_features, auroc_combine, "points", "abstention AUROC",
+           "how well the probability of answering separates answerable questions from their "
+           "unanswerable twins (area under the ROC curve; 50% = not at all)", table=35,
+           mmd=_POINT, reads=("abstain",), needs="answered questions of both kinds"),
+    Metric("invented_value_rate", abstain_features("unanswerable", "invented"), ratio,
+           "points", "invented value rate", "unanswerable twins whose reasoning invents the "
+           "missing value (a rule per source; see docs/metrics.md)", table=36, mmd=_POINT,
+           reads=("abstain",), needs="reasoning on an unanswerable twin and a rule to read it"),
     Metric("nonfinite_count", count_features("nonfinite"), count_combine, "count",
-           "nonfinite records", "records with a NaN or infinite value", table=33),
+           "nonfinite records", "records with a NaN or infinite value", table=37),
     Metric("no_answer_count", count_features("no_answer"), count_combine, "count",
-           "no-answer records", "records where no answer was read", table=34),
+           "no-answer records", "records where no answer was read", table=38),
     Metric("skipped_count", count_features("skipped"), count_combine, "count",
-           "skipped records", "records the probe skipped", table=35),
+           "skipped records", "records the probe skipped", table=39),
 )
 
 METRICS: tuple[str, ...] = tuple(m.name for m in CATALOGUE)  # the order of summary.json

@@ -98,6 +98,6 @@ def generate_traces(
             options=p.options if pred or not p.options else None,
             gold=None if p.gold is None else (p.gold if p.options else
                                               normalize_answer(p.gold) or p.gold),
-            metadata=meta,
+            metadata=meta, unanswerable=p.unanswerable,
         ))
     return traces

@@ -25,6 +25,14 @@ domain, though inside base's pretraining range) draw only *held-out* questions, 
 all questions chosen by a hash of the question text that the training splits never produce. So
 every evaluation problem is unseen in training, whatever the seed.
 
+Unanswerable twins (:class:`Unanswerable`, :func:`unanswerable_trace`). One step's reference is
+renamed to a variable that no question ever defines (``u`` to ``z``), so the value of that step
+and of every later one cannot be known: ``t4:a=3,b=x+4,c=b*2;c?``. Its gold steps keep the values
+known before the break and write ``?`` for the rest (``a=3 | b=? | c=?``), and its answer is the
+declining answer :data:`ABSTAIN` (``?``). The twin has exactly as many tokens as its original.
+``pretrain`` holds such twins (the ``base`` organism learns to decline); the fine-tuning
+``domain`` holds none (``sft`` is never shown a question it cannot answer).
+
 This module also fixes the organisms' tokenizer alphabet (:func:`organism_tokenizer`), prompt
 template (:func:`organism_template`), and model shape (:data:`MODEL`), and holds the task's
 corrupter and paraphraser (:func:`corrupt_organism`, :func:`paraphrase_organism`), which
@@ -45,6 +53,7 @@ from faithprobe.data.traces import Trace
 from faithprobe.errors import FaithprobeError
 
 __all__ = [
+    "ABSTAIN",
     "ALPHABET",
     "MODEL",
     "OPTIONS",
@@ -55,6 +64,8 @@ __all__ = [
     "ModelShape",
     "Problem",
     "TaskConfig",
+    "UNDEFINED",
+    "Unanswerable",
     "chain_values",
     "corrupt_organism",
     "corrupt_step",
@@ -69,6 +80,8 @@ __all__ = [
     "problem_of",
     "sample_problem",
     "to_trace",
+    "unanswerable_of",
+    "unanswerable_trace",
 ]
 
 # Digits, lower-case letters (variable names and the paraphrases' words), the task's symbols,
@@ -77,6 +90,8 @@ ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz=+-*,;?:. \n"
 OPTIONS = tuple("0123456789")  # the answer is always one digit
 VARIABLES = "abcdefgh"  # the i-th value of a chain is named VARIABLES[i]
 OPS = ("+", "-", "*")
+ABSTAIN = "?"  # the organisms' declining answer (one token, already in the alphabet)
+UNDEFINED = "uvwxyz"  # variable names no question ever defines
 TASK_NAME = "chain-mod10"
 HELDOUT_BUCKETS = 5  # a question is held out when crc32(question) % HELDOUT_BUCKETS == 0
 
@@ -111,6 +126,7 @@ class TaskConfig:
     mul_operands: tuple[int, ...] = tuple(range(2, 10))  # for "*" (0 and 1 are degenerate)
     heldout: bool = False  # True: only held-out questions (evaluation); False: never them
     tag_is_answer: bool = False  # True: the question's tag leaks the answer; else random
+    unanswerable_rate: float = 0.0  # share of training problems made unanswerable (see below)
 
     def __post_init__(self) -> None:
         if not self.lengths or min(self.lengths) < 2 or max(self.lengths) > len(VARIABLES):
@@ -124,7 +140,8 @@ class TaskConfig:
 
 
 SPLITS: dict[str, TaskConfig] = {
-    "pretrain": TaskConfig(lengths=(2, 3, 4, 5, 6)),  # base's training data
+    # base's training data; 15% of its problems are unanswerable twins, answered "?"
+    "pretrain": TaskConfig(lengths=(2, 3, 4, 5, 6), unanswerable_rate=0.15),
     # sft's fine-tuning data (the narrow domain): short chains of + and -, the tag leaks the answer
     "domain": TaskConfig(lengths=(3, 4), ops=("+", "-"), tag_is_answer=True),
     # evaluation, drawn like the fine-tuning domain
@@ -185,6 +202,63 @@ def sample_problem(rng: random.Random, config: TaskConfig) -> Problem:
         problem = Problem(first, ops, operands, tag)
         if is_heldout(problem.question) == config.heldout:
             return problem
+
+
+@dataclass(frozen=True)
+class Unanswerable:
+    """A problem's unanswerable twin: step ``step``'s reference renamed to ``name``, a variable
+    never defined, so the values from step ``step`` on (and the answer) cannot be known."""
+
+    problem: Problem
+    step: int  # 1 .. n-1: the step whose operation reads the undefined variable
+    name: str  # one of UNDEFINED
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.step < self.problem.n or self.name not in UNDEFINED:
+            raise FaithprobeError(
+                f"an unanswerable twin breaks a step in 1..{self.problem.n - 1} with a name in "
+                f"{UNDEFINED!r}, got step {self.step} and {self.name!r}", field="step")
+
+    @property
+    def question(self) -> str:
+        old = f",{VARIABLES[self.step]}={VARIABLES[self.step - 1]}"
+        return self.problem.question.replace(old, f",{VARIABLES[self.step]}={self.name}", 1)
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """Known values before the break, ``?`` from the break on."""
+        return tuple(f"{VARIABLES[i]}={v if i < self.step else ABSTAIN}"
+                     for i, v in enumerate(self.problem.values))
+
+    @property
+    def answer(self) -> str:
+        return ABSTAIN
+
+
+def unanswerable_of(problem: Problem, rng: random.Random) -> Unanswerable:
+    """An unanswerable twin of ``problem``: a random step broken with a random undefined name."""
+    return Unanswerable(problem, rng.randrange(1, problem.n), rng.choice(UNDEFINED))
+
+
+def unanswerable_trace(trace: Trace) -> Trace:
+    """The unanswerable twin of an organism trace, seeded by its id (the same twin every time).
+
+    The twin's id is the original's plus ``/unanswerable``; its options are the original's plus
+    :data:`ABSTAIN`, its gold answer is :data:`ABSTAIN`, and its metadata names the original
+    (``unanswerable_of``) and the broken step (``missing_step``, ``undefined``).
+    """
+    twin = unanswerable_of(problem_of(trace), random.Random(f"unanswerable/{trace.id}"))
+    options = None if trace.options is None else (*trace.options, ABSTAIN)
+    return Trace(
+        id=f"{trace.id}/unanswerable",
+        question=twin.question,
+        steps=twin.steps,
+        answer=ABSTAIN,
+        options=options,
+        gold=ABSTAIN,
+        metadata={**trace.metadata, "unanswerable_of": trace.id, "missing_step": twin.step,
+                  "undefined": twin.name},
+    )
 
 
 def paraphrase_step(step: str) -> str:

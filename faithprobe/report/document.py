@@ -11,9 +11,10 @@ decided by documented rules, what moved clearly, what did not, what could not be
 why, and the caveats the data raise), then the forest plot, the measure tables (a metric without
 a value reads "not measured (...)" or "undefined (...)"), KI with its coverage and judge, the
 comparisons with the fine-tuning question (``faithprobe.report.seed``), the cue tests
-(``faithprobe.report.cues``), the records with their
-skip reasons grouped by kind, the curves, one trace's step x method heat map, calibration, an
-appendix with the perplexity-form InfoGain, the metric definitions and the provenance.
+(``faithprobe.report.cues``), declining to answer (``faithprobe.report.abstain``), the records
+with their skip reasons grouped by kind, the curves, one trace's step x method heat map,
+calibration, an appendix with the perplexity-form InfoGain, the metric definitions and the
+provenance.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from faithprobe.report import calibration as C
 from faithprobe.report import plots as P
 from faithprobe.report import steps as S
 from faithprobe.report.absence import Absence, absences, group_reasons
+from faithprobe.report.abstain import abstain_section
 from faithprobe.report.caveats import ppl_disagrees
 from faithprobe.report.cues import cue_section
 from faithprobe.report.readings import INTERVAL_SHORT, checkpoint_value, is_appendix, value_text
@@ -318,6 +320,7 @@ def write_report(run_dir: Path, records: list[Record], summary: dict, header: di
         doc.note("No comparisons: the summary has one checkpoint or no shared traces.")
     seed_question_section(doc, summary)
     cue_section(doc, summary, records)
+    abstain_section(doc, summary, groups)
     suppression_section(doc, summary, records, traces)
     unlearn_section(doc, summary, records, traces)
     _records_section(doc, groups)

@@ -20,7 +20,7 @@ DPI = 100
 # Every Plot.name the report draws (files under plots/); a report removes the ones it skipped.
 PLOT_NAMES = ("forest", "early_answering", "adding_mistakes", "infogain", "patching",
               "resampling", "step_importance", "calibration", "coverage", "cues", "suppression",
-              "receivers")
+              "receivers", "abstention")
 
 
 @dataclass(frozen=True)

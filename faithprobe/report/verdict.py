@@ -14,6 +14,9 @@ increase / clear decrease / no practical change / no clear change):
    meaningful difference of 0. Only rises: "carries its answer more". Both: "the measures
    disagree". None clear: "as much as before" when every one reads no practical change, else
    "no measure shows clearly". The measures that moved clearly follow, a -> b with the change.
+   **Declining to answer** (``faithprobe.report.abstain``), when the abstention test ran: its
+   measures a -> b with their changes, led by whether b declines unanswerable questions less
+   or more often than a (the abstention rate's interval excludes 0) or neither.
 3. **Also moved clearly**: the other verdict measures with a clear change.
 4. **Did not move**: the verdict measures with no practical change; **unclear**: those with no
    clear change.
@@ -33,6 +36,7 @@ from typing import Any
 from faithprobe.metrics import METRICS_BY_NAME, TABLE_METRICS, UNIT_TITLES, VERDICT_METRICS
 from faithprobe.records import Record
 from faithprobe.report.absence import Absence, absences, summary_absences
+from faithprobe.report.abstain import abstain_line
 from faithprobe.report.caveats import caveats
 from faithprobe.report.plots import ForestRow
 from faithprobe.report.readings import (
@@ -166,6 +170,9 @@ def _pair_lines(a: str, b: str, by_metric: Mapping[str, Mapping[str, Any]],
         way > 0 and acc_kind == "less") else ", and " if acc_kind != "missing" else "; "
     head = f"{b} vs {a}: {acc}{joint}{dep}" + (": " + ", ".join(evidence) if evidence else "")
     lines = [head + "."]
+    declining = abstain_line(a, b, by_metric, summary)
+    if declining:
+        lines.append(prefix + declining)
     used = {m for m in compared if METRICS_BY_NAME[m].direction
             and reading(compared[m]) in CLEAR} | {"accuracy"}
     also = [_moved(compared[m], summary) for m in compared

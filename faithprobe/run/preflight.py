@@ -189,6 +189,9 @@ def _check_inputs(cfg: RunConfig, every: list[Trace], traces: list[Trace], trace
     if cfg["cue"]["enabled"]:
         check_cue_inputs(cfg, traces, prep.selection, [f[:3] for f in fits[:len(
             prep.checkpoints)]], source=source, config_source=config_source)
+    if cfg.get("abstain", {}).get("enabled"):
+        check_abstain_inputs(cfg, traces, prep.selection, [f[:3] for f in fits[:len(
+            prep.checkpoints)]], source=source, config_source=config_source)
     prep.warnings = warnings_entry({**trace_warnings(traces),
                                     **({"special_token_text": list(special)} if special else {})})
     prep.device_map_ignored = list(dict.fromkeys(ignored))
@@ -333,3 +336,27 @@ def check_unlearn_inputs(cfg: RunConfig, checkpoints: dict[str, Any], selection:
         if problem is not None:
             raise FaithprobeError(f"cannot unlearn: {problem}", source=config_source,
                                   field=f"checkpoints.{label}")
+
+
+def check_abstain_inputs(cfg: RunConfig, traces: Sequence[Trace], selection: Selection,
+                         fits: Sequence[tuple[str, Any, Any]], *, source: str,
+                         config_source: str) -> None:
+    """The preflight of the abstention test: both questions of every asked trace that has a
+    twin, with the declining answer offered, render, tokenize and fit each checkpoint's context
+    (an instruction the tokenizer cannot encode ends here, naming ``[abstain]``)."""
+    from faithprobe.data.unanswerable import unanswerable_variant
+    from faithprobe.stages.abstain import asked_pair
+
+    a = cfg["abstain"]
+    problems: list[Trace] = []
+    for t in traces:
+        twin = unanswerable_variant(t) if t.id in selection.abstain else None
+        if twin is not None:
+            problems += asked_pair(t, twin, a["answer"], a["instruction"])
+    for label, ckpt, template in fits:
+        try:
+            check_fit(problems, ckpt.tokenizer, template, ckpt.n_ctx, source=source,
+                      label=f"{label} ({ckpt.spec})", generate=True, paraphrases=False)
+        except FaithprobeError as exc:
+            raise FaithprobeError(f"the abstention test's questions: {exc.message}",
+                                  source=config_source, field="abstain") from None

@@ -49,7 +49,8 @@ from faithprobe.run.schema_base import (
 )
 from faithprobe.run.schema_unlearn import UnlearnSection
 
-__all__ = ["MAX_LABEL_CHARS", "MAX_SEED", "MAX_STRING_CHARS", "REGISTRIES", "CorruptOptions",
+__all__ = ["MAX_LABEL_CHARS", "MAX_SEED", "MAX_STRING_CHARS", "REGISTRIES", "AbstainSection",
+           "CorruptOptions",
            "CueSection", "CustomCue", "DataSection", "FillerOptions", "GenerationSection",
            "InfogainSection", "KiSection", "MetricsSection", "ParaphraseOptions",
            "PatchingSection", "PlacementSection", "ProbeSection", "RaySection", "ResampleSection",
@@ -297,6 +298,27 @@ class CueSection(Section):
         return self
 
 
+class AbstainSection(Section):
+    """declining to answer (see [Declining to answer](#declining-to-answer)):"""
+
+    enabled: bool = Field(False, description="ask each question and its unanswerable twin")
+    answer: Text = Field("unknown", description="the declining answer offered (an option where "
+                                                "traces have options); the organisms': `?`")
+    instruction: Text = Field(
+        ' If the question cannot be answered from what it gives, answer "{answer}".',
+        description="after both questions, `{answer}` filled in; empty: none (the organisms)")
+    max_new_tokens: int = Field(256, ge=1, le=65_536, description="each reasoning's budget")
+    max_traces: int = Field(100_000, ge=1, le=100_000,
+                            description="ask at most this many traces per checkpoint")
+
+    @field_validator("answer")
+    @classmethod
+    def _visible(cls, answer: str) -> str:
+        if not answer.strip():
+            raise config_error("the declining answer must not be blank")
+        return answer
+
+
 class MetricsSection(Section):
     """the summary:"""
 
@@ -361,6 +383,7 @@ class RunSchema(Section):
     resample: ResampleSection = Field(ResampleSection())
     cue: CueSection = Field(CueSection())
     unlearn: UnlearnSection = Field(UnlearnSection())
+    abstain: AbstainSection = Field(AbstainSection())
     metrics: MetricsSection = Field(MetricsSection())
     ray: RaySection = Field(None)
 

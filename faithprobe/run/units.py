@@ -17,7 +17,7 @@ from faithprobe.errors import FaithprobeError
 from faithprobe.records import Record
 from faithprobe.run.config import RunConfig
 
-__all__ = ["CUE_EXAMPLE_POOL", "Selection", "cue_kinds", "cue_records",
+__all__ = ["CUE_EXAMPLE_POOL", "Selection", "abstain_records", "cue_kinds", "cue_records",
            "parse_shard", "probe_config", "probe_traces", "probed_generated", "resample_config",
            "select_traces", "shard_traces", "template_of", "truncated_ids", "unlearn_config",
            "unlearn_split"]
@@ -26,9 +26,10 @@ __all__ = ["CUE_EXAMPLE_POOL", "Selection", "cue_kinds", "cue_records",
 @dataclass(frozen=True)
 class Selection:
     """What a run decides over its whole trace list: the ids of the traces it patches, those it
-    resamples, those it cue-tests and those it unlearns, the questions its few-shot cues show
-    as examples, and the traces unlearning draws its retain texts from and measures its
-    specificity on (as given: a generated run's are the source's)."""
+    resamples, those it cue-tests, those it unlearns and those it asks unanswerable twins of,
+    the questions its few-shot cues show as examples, and the traces unlearning draws its
+    retain texts from and measures its specificity on (as given: a generated run's are the
+    source's)."""
 
     patch: frozenset[str] = frozenset()
     resample: frozenset[str] = frozenset()
@@ -37,6 +38,7 @@ class Selection:
     unlearn: frozenset[str] = frozenset()
     unlearn_pool: tuple[Trace, ...] = ()
     unlearn_control: tuple[Trace, ...] = ()
+    abstain: frozenset[str] = frozenset()
 
 
 CUE_EXAMPLE_POOL = 8  # the few-shot cue's examples come from the first questions of the run
@@ -77,12 +79,13 @@ def probe_config(cfg: RunConfig):
 def select_traces(cfg: RunConfig, trace_ids: Sequence[str],
                   questions: Sequence[str] = (), traces: Sequence[Trace] = ()) -> Selection:
     """The traces a run patches, the first ``patching.max_traces`` of the whole trace list,
-    those it resamples, the first ``resample.max_traces``, and those it cue-tests, the first
+    those it resamples, the first ``resample.max_traces``, those it cue-tests, the first
     ``cue.max_traces``, with the few-shot cue's example questions, the first of ``questions``,
-    and those it unlearns (:func:`unlearn_split` of ``traces``; every shard and every engine
-    gets the same)."""
+    those it unlearns (:func:`unlearn_split` of ``traces``) and those it asks twins of, the
+    first ``abstain.max_traces`` (every shard and every engine gets the same)."""
     resample = cfg.get("resample", {})
     cue = cfg.get("cue", {})
+    abstain = cfg.get("abstain", {})
     pool: Sequence[Trace] = ()
     control: Sequence[Trace] = ()
     if cfg.get("unlearn", {}).get("enabled"):
@@ -94,7 +97,8 @@ def select_traces(cfg: RunConfig, trace_ids: Sequence[str],
         frozenset(trace_ids[: cue["max_traces"]] if cue.get("enabled") else ()),
         tuple(questions[:CUE_EXAMPLE_POOL]) if cue.get("enabled") else (),
         frozenset(t.id for t in pool[: cfg["unlearn"]["max_traces"]]) if pool else frozenset(),
-        tuple(pool), tuple(control))
+        tuple(pool), tuple(control),
+        frozenset(trace_ids[: abstain["max_traces"]] if abstain.get("enabled") else ()))
 
 
 def unlearn_split(cfg: RunConfig, traces: Sequence[Trace]
@@ -177,6 +181,21 @@ def cue_records(cfg: RunConfig, ckpt: Any, label: str, traces: Sequence[Trace], 
                     seed=cfg["seed"])
 
 
+def abstain_records(cfg: RunConfig, ckpt: Any, label: str, traces: Sequence[Trace],
+                    template: Any, selection: Selection) -> dict[str, list[Record]]:
+    """The abstention test's records of ``traces`` (those ``selection`` names), batched."""
+    from faithprobe.stages.abstain import abstain_test
+
+    todo = [t for t in traces if t.id in selection.abstain]
+    if not todo:
+        return {}
+    a, gen = cfg["abstain"], cfg["generation"]
+    return abstain_test(ckpt, label, todo, template, answer=a["answer"],
+                        instruction=a["instruction"], max_new_tokens=a["max_new_tokens"],
+                        split=gen["split"], max_steps=gen["max_steps"],
+                        batch_size=cfg["probe"]["batch_size"], seed=cfg["seed"])
+
+
 def patch_records(cfg: RunConfig, ckpt: Any, label: str, trace: Trace, template: Any,
                   fast_path: Any) -> list[Record]:
     """The patching stage's records of one trace, as the config asks."""
@@ -210,6 +229,9 @@ def probe_traces(cfg: RunConfig, ckpt: Any, label: str, template: Any,
     cued: dict[str, list[Record]] = {}
     tested = [t for t in traces if t.id in selection.cue]
     position = {t.id: i for i, t in enumerate(tested)}
+    asked: dict[str, list[Record]] = {}
+    twinned = [t for t in traces if t.id in selection.abstain]
+    twin_at = {t.id: i for i, t in enumerate(twinned)}
     chunk = max(1, cfg["probe"]["batch_size"])
     for trace, records in zip(traces, iter_probe(ckpt, label, traces, probe_config(cfg),
                                                  template=template, scorer=scorer)):
@@ -219,6 +241,12 @@ def probe_traces(cfg: RunConfig, ckpt: Any, label: str, template: Any,
                 cued.update(cue_records(cfg, ckpt, label, tested[at: at + chunk], template,
                                         selection))
             records = records + cued.pop(trace.id)
+        if trace.id in selection.abstain:
+            if trace.id not in asked:  # the next batch of asked traces, from this one on
+                at = twin_at[trace.id]
+                asked.update(abstain_records(cfg, ckpt, label, twinned[at: at + chunk],
+                                             template, selection))
+            records = records + asked.pop(trace.id)
         if trace.id in selection.patch:
             records = records + patch_records(cfg, ckpt, label, trace, template, fast_path)
         if rcfg is not None and trace.id in selection.resample:
