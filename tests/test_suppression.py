@@ -92,6 +92,9 @@ def test_suppression_is_exact_on_a_native_bridge(native):
     assert hook_state(native) == before
 
 
+KL_FLOAT32_FLOOR = 1e-6
+
+
 def test_renormalised_pattern_equals_masked_scores(tmp_path):
     """Zeroing a step's pattern columns and renormalising == Thought Anchors' -inf on its
     scores before the softmax (a llama bridge fires hook_attn_scores inside its attention)."""
@@ -117,7 +120,9 @@ def test_renormalised_pattern_equals_masked_scores(tmp_path):
             for j in range(i + 1, len(SPANS)):
                 sj, ej = SPANS[j]
                 gap = abs(float(kl[sj:ej].mean()) - float(got.matrix[j, i]))
-                assert gap <= REL * scale, (i, j, gap, scale)
+                # KL of float32 log-probabilities near log(vocab) rounds at about 1e-7 per
+                # token: the random model's KLs (3e-4 here) sit close to that floor
+                assert gap <= REL * scale + KL_FLOAT32_FLOOR, (i, j, gap, scale)
 
 
 def test_vertical_scores_equal_the_cached_patterns(native):
