@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from studies import ONLY_TRUNCATION
 
 from faithprobe.cli import main
 from faithprobe.data.traces import Trace, read_traces, write_traces
@@ -252,15 +253,7 @@ sft = "organism:sft"
 [data]
 source = "organism"
 count = 6
-[probe]
-interventions = ["truncate"]
-[infogain]
-enabled = false
-[ki]
-enabled = false
-[patching]
-enabled = false
-[metrics]
+{ONLY_TRUNCATION}[metrics]
 n_boot = 20
 [abstain]
 {abstain}

@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 
 import pytest
+from studies import ONLY_TRUNCATION
 
 from faithprobe.cli import main
 from faithprobe.data.traces import Trace, write_traces
@@ -257,15 +258,7 @@ base = "organism:base"
 sft = "organism:sft"
 [data]
 {data}
-[probe]
-interventions = ["truncate"]
-[infogain]
-enabled = false
-[ki]
-enabled = false
-[patching]
-enabled = false
-[metrics]
+{ONLY_TRUNCATION}[metrics]
 n_boot = 20
 [cue]
 enabled = true

@@ -4,6 +4,7 @@ own trace file where it wrote its reasoning."""
 from __future__ import annotations
 
 import pytest
+from studies import ONLY_TRUNCATION
 
 import faithprobe as fp
 from faithprobe.cli import main
@@ -100,15 +101,7 @@ traces = "generate"
 [generation]
 max_new_tokens = 18
 split = "lines"
-[probe]
-interventions = ["truncate"]
-[infogain]
-enabled = false
-[ki]
-enabled = false
-[patching]
-enabled = false
-[metrics]
+""" + ONLY_TRUNCATION + """[metrics]
 n_boot = 10
 """
     for drop in (False, True):

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from studies import ONLY_TRUNCATION
 
 from faithprobe.cli import main
 from faithprobe.errors import FaithprobeError
@@ -258,15 +259,7 @@ sft = "organism:sft"
 source = "organism"
 count = 4
 seed = 29
-[probe]
-interventions = ["truncate"]
-[infogain]
-enabled = false
-[ki]
-enabled = false
-[patching]
-enabled = false
-[metrics]
+{ONLY_TRUNCATION}[metrics]
 n_boot = 20
 [unlearn]
 enabled = true
