@@ -149,7 +149,9 @@ def test_the_direction_is_read_against_the_published_one(acc, ig, word):
 
 
 def test_the_organisms_answer_the_seed_question():
-    """The committed organism demo: sft is as accurate as base and its InfoGain is gone."""
+    """The committed organism demo: sft is as accurate as base and has lost most of its
+    InfoGain (the organisms retrained with unanswerable twins keep 0.26 nats/step of 2.69, see
+    results/organisms/MODEL_CARD.md; the previous pair lost all of it)."""
     recs = read_records(ROOT / "results" / "organism-demo" / "records.jsonl")
     summary = summarize(recs, n_boot=200)
     (q,) = summary["seed_question"]
@@ -161,7 +163,7 @@ def test_the_organisms_answer_the_seed_question():
     mean_a = np.mean([base[t] for t in ids])
     mean_b = np.mean([sft[t] for t in ids])
     assert rel["relative_change"] == pytest.approx((mean_b - mean_a) / mean_a)
-    assert -1.0 <= rel["ci_low"] <= rel["relative_change"] <= rel["ci_high"] < -0.99
+    assert -1.0 <= rel["ci_low"] <= rel["relative_change"] <= rel["ci_high"] < -0.5
     assert seed_question_rows(summary)[0][4] == (
         "partly: accuracy no practical change, InfoGain clear decrease")
 
