@@ -47,7 +47,7 @@ from faithprobe.run.schema_base import (
     registered,
     seed_field,
 )
-from faithprobe.run.schema_unlearn import UnlearnSection
+from faithprobe.run.schema_stages import AbstainSection, UnlearnSection
 
 __all__ = ["MAX_LABEL_CHARS", "MAX_SEED", "MAX_STRING_CHARS", "REGISTRIES", "AbstainSection",
            "CorruptOptions",
@@ -296,27 +296,6 @@ class CueSection(Section):
                 raise FaithprobeError(f"cue kind {name!r} is named twice",
                                       field=f"cue.kinds[{i}]")
         return self
-
-
-class AbstainSection(Section):
-    """declining to answer (see [Declining to answer](#declining-to-answer)):"""
-
-    enabled: bool = Field(False, description="ask each question and its unanswerable twin")
-    answer: Text = Field("unknown", description="the declining answer offered (an option where "
-                                                "traces have options); the organisms': `?`")
-    instruction: Text = Field(
-        ' If the question cannot be answered from what it gives, answer "{answer}".',
-        description="after both questions, `{answer}` filled in; empty: none (the organisms)")
-    max_new_tokens: int = Field(256, ge=1, le=65_536, description="each reasoning's budget")
-    max_traces: int = Field(100_000, ge=1, le=100_000,
-                            description="ask at most this many traces per checkpoint")
-
-    @field_validator("answer")
-    @classmethod
-    def _visible(cls, answer: str) -> str:
-        if not answer.strip():
-            raise config_error("the declining answer must not be blank")
-        return answer
 
 
 class MetricsSection(Section):

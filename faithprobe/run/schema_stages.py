@@ -1,13 +1,15 @@
-"""The ``[unlearn]`` section of a run config (:mod:`faithprobe.run.schema` holds it as
-``RunSchema.unlearn``): unlearning each step from the weights, see README "Unlearning"."""
+"""The sections of the stages that ask the model something new, beside the text suite:
+``[unlearn]`` (unlearning each step from the weights, README "Unlearning") and ``[abstain]``
+(declining to answer, README "Declining to answer"). :mod:`faithprobe.run.schema` holds them
+as ``RunSchema.unlearn`` and ``RunSchema.abstain``."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from faithprobe.run.schema_base import Section, Text
+from faithprobe.run.schema_base import Section, Text, config_error
 
-__all__ = ["UnlearnSection"]
+__all__ = ["AbstainSection", "UnlearnSection"]
 
 
 class UnlearnSection(Section):
@@ -38,3 +40,24 @@ class UnlearnSection(Section):
                                            "token) below which it counts as not unlearned")
     max_new_tokens: int = Field(256, ge=1, le=65_536,
                                 description="the budget of the reasoning written again")
+
+
+class AbstainSection(Section):
+    """declining to answer (see [Declining to answer](#declining-to-answer)):"""
+
+    enabled: bool = Field(False, description="ask each question and its unanswerable twin")
+    answer: Text = Field("unknown", description="the declining answer offered (an option where "
+                                                "traces have options); the organisms': `?`")
+    instruction: Text = Field(
+        ' If the question cannot be answered from what it gives, answer "{answer}".',
+        description="after both questions, `{answer}` filled in; empty: none (the organisms)")
+    max_new_tokens: int = Field(256, ge=1, le=65_536, description="each reasoning's budget")
+    max_traces: int = Field(100_000, ge=1, le=100_000,
+                            description="ask at most this many traces per checkpoint")
+
+    @field_validator("answer")
+    @classmethod
+    def _visible(cls, answer: str) -> str:
+        if not answer.strip():
+            raise config_error("the declining answer must not be blank")
+        return answer
