@@ -131,8 +131,48 @@ def test_sigterm_to_a_ray_run_records_cancelled_and_exits_143(tmp_path):
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it was signalled"
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143
-    assert proc.stderr.read() == ("faithprobe: cancelled by SIGTERM; complete the run with "
+    code = proc.wait(timeout=120)
+    err = proc.stderr.read()
+    assert code == 143, err
+    assert err == ("faithprobe: cancelled by SIGTERM; complete the run with "
                                   "--resume\n")
     header = json.loads((out / "header.json").read_text())
     assert header["status"] == "cancelled" and header["error"] == "cancelled by SIGTERM"
+
+
+# SIGTERM at two moments a run cannot choose: while Ray's own handler is in place (ray.init, in
+# the preflight) and while Ray's core holds the thread (a driver's wait on its tasks), where an
+# exception raised by a handler came out as a SystemError (exit 1) before.
+AT_INIT = """import os, signal, ray._private.utils as utils
+_set = utils.set_sigterm_handler
+def set_handler(handler):  # inside ray.init, where Ray sets a SIGTERM handler of its own
+    _set(handler)
+    os.kill(os.getpid(), signal.SIGTERM)
+utils.set_sigterm_handler = set_handler
+"""
+IN_WAIT = """import os, signal, threading, ray
+_wait, armed = ray.wait, []
+def wait(*args, **kwargs):
+    if not armed:  # the signal lands while the first wait is inside Ray's core
+        armed.append(threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)))
+        armed[0].start()
+    return _wait(*args, **kwargs)
+ray.wait = wait
+"""
+
+
+@pytest.mark.slow  # a local cluster started in a process of its own each: about a minute here
+@pytest.mark.parametrize("moment", ["at_init", "in_wait"])
+def test_sigterm_inside_ray_is_cancelled_not_an_internal_error(tmp_path, moment):
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY.format(count=6), encoding="utf-8")
+    out = tmp_path / "run"
+    code, err, _ = _run(["run", str(path), "--out", str(out), "--quiet", "--engine", "ray"],
+                        prelude=AT_INIT if moment == "at_init" else IN_WAIT)
+    assert code == 143, err
+    assert err == "faithprobe: cancelled by SIGTERM; complete the run with --resume\n"
+    if moment == "at_init":  # the preflight: nothing was written
+        assert not out.exists()
+    else:
+        header = json.loads((out / "header.json").read_text())
+        assert header["status"] == "cancelled", header

@@ -7,8 +7,13 @@ first (``REACH_TIMEOUT_S``), for ray.init would wait minutes, printing, before g
 that answers but holds no cluster is given up after ``JOIN_TIMEOUT_S``. Ray's own lines (its
 C++ core writes to file descriptor 2) never reach stderr. A local cluster starts in the main
 thread (the processes it starts die with the thread that started them) and the command's
-SIGTERM and SIGINT handlers are set back after it: Ray's own would exit with code 15, where a
-cancelled run records ``cancelled`` and exits 143.
+SIGTERM and SIGINT handlers stay in place: Ray's own would exit with code 15, where a cancelled
+run records ``cancelled`` and exits 143.
+
+:func:`ray_call` and :func:`wait_one` run the driver's Ray calls with SIGTERM and SIGINT only
+noted while Ray's core holds the thread: an exception raised inside it (as the command's
+handlers raise) comes out as a ``SystemError``, an internal error where the run was cancelled.
+The signal is raised once the call returns, and waits are bounded (``POLL_S``) so it is soon.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -23,11 +29,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from faithprobe.errors import FaithprobeError
+from faithprobe.errors import Cancelled, FaithprobeError
 
-__all__ = ["JOIN_TIMEOUT_S", "REACH_TIMEOUT_S", "connect", "disconnect"]
+__all__ = ["JOIN_TIMEOUT_S", "POLL_S", "REACH_TIMEOUT_S", "connect", "disconnect", "ray_call",
+           "wait_one"]
 
 REACH_TIMEOUT_S = 5.0  # an address's host found and its port answering, at most
+POLL_S = 0.5  # a signal that arrives while the driver waits on Ray is raised within this
 JOIN_TIMEOUT_S = 30.0  # ray.init joining a cluster that answered, at most
 
 
@@ -105,8 +113,6 @@ def _check_reachable(address: str) -> None:
 
 def _signal_handlers(handlers: dict[int, Any] | None = None) -> dict[int, Any]:
     """SIGTERM's and SIGINT's handlers; given ``handlers``, set them back (main thread)."""
-    import signal
-
     out = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -144,14 +150,14 @@ def connect(address: str | None) -> bool:
 
     with _quiet_stderr() as for_good:
         if address is None:  # in this thread: the processes it starts die with their thread
-            handlers = _signal_handlers()
-            try:
-                init()
+            try:  # Ray's own SIGTERM handler (it exits with 15) is kept out: see ray_call
+                ray_call(init)
                 done, exc = True, None
+            except Cancelled:
+                disconnect()
+                raise
             except Exception as error:  # noqa: BLE001 - said below, in one line
                 done, exc = True, error
-            finally:
-                _signal_handlers(handlers)  # Ray's own SIGTERM handler would exit with 15
         else:  # joining starts nothing here: in a thread, bounded, and no signal handlers
             done, _, exc = _bounded(init, JOIN_TIMEOUT_S)
             if not done:  # it goes on trying, and printing, until the process ends
@@ -174,3 +180,42 @@ def disconnect() -> None:
     if ray.is_initialized():
         with _quiet_stderr():
             ray.shutdown()
+
+
+def ray_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` (a call into Ray) with SIGTERM and SIGINT noted, not raised, while
+    it runs, and Ray kept from setting handlers of its own for them (``ray.init`` would set one
+    that exits with 15 wherever the signal lands, and a half-done init aborts the interpreter's
+    exit). A signal that arrived is raised after the call returns: ``Cancelled`` for SIGTERM,
+    ``KeyboardInterrupt`` for SIGINT (see the module docstring)."""
+    noted: list[int] = []
+    ours = (signal.SIGTERM, signal.SIGINT)
+    real = signal.signal
+    try:
+        saved = {sig: real(sig, lambda signum, frame: noted.append(signum)) for sig in ours}
+    except ValueError:  # not the main thread: signals are not ours to handle here
+        return fn(*args, **kwargs)
+
+    def keep_ours(sig: int, handler: Any) -> Any:
+        return signal.getsignal(sig) if sig in ours else real(sig, handler)
+
+    signal.signal = keep_ours
+    try:
+        result = fn(*args, **kwargs)
+    finally:
+        signal.signal = real
+        _signal_handlers(saved)
+        if signal.SIGTERM in noted:
+            raise Cancelled("SIGTERM")
+        if noted:
+            raise KeyboardInterrupt
+    return result
+
+
+def wait_one(ray: Any, refs: list[Any]) -> tuple[Any, list[Any]]:
+    """The first of ``refs`` to finish and the rest (``ray.wait``), waiting in bounded slices so
+    a signal is raised within ``POLL_S`` of its arrival."""
+    while True:
+        ready, rest = ray_call(ray.wait, refs, num_returns=1, timeout=POLL_S)
+        if ready:
+            return ready[0], rest

@@ -207,7 +207,7 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
     records)`` writes a trace's records;
     ``progress(label, total, initial)`` returns a bar with ``update``/``close``.
     """
-    from faithprobe.run.ray_connect import connect, disconnect
+    from faithprobe.run.ray_connect import connect, disconnect, ray_call, wait_one
 
     ray = import_ray()
     started = connect(address)  # False where the preflight (or the caller) joined already
@@ -224,8 +224,8 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
         cwd = os.getcwd()
         specs = {label: ckpt.spec for label, ckpt in prep.checkpoints.items()}
         scorer_spec = prep.scorer.spec if prep.scorer is not None else None
-        resources = ray.cluster_resources()
-        on_cluster({"ray": ray.__version__, "nodes": len(ray.nodes()),
+        resources = ray_call(ray.cluster_resources)
+        on_cluster({"ray": ray.__version__, "nodes": len(ray_call(ray.nodes)),
                     **{k: resources[k] for k in ("CPU", "GPU", "memory") if k in resources}})
         total_cpus = max(1, int(resources.get("CPU", 1)))
         asked = {label: gpus_asked(cfg, label, float(resources.get("GPU", 0)), gpus)
@@ -244,11 +244,12 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
             elif (saved := generated(label)) is not None:
                 traces[label] = saved
             else:
-                to_generate[label] = options(_generate_task, label).remote(
-                    cfg, label, specs[label], prep.traces, cwd, threads)
+                to_generate[label] = ray_call(options(_generate_task, label).remote,
+                                              cfg, label, specs[label], prep.traces, cwd, threads)
         pending = list(to_generate.values())
         for label, ref in to_generate.items():
-            traces[label] = ray.get(ref)
+            wait_one(ray, [ref])
+            traces[label] = ray_call(ray.get, ref)
             save_generated(label, traces[label])
         pending = []
         owner: dict[Any, str] = {}
@@ -261,14 +262,14 @@ def probe_on_ray(cfg: RunConfig, prep: Any, done: set[tuple[str, str]], *,
             size = ray_cfg.get("traces_per_task") or max(
                 1, math.ceil(len(todo) / (TASKS_PER_CPU * total_cpus)))
             for part in _slices(todo, int(size)):
-                ref = options(_probe_task, label).remote(
-                    cfg, label, specs[label], scorer_spec, part, prep.selection, cwd, threads)
+                ref = ray_call(options(_probe_task, label).remote, cfg, label, specs[label],
+                               scorer_spec, part, prep.selection, cwd, threads)
                 owner[ref] = label
                 pending.append(ref)
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            label = owner.pop(ready[0])
-            where, fast_path, results = ray.get(ready[0])
+            ready, pending = wait_one(ray, pending)
+            label = owner.pop(ready)
+            where, fast_path, results = ray_call(ray.get, ready)
             on_worker(label, where, fast_path)
             for trace_id, records in results:
                 on_records(label, trace_id, records)
