@@ -127,6 +127,24 @@ def test_invented_numbers_are_those_from_nowhere():
     assert invents_number(q, ["I cannot tell."]) is False
 
 
+def test_an_equation_that_gives_the_unknown_a_value_invents_it():
+    q = "Calculate -33 * -22 - -8 * x."
+    steps = ["Step 1: -33 * -22 = 726", "Step 2: -8 * x = 16", "Step 3: 726 - 16 = 710"]
+    assert invents_number(q, steps) is False  # the numbers alone: 16 was written, not used
+    assert invents_number(q, steps, unknown="x") is True
+    assert invents_number(q, ["Step 1: x - 9 = 9"], unknown="x") is True
+    assert invents_number(q, ["Step 1: -33 * -22 = 726", "Step 2: 726 + 8 * x = ?"],
+                          unknown="x") is False  # kept as the unknown
+    assert invents_number(q, ["We cannot know x = the missing number."], unknown="x") is False
+    assert invents_number(q, ["Step 1: -33 * -22 = 726 (x is not needed)"],
+                          unknown="x") is False
+    twin = unanswerable_variant(Trace("a", "Calculate 3 + 4 * 5.", ("4 * 5 = 20", "3 + 20 = 23"),
+                                      "23", gold="23", metadata={"source": "reasoning_gym"}))
+    word = twin.question.split()[1] if twin.question.split()[1] == "x" else "x"
+    assert word in twin.question
+    assert twin.invented([f"Step 1: {twin.question[10:-1]} = 23"]) is True
+
+
 # --- metrics -------------------------------------------------------------------------------------
 
 

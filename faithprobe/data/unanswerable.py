@@ -72,12 +72,24 @@ def _plain(step: str) -> str:
     return re.sub(r"(?<=\d)\s*[a-zA-Z]+", " ", text)
 
 
-def invents_number(question: str, steps: Sequence[str]) -> bool:
+def _solves_unknown(text: str, unknown: str) -> bool:
+    """An equation whose left side (back to the previous "=", ":" or line start) holds the
+    ``unknown`` word and whose right side is a number: "Step 2: -8 * x = 16" gives x a value."""
+    word = re.compile(rf"(?<!\w){re.escape(unknown)}(?!\w)")
+    return any(word.search(m.group(1))
+               for m in re.finditer(r"([^=:\n]*)=\s*-?[\d,]*\.?\d+(?![\w.])", text))
+
+
+def invents_number(question: str, steps: Sequence[str], unknown: str | None = None) -> bool:
     """Whether the reasoning computes with a number that comes from nowhere: an equation's left
     side uses a number that neither ``question`` gives (nor its per cent as a fraction, nor the
     rest of 100 per cent), nor the reasoning wrote earlier, nor one of :data:`COMMON` that prose
-    brings in ("half", "per cent", a week's days). A value invented in words first ("say there
-    are 50") and used after is not caught: the rule errs towards saying nothing was invented."""
+    brings in ("half", "per cent", a week's days); or, given the word that stands for the
+    missing value (``unknown``), an equation computes a number from it ("-8 * x = 16"). A value
+    invented in words first ("say there are 50") and used after is not caught: the rule errs
+    towards saying nothing was invented."""
+    if unknown is not None and any(_solves_unknown(step, unknown) for step in steps):
+        return True
     given = set(_numbers(question))
     known = given | {v / 100 for v in given} | {(100 - v) / 100 for v in given if v < 100} \
         | {100 - v for v in given if v < 100} | COMMON
@@ -113,7 +125,7 @@ def _arithmetic(trace: Trace) -> Unanswerable | None:
     word = "x" if expression else "some"
     question = before + word + after
     return Unanswerable(question, "arithmetic", m.group(),
-                        lambda steps: invents_number(question, steps))
+                        lambda steps: invents_number(question, steps, unknown=word))
 
 
 def _organism(trace: Trace) -> Unanswerable | None:
