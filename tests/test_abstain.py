@@ -136,6 +136,10 @@ def test_an_equation_that_gives_the_unknown_a_value_invents_it():
     assert invents_number(q, ["Step 1: -33 * -22 = 726", "Step 2: 726 + 8 * x = ?"],
                           unknown="x") is False  # kept as the unknown
     assert invents_number(q, ["We cannot know x = the missing number."], unknown="x") is False
+    assert invents_number(q, ["2 + -x * -8 = 2 + 2x - 20"], unknown="x") is False
+    assert invents_number(q, ["We cannot know x. So 726 = 726."], unknown="x") is False
+    assert invents_number(q, ["So (x + 28 - 87) = 28 - 87 = 1."], unknown="x") is True
+    assert invents_number(q, ["-33 - x = -33 + x = -33 + 0 = -33.\n"], unknown="x") is True
     assert invents_number(q, ["Step 1: -33 * -22 = 726 (x is not needed)"],
                           unknown="x") is False
     twin = unanswerable_variant(Trace("a", "Calculate 3 + 4 * 5.", ("4 * 5 = 20", "3 + 20 = 23"),

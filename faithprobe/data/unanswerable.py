@@ -72,12 +72,17 @@ def _plain(step: str) -> str:
     return re.sub(r"(?<=\d)\s*[a-zA-Z]+", " ", text)
 
 
+# an equation (or a chain of them, "a = b = c") that ends on a number alone: its left side runs
+# back to the sentence's start, a colon or the line's start; the number ends the sentence
+_ENDS_ON_NUMBER = re.compile(r"((?:[^:\n.]|\.\d)*)=\s*-?[\d,]*\.?\d+\s*(?:[.,;!?](?!\d)|\n|$)")
+
+
 def _solves_unknown(text: str, unknown: str) -> bool:
-    """An equation whose left side (back to the previous "=", ":" or line start) holds the
-    ``unknown`` word and whose right side is a number: "Step 2: -8 * x = 16" gives x a value."""
+    """An equation whose left side holds the ``unknown`` word and whose right side is a number
+    alone: "Step 2: -8 * x = 16" and "(x + 28 - 87) = 28 - 87 = 1." give x a value; "x - 3 =
+    x - 3" and "2 - x = 2 + 2x - 20" do not."""
     word = re.compile(rf"(?<!\w){re.escape(unknown)}(?!\w)")
-    return any(word.search(m.group(1))
-               for m in re.finditer(r"([^=:\n]*)=\s*-?[\d,]*\.?\d+(?![\w.])", text))
+    return any(word.search(m.group(1)) for m in _ENDS_ON_NUMBER.finditer(text))
 
 
 def invents_number(question: str, steps: Sequence[str], unknown: str | None = None) -> bool:

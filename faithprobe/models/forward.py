@@ -37,6 +37,8 @@ from faithprobe.models.kvcache import (
 
 __all__ = ["GreedyAfter", "forward_logprobs", "forward_token_logprobs"]
 
+SOFTMAX_ROWS = 128  # positions whose log-softmax is taken at a time (25 MB at SmolLM2's vocabulary)
+
 
 def _logprobs_at(ckpt: Checkpoint, ids: Tensor, at: Sequence[Sequence[int]], keep: bool,
                  targets: Sequence[Sequence[int]] | None = None, **kwargs: Any
@@ -57,11 +59,17 @@ def _logprobs_at(ckpt: Checkpoint, ids: Tensor, at: Sequence[Sequence[int]], kee
     rows = []
     for r, pos in enumerate(at):
         sel = torch.tensor([index[p] for p in pos], dtype=torch.long, device=device)
-        lp = torch.log_softmax(logits[r, sel].float(), dim=-1)
-        if targets is not None:
-            tgt = torch.tensor(list(targets[r]), dtype=torch.long, device=device)
-            lp = lp.gather(-1, tgt[:, None])[:, 0]
-        rows.append(lp.cpu())
+        if targets is None:
+            rows.append(torch.log_softmax(logits[r, sel].float(), dim=-1).cpu())
+            continue
+        tgt = torch.tensor(list(targets[r]), dtype=torch.long, device=device)
+        # the log-softmax of SOFTMAX_ROWS positions at a time, each row as it would be alone:
+        # over a long tail a whole one is two more copies of the logits (800 MB at 4,096 tokens)
+        rows.append(torch.cat([
+            torch.log_softmax(logits[r, sel[lo: lo + SOFTMAX_ROWS]].float(), dim=-1)
+            .gather(-1, tgt[lo: lo + SOFTMAX_ROWS, None])[:, 0]
+            for lo in range(0, len(sel), SOFTMAX_ROWS)] or [torch.empty(0, device=device)]
+        ).cpu())
     return rows, rest
 
 
