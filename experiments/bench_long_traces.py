@@ -327,7 +327,7 @@ def run_parts(ckpt: Checkpoint, trace: Trace, args: argparse.Namespace, t_fwd: f
             naive = probe(ckpt, "bench", [trace], NAIVE)
         diff, other = compare(records, naive)
         row["naive"] = {"seconds": ph.seconds, "peak_mib": ph.peak_mib, "load": ph.load,
-                        "max_abs_diff": diff, "records_differing": other}
+                        "max_abs_diff": diff, "records_differing": other, "commit": row["commit"]}
     return row
 
 
