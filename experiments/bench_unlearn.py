@@ -34,7 +34,6 @@ Timed, in one process:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -49,6 +48,7 @@ from faithprobe.data.traces import read_traces
 from faithprobe.models.checkpoints import load_checkpoint
 from faithprobe.models.scoring import continuation_ids
 from faithprobe.models.unlearning import (
+    gradients_only,
     npo_kl_unlearn,
     select_params,
     unlearning,
@@ -74,45 +74,25 @@ def _timed(fn):
     return time.perf_counter() - t0, out
 
 
-@contextlib.contextmanager
-def _grads_on(bridge, params):
-    """Gradients on the weights the training changes (``params``) and no other, for a block;
-    every weight's flag and gradient set back after (the loader froze them all)."""
-    chosen = {id(p) for _, p in params}
-    flags = [(p, p.requires_grad) for p in bridge.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(id(p) in chosen)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-            p.grad = None
-
-
 def _floor(bridge, params, forget, retain, passes: dict[str, int], epochs: int) -> float:
     """The training's passes alone: per epoch a forward with gradients of the forget text and
     of a retain text and one backward; plus the forward passes without gradients."""
-    with _grads_on(bridge, params):
-        return _passes(bridge, forget, retain, passes, epochs)
-
-
-def _passes(bridge, forget, retain, passes: dict[str, int], epochs: int) -> float:
     device = next(bridge.parameters()).device
     seqs = [list(forget.ids[: forget.end])] + [list(r) for r in retain]
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        with torch.enable_grad():
-            total = bridge(torch.tensor([seqs[0]], device=device)).float().sum()
-            if retain:
-                ids = seqs[1 + epoch % len(retain)]
-                total = total + bridge(torch.tensor([ids], device=device)).float().sum()
-            total.backward()
-    with torch.no_grad():
-        for k in range(passes["reference"]):
-            bridge(torch.tensor([seqs[0] if k in (0, passes["reference"] - 1) else
-                                 seqs[1 + (k - 1) % len(retain)]], device=device))
-    return time.perf_counter() - t0
+    with gradients_only(bridge, params):  # the loader froze every weight
+        t0 = time.perf_counter()
+        for epoch in range(epochs):
+            with torch.enable_grad():
+                total = bridge(torch.tensor([seqs[0]], device=device)).float().sum()
+                if retain:
+                    ids = seqs[1 + epoch % len(retain)]
+                    total = total + bridge(torch.tensor([ids], device=device)).float().sum()
+                total.backward()
+        with torch.no_grad():
+            for k in range(passes["reference"]):
+                bridge(torch.tensor([seqs[0] if k in (0, passes["reference"] - 1) else
+                                     seqs[1 + (k - 1) % len(retain)]], device=device))
+        return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -140,7 +120,7 @@ def main() -> None:
               for t in retain_traces(trace, pool, cfg.retain_traces, seed=cfg.seed)]
 
     def fb() -> None:
-        with torch.enable_grad(), _grads_on(ckpt.bridge, params):
+        with torch.enable_grad(), gradients_only(ckpt.bridge, params):
             ckpt.bridge(torch.tensor([list(forget.ids)])).float().sum().backward()
 
     fb()  # warm-up

@@ -42,7 +42,7 @@ from faithprobe.errors import FaithprobeError
 from faithprobe.models.precision import was_trainable
 
 __all__ = ["MLP_OUT", "PARAM_GROUPS", "Forget", "UnlearnLog", "clean_name", "gradient_problem",
-           "npo_kl_unlearn", "select_params", "sequence_logprob", "unlearning",
+           "gradients_only", "npo_kl_unlearn", "select_params", "sequence_logprob", "unlearning",
            "weights_digest"]
 
 # the MLP output projection's module name in the architectures TransformerBridge wraps
@@ -105,7 +105,7 @@ def gradient_problem(bridge: torch.nn.Module, params: Sequence[tuple[str, torch.
         if p.is_meta:
             return f"{name} has no data (meta device)"
     try:
-        with _only(bridge, params), torch.enable_grad():
+        with gradients_only(bridge, params), torch.enable_grad():
             device = params[0][1].device
             logits = bridge(torch.zeros((1, 2), dtype=torch.long, device=device))
             logits.float().logsumexp(-1).sum().backward()
@@ -122,7 +122,7 @@ def gradient_problem(bridge: torch.nn.Module, params: Sequence[tuple[str, torch.
 
 
 @contextlib.contextmanager
-def _only(bridge: torch.nn.Module, params: Sequence[tuple[str, torch.nn.Parameter]]
+def gradients_only(bridge: torch.nn.Module, params: Sequence[tuple[str, torch.nn.Parameter]]
           ) -> Iterator[None]:
     """Gradients for ``params`` only, for the duration; every flag put back after."""
     chosen = {id(p) for _, p in params}
@@ -146,7 +146,7 @@ def unlearning(bridge: torch.nn.Module, params: Sequence[tuple[str, torch.nn.Par
     saved = [p.detach().clone() for _, p in params]
     training = bridge.training
     try:
-        with _only(bridge, params):
+        with gradients_only(bridge, params):
             yield
     finally:
         with torch.no_grad():
