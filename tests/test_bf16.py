@@ -75,24 +75,6 @@ def models(smollm2_tokenizer):
     return {dt: load_checkpoint("smollm2", dtype=dt) for dt in ("float32", "bfloat16")}
 
 
-def test_text_suite_answers_agree_with_float32(models):
-    template = PromptTemplate(suffix=" Therefore, the answer is", answer_sep=" ")
-    cfg = ProbeConfig(interventions=("truncate", "corrupt", "delete", "filler"),
-                      infogain=False, infogain_ppl=False, ki=False, max_new_tokens=8,
-                      options={"corrupt": {"corrupter": "number", "continuations": ["keep"]}})
-    runs = {dt: probe(m, dt, TRACES, cfg, template=template) for dt, m in models.items()}
-    assert next(models["bfloat16"].bridge.parameters()).dtype == torch.bfloat16
-    pairs = [(a, b) for a, b in zip(runs["float32"], runs["bfloat16"])
-             if a.intervention != "none" and a.status == "ok" and b.status == "ok"]
-    assert len(pairs) >= 15
-    for a, b in pairs:
-        assert (a.trace_id, a.intervention, a.step) == (b.trace_id, b.intervention, b.step)
-        assert isinstance(b.answer_logprob, float)
-        assert abs(a.answer_logprob - b.answer_logprob) <= LOGPROB_VS_FLOAT32, (a, b)
-    agree = sum(a.pred == b.pred for a, b in pairs) / len(pairs)
-    assert agree >= 0.95, agree
-
-
 def test_fast_patching_equals_reference_in_bf16(models):
     ckpt = models["bfloat16"]
     tok = ckpt.tokenizer
@@ -128,11 +110,14 @@ def test_every_intervention_agrees_with_float32(models):
                       max_new_tokens=8,
                       options={"corrupt": {"corrupter": "number", "continuations": ["keep"]}})
     runs = {dt: probe(m, dt, traces, cfg, template=template) for dt, m in models.items()}
+    assert next(models["bfloat16"].bridge.parameters()).dtype == torch.bfloat16
     pairs = [(a, b) for a, b in zip(runs["float32"], runs["bfloat16"], strict=True)
              if a.intervention in EVERY and a.status == "ok" and b.status == "ok"]
     assert {a.intervention for a, _ in pairs} == set(EVERY)
     for a, b in pairs:
         assert (a.trace_id, a.intervention, a.step) == (b.trace_id, b.intervention, b.step)
+        assert isinstance(b.answer_logprob, float)
+        assert abs(a.answer_logprob - b.answer_logprob) <= LOGPROB_VS_FLOAT32, (a, b)
     agree = sum(a.pred == b.pred for a, b in pairs) / len(pairs)
     print(f"SmolLM2 bf16: answers equal on {agree:.1%} of {len(pairs)} edits")
     assert len(pairs) >= 100 and agree >= ANSWERS_EQUAL, agree
