@@ -240,7 +240,27 @@ def test_stage_records_on_a_tiny_model_with_options_and_free_form(tiny):
         assert a.detail["answer_prob"] + a.detail["decline_prob"] <= 1.0 + 1e-9
     again = abstain_test(tiny, "tiny", traces, tiny.template, answer="unknown",
                          instruction=" or {answer}", max_new_tokens=6, batch_size=1)
-    assert again == out  # batching changes nothing
+    # batching changes nothing but float rounding (a padded row's cached decoding steps)
+    assert list(again) == list(out)
+    for tid in out:
+        for x, y in zip(again[tid], out[tid], strict=True):
+            _close(x.to_json(), y.to_json())
+
+
+def _close(a, b, path="record"):
+    """Equal, floats to a relative 1e-5."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-12), path
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
 
 
 # the native pair only: the Llama pair was not retrained with twins (see the model card)

@@ -9,8 +9,9 @@ on which rows share its batch or how a run is split into shards or Ray tasks; ca
 row from what the draw is for (:func:`draw_seed` of run seed, trace id, checkpoint label,
 purpose).
 
-Rows are left-padded behind an optional cached prefix; a model with a KV cache feeds one new
-token a step. A row stops at the end-of-sequence token, at a stop string (the text is cut at the
+Rows are left-padded behind an optional cached prefix; a model with a KV cache (a Hugging Face
+model's own, or :mod:`faithprobe.models.native_cache` for a native one with no hooks) feeds one
+new token a step. A row stops at the end-of-sequence token, at a stop string (the text is cut at the
 earliest one), at its token budget or at the model's context, and leaves the batch (and the
 cache, where the cache can select rows).
 """
@@ -38,6 +39,7 @@ from faithprobe.models.kvcache import (
     prefix_cache,
     prefix_groups,
 )
+from faithprobe.models.native_cache import native_decoder
 
 __all__ = ["Rows", "Sampler", "Samples", "continue_rows", "decode", "draw_seed", "generate",
            "sample_continuations"]
@@ -132,6 +134,7 @@ def decode(ckpt: Checkpoint, rows: Rows, which: list[int], ids: Tensor, mask: Te
     select rows; else it is fed padding and ignored). Returns the token positions run."""
     device = ckpt.device
     cached = has_kv_cache(ckpt)
+    native = native_decoder(ckpt) if not cached and cache is None else None
     keep = {"logits_to_keep": 1} if keeps_logits(ckpt) else {}
     fresh, run = True, 0
     pad_id = ckpt.tokenizer.pad_token_id
@@ -139,8 +142,12 @@ def decode(ckpt: Checkpoint, rows: Rows, which: list[int], ids: Tensor, mask: Te
         live = [b for b, i in enumerate(which) if rows.live(i)]
         if not live or int(pos[:, -1].max()) + 1 >= ckpt.n_ctx:
             break
-        feed, feed_pos = (ids, pos) if (fresh or not cached) else (ids[:, -1:], pos[:, -1:])
-        if cached:
+        feed, feed_pos = (ids, pos) if (fresh or not (cached or native)) else \
+            (ids[:, -1:], pos[:, -1:])
+        if native is not None:
+            logits, cache = native.step(feed.to(device), mask.to(device), feed_pos.to(device),
+                                        cache, last_only=True)
+        elif cached:
             logits, cache = ckpt.bridge(feed.to(device), attention_mask=mask.to(device),
                                         position_ids=feed_pos.to(device),
                                         past_key_values=cache, return_type="logits_and_cache",
