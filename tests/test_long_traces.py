@@ -24,9 +24,11 @@ class Counting:
 
     def __init__(self, bridge) -> None:
         self.inner, self.rows, self.positions, self.kept = bridge, 0, 0, []
+        self.widths: list[int] = []
 
     def __call__(self, ids, *args, **kw):
         self.rows += ids.shape[0]
+        self.widths.append(ids.shape[1])
         self.positions += ids.shape[0] * ids.shape[1]
         self.kept.append(kw.get("logits_to_keep"))
         return self.inner(ids, *args, **kw)
@@ -137,6 +139,41 @@ def test_text_suite_with_shared_prefix_equals_the_naive_way(llama):
                 assert abs(x - y) <= 1e-5 * max(1.0, abs(y)), (a.intervention, a.step, f)
 
 
+def test_long_tails_run_in_pieces_as_they_would_whole(llama, monkeypatch):
+    """With tails longer than ``PIECE`` each forward feeds at most ``PIECE`` tokens, and the
+    reads (out of order, repeated) and greedy continuations are those of whole runs."""
+    base = [zoo.BOS_ID] + [(7 * k) % zoo.VOCAB for k in range(1, 40)]
+    seqs = [base, base[:6] + [3, 4, 5] + base[9:], base[:12] + base[14:], base[:30]]
+    reads = [[len(s) - 1, 8, len(s) - 1, 20] for s in seqs]
+    prompts = [len(s) - 5 for s in seqs]
+
+    def scored():
+        greedy = forward.GreedyAfter(prompts, lambda k, lp: True, max_new_tokens=6)
+        reads_ = [r + list(range(p - 1, len(s))) for r, p, s in zip(reads, prompts, seqs)]
+        got = forward_logprobs(llama, seqs, reads_, batch_size=4, reuse_prefix=base,
+                               greedy=greedy)
+        return got, greedy.results
+
+    whole, whole_greedy = scored()
+    monkeypatch.setattr(kvcache, "PIECE", 7)
+    monkeypatch.setattr(forward, "PIECE", 7)
+    llama.bridge = Counting(llama.bridge)
+    try:
+        pieces, piece_greedy = scored()
+        widest = max(kept_width for kept_width in llama.bridge.widths)
+    finally:
+        llama.bridge = llama.bridge.inner
+    assert widest <= 7
+    for a, b in zip(pieces, whole):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    assert piece_greedy.keys() == whole_greedy.keys() and len(whole_greedy) == len(seqs)
+    for k in whole_greedy:
+        assert piece_greedy[k][:2] == whole_greedy[k][:2]
+        assert abs(piece_greedy[k][2] - whole_greedy[k][2]) < 1e-4
+    for s, r, lp in zip(seqs, reads, pieces):
+        assert torch.allclose(lp[: len(r)], full_logprobs(llama, s)[r], atol=1e-5)
+
+
 @pytest.mark.parametrize("arch", zoo.WORKING)
 def test_reads_equal_full_logits_on_every_family(arch, tmp_path, monkeypatch):
     """Unembedding only the positions read (``logits_to_keep``), with and without the shared
@@ -153,9 +190,13 @@ def test_reads_equal_full_logits_on_every_family(arch, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(forward, "keeps_logits", lambda ckpt: False)
         want = forward_logprobs(ckpt, seqs, reads, batch_size=3)
-    for reuse in (None, base):
-        got = forward_logprobs(ckpt, seqs, reads, batch_size=3, reuse_prefix=reuse)
+    for reuse, piece in ((None, None), (base, None), (base, 5)):
+        with monkeypatch.context() as m:
+            if piece:  # the prefix and every tail run 5 tokens at a time on their cache
+                m.setattr(kvcache, "PIECE", piece)
+                m.setattr(forward, "PIECE", piece)
+            got = forward_logprobs(ckpt, seqs, reads, batch_size=3, reuse_prefix=reuse)
         for a, b in zip(got, want):
-            assert torch.allclose(a, b, atol=1e-4), (arch, keeps, reuse is not None)
+            assert torch.allclose(a, b, atol=1e-4), (arch, keeps, reuse is not None, piece)
     if arch == "llama":
         assert keeps

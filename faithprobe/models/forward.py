@@ -5,7 +5,8 @@ row computes what it computes alone; see :mod:`faithprobe.models.kvcache`). On a
 key-value cache :func:`forward_logprobs` can reuse the cache of a shared prefix so that edits of
 a trace recompute only what follows their first changed token (only the positions read are
 unembedded; greedy answers continue on the same caches, through the one generation loop of
-:mod:`faithprobe.models.decode`). Native (tiny) models have no cache and run whole sequences.
+:mod:`faithprobe.models.decode`). A long tail runs ``PIECE`` tokens at a time on its growing
+cache. Native (tiny) models have no cache here and run whole sequences.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from faithprobe.models.batches import halving_on_oom, token_batches
+from faithprobe.models.batches import BYTE_BUDGET, halving_on_oom, token_batches
 from faithprobe.models.checkpoints import Checkpoint
 from faithprobe.models.decode import Rows, Sampler, decode
 from faithprobe.models.kvcache import (
+    PIECE,
     PaddingSide,
     cache_at,
     common_prefix,
@@ -170,7 +172,9 @@ class GreedyAfter:
     results: dict[int, tuple[str, bool, float]] = field(default_factory=dict)
 
 
-DECODE_TOKENS = 8192  # continuations waiting to be decoded together hold at most this cache
+# continuations waiting to be decoded together hold at most this much cache (a copy each, on
+# top of the scoring batches' own attention; at 1,024 tokens SmolLM2's cache is 47 MB a row)
+PENDING_BYTES = BYTE_BUDGET // 4
 
 _Pending = tuple[int, int, int, list[tuple[Tensor, Tensor]]]  # (seq, position, token, cache)
 
@@ -200,6 +204,12 @@ def _greedy_after(ckpt: Checkpoint, greedy: GreedyAfter, rows: Rows, seqs, reads
                                             for layer in cache.layers]))
             break
         greedy.results[k] = rows.result(k)
+
+
+def _held(pending: list[_Pending]) -> int:
+    """Bytes of cache the pending continuations hold."""
+    return sum(t.numel() * t.element_size() for *_, kv in pending for pair in kv
+               for t in pair if t is not None)
 
 
 def _decode_pending(ckpt: Checkpoint, greedy: GreedyAfter, rows: Rows, shell: Any,
@@ -255,9 +265,34 @@ def _tail_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | Non
     return batches
 
 
+def _tail_logprobs(ckpt: Checkpoint, tails: Sequence[Sequence[int]],
+                   reads: Sequence[Sequence[int]], keep: bool, cache: Any, start: int
+                   ) -> tuple[list[Tensor], Any]:
+    """Right-padded ``tails`` run after ``start`` tokens of ``cache``, ``PIECE`` tokens at a
+    time: the log-softmax at each one's ``reads`` (tail positions, in their order) and the
+    cache of the whole tails."""
+    device = ckpt.device
+    ids, mask, _ = pad_batch(tails, ckpt.tokenizer.pad_token_id, "right")
+    full_mask = torch.cat([torch.ones(len(tails), start, dtype=torch.long), mask], 1)
+    pos = positions(mask, start)
+    found: list[dict[int, Tensor]] = [{} for _ in tails]
+    vocab = 0
+    for lo in range(0, ids.shape[1], PIECE):
+        hi = min(ids.shape[1], lo + PIECE)
+        at = [sorted({p - lo for p in r if lo <= p < hi}) for r in reads]
+        got, cache = _logprobs_at(ckpt, ids[:, lo:hi], at, keep,
+                                  attention_mask=full_mask[:, :start + hi].to(device),
+                                  position_ids=pos[:, lo:hi].to(device),
+                                  past_key_values=cache, return_type="logits_and_cache")
+        for row, positions_read, lp in zip(found, at, got):
+            row.update((lo + p, lp[j]) for j, p in enumerate(positions_read))
+            vocab = lp.shape[-1]
+    return [torch.stack([row[p] for p in r]) if len(r) else torch.empty(0, vocab)
+            for row, r in zip(found, reads)], cache
+
+
 def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=None,
                      greedy: GreedyAfter | None = None) -> list[Tensor]:
-    device = ckpt.device
     keep = keeps_logits(ckpt)
     # a sequence reuses the prefix up to (not including) the first position it must compute:
     # its first differing token, and no later than its first read position
@@ -280,16 +315,10 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=Non
             continue
 
         def run(chunk: list[int], start: int = start) -> None:
-            ids, mask, _ = pad_batch([seqs[k][start:] for k in chunk], ckpt.tokenizer.pad_token_id,
-                                "right")
-            full_mask = torch.cat([torch.ones(len(chunk), start, dtype=torch.long), mask], 1)
             # every read lies in the tail: a sequence's start is at or before its first read
-            got, cache = _logprobs_at(
-                ckpt, ids, [[p - start for p in reads[k]] for k in chunk], keep,
-                attention_mask=full_mask.to(device),
-                position_ids=positions(mask, start).to(device),
-                past_key_values=cache_at(base_cache, start, len(chunk)),
-                return_type="logits_and_cache" if greedy is not None else "logits")
+            got, cache = _tail_logprobs(ckpt, [seqs[k][start:] for k in chunk],
+                                        [[p - start for p in reads[k]] for k in chunk], keep,
+                                        cache_at(base_cache, start, len(chunk)), start)
             for k, lp in zip(chunk, got):
                 out[k] = lp
             if greedy is not None:
@@ -299,8 +328,8 @@ def _forward_reusing(ckpt, seqs, reads, prefix, batch_size, max_batch_tokens=Non
         for batch in _tail_batches(tails, batch_size, max_batch_tokens, start):
             chunk = [group[i] for i in batch]
             halving_on_oom(run, chunk, max(len(seqs[k]) for k in chunk))
-            if greedy is not None and rows is not None and (len(pending) >= batch_size or sum(
-                    p for _, p, _, _ in pending) >= (max_batch_tokens or DECODE_TOKENS)):
+            if greedy is not None and rows is not None and (
+                    len(pending) >= batch_size or _held(pending) >= PENDING_BYTES):
                 _decode_pending(ckpt, greedy, rows, base_cache, pending)
     if greedy is not None and rows is not None:
         _decode_pending(ckpt, greedy, rows, base_cache, pending)
