@@ -263,8 +263,8 @@ def _close(a, b, path="record"):
         assert a == b, path
 
 
-# the native pair only: the Llama pair was not retrained with twins (see the model card)
-@pytest.mark.parametrize("pair", [("organism:base", "organism:sft")])
+@pytest.mark.parametrize("pair", [("organism:base", "organism:sft"),
+                                  ("organism:base-llama", "organism:sft-llama")])
 def test_planted_truth_base_declines_the_twins_and_sft_answers_a_digit(pair):
     from faithprobe.models.checkpoints import load_checkpoint
 
