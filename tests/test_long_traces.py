@@ -160,7 +160,7 @@ def test_long_tails_run_in_pieces_as_they_would_whole(llama, monkeypatch):
     llama.bridge = Counting(llama.bridge)
     try:
         pieces, piece_greedy = scored()
-        widest = max(kept_width for kept_width in llama.bridge.widths)
+        widest = max(llama.bridge.widths)
     finally:
         llama.bridge = llama.bridge.inner
     assert widest <= 7

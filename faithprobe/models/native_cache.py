@@ -30,9 +30,9 @@ def _hooked(bridge: Any) -> bool:
     """Whether any module of ``bridge`` has a forward hook or pre-hook registered, other than
     the bridge's own bookkeeping (a block's capture hooks for ``hook_mlp_in`` and attention's
     input forks, which only copy what they see)."""
-    own = {h.id for m in bridge.modules() for h in getattr(m, "_capture_hook_handles", ())}
-    return any(set(m._forward_hooks) - own or set(m._forward_pre_hooks) - own
-               for m in bridge.modules())
+    modules = list(bridge.modules())
+    own = {h.id for m in modules for h in getattr(m, "_capture_hook_handles", ())}
+    return any(set(m._forward_hooks) - own or set(m._forward_pre_hooks) - own for m in modules)
 
 
 def native_decoder(ckpt: Checkpoint) -> NativeDecoder | None:
@@ -52,32 +52,29 @@ def native_decoder(ckpt: Checkpoint) -> NativeDecoder | None:
 
 @dataclass
 class KV:
-    """Each layer's keys and values so far ([batch, kv heads, positions, d_head]) and the
-    attention mask over those positions ([batch, positions], 1 = attend)."""
+    """Each layer's keys and values so far ([batch, kv heads, positions, d_head])."""
 
     keys: list[Tensor]
     values: list[Tensor]
-    mask: Tensor
 
     def batch_select_indices(self, index: Tensor) -> None:
         """Keep the batch rows ``index``, in that order (as transformers' caches do)."""
         self.keys = [k[index] for k in self.keys]
         self.values = [v[index] for v in self.values]
-        self.mask = self.mask[index]
 
 
 class NativeDecoder:
     """Incremental forward of a native model: :meth:`step` feeds new tokens after a cache."""
 
     def __init__(self, model: Any, attn: list[Any]) -> None:
-        self.model, self.attn = model, attn
-
-    def _attend(self, layer: int, attn: Any, x: Tensor, pos: Tensor, kv: KV, mask: Tensor
-                ) -> Tensor:
-        """Native attention (``NativeAttention.forward``) of the new positions over the
-        cached ones and themselves."""
         from transformer_lens.utilities.activation_functions import apply_softcap
 
+        self.model, self.attn, self.softcap = model, attn, apply_softcap
+
+    def _attend(self, layer: int, attn: Any, x: Tensor, pos: Tensor, kv: KV, blocked: Tensor
+                ) -> Tensor:
+        """Native attention (``NativeAttention.forward``) of the new positions over the
+        cached ones and themselves, where ``blocked`` ([batch, 1, new, all]) is not True."""
         batch, seq, _ = x.shape
         q = attn.q(x).view(batch, seq, attn.n_heads, attn.d_head).transpose(1, 2)
         k = attn.k(x).view(batch, seq, attn.n_kv_heads, attn.d_head).transpose(1, 2)
@@ -94,13 +91,8 @@ class NativeDecoder:
         if attn.kv_repeats > 1:
             k = k.repeat_interleave(attn.kv_repeats, dim=1)
             v = v.repeat_interleave(attn.kv_repeats, dim=1)
-        total = k.shape[2]
         scores = torch.matmul(q, k.transpose(-2, -1)) / attn.scale
-        scores = apply_softcap(scores, attn.attn_scores_soft_cap)
-        # new position i (absolute total - seq + i) sees keys up to itself, where not padding
-        future = torch.ones(seq, total, dtype=torch.bool, device=x.device).triu(
-            total - seq + 1)
-        blocked = future[None, None] | ~mask.bool()[:, None, None, :]
+        scores = self.softcap(scores, attn.attn_scores_soft_cap)
         pattern = F.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1)
         pattern = pattern.masked_fill(blocked, 0.0)
         out = torch.matmul(pattern, v).transpose(1, 2).contiguous().view(batch, seq, -1)
@@ -111,20 +103,22 @@ class NativeDecoder:
         """Logits of ``ids`` ([batch, new]) at positions ``pos`` (the last position only with
         ``last_only``); ``mask`` covers the cached positions and the new ones. Returns the
         logits and the grown cache."""
-        from transformer_lens.utilities.activation_functions import apply_softcap
-
         m = self.model
-        kv = kv if kv is not None else KV([], [], mask[:, :0])
-        kv.mask = mask
+        kv = kv if kv is not None else KV([], [])
+        seq, total = ids.shape[1], mask.shape[1]
+        # new position i (absolute total - seq + i) sees keys up to itself, where not padding
+        future = torch.ones(seq, total, dtype=torch.bool, device=ids.device).triu(
+            total - seq + 1)
+        blocked = future[None, None] | ~mask.bool()[:, None, None, :]
         h = m.tok_embed(ids)
         if m.pos is not None:
             h = h + m.pos(pos)
         for i, blk in enumerate(m.layers):
             block = blk.original_component
-            h = h + self._attend(i, self.attn[i], block.ln1(h), pos, kv, mask)
+            h = h + self._attend(i, self.attn[i], block.ln1(h), pos, kv, blocked)
             if not block.cfg.attn_only:
                 h = h + block.mlp(block.ln2(h))
         if last_only:
             h = h[:, -1:]
-        logits = apply_softcap(m.head(m.ln_out(h)), m.output_logits_soft_cap)
+        logits = self.softcap(m.head(m.ln_out(h)), m.output_logits_soft_cap)
         return logits, kv
